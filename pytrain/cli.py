@@ -1,0 +1,187 @@
+"""`pytrain <command>`: argument parsing only.
+
+Each command's handler imports its module lazily, so `pytrain pack` or `pytrain --help`
+never pays for importing torch. User errors (`PytrainError`) print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pytrain import __version__
+from pytrain.errors import PytrainError
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _command(sub, name: str, help: str, examples: str, handler):
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=f"{help}\n\nexamples:\n{examples}",
+        formatter_class=_Formatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that reads raw documents (tokenizer train, pack)."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, or a datasets.save_to_disk folder")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--field", default="text", help="JSON/parquet/dataset field holding the document text")
+    where.add_argument("--jq", dest="jq", default=None, metavar="PATH",
+                       help="nested JSON path to the text, e.g. .meta.body or .messages[0].content")
+    parser.add_argument("--txt-split", choices=["file", "paragraph"], default="file",
+                        help=".txt inputs: one document per file, or per blank-line-separated paragraph")
+    parser.add_argument("--on-bad-line", choices=["error", "skip"], default="error",
+                        help="stop at the first malformed line (error) or count and skip it (skip)")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def _run_tokenizer_train(args) -> int:
+    from pytrain.data.tokenizer import train_tokenizer
+
+    train_tokenizer(
+        inputs=args.inputs, out=args.out, vocab_size=args.vocab_size, eos_token=args.eos_token,
+        special_tokens=args.special_tokens, min_frequency=args.min_frequency,
+        field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
+        max_documents=args.max_documents, overwrite=args.overwrite,
+    )
+    return 0
+
+
+def _add_tokenizer(sub) -> None:
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="{train}")
+    p = _command(
+        tok_sub, "train", "train a byte-level BPE tokenizer (HF tokenizers) from raw documents",
+        "  pytrain tokenizer train corpus.jsonl --vocab-size 32000 --out tokenizer.json\n"
+        "  pytrain tokenizer train books/*.txt --txt-split paragraph --vocab-size 8192 --out tok.json",
+        _run_tokenizer_train,
+    )
+    _add_input_options(p)
+    p.add_argument("--vocab-size", type=int, required=True, help="final vocabulary size, special tokens included")
+    p.add_argument("--out", required=True, help="where to write tokenizer.json")
+    p.add_argument("--eos-token", default="<|endoftext|>", help="end-of-document token (id 0)")
+    p.add_argument("--special-tokens", nargs="*", default=["<pad>"], metavar="TOKEN",
+                   help="extra special tokens, after the EOS token")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    p.add_argument("--max-documents", type=int, default=None, help="train on at most this many documents")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+# ----------------------------------------------------------------------------- pack
+def _run_pack(args) -> int:
+    from pytrain.data.pack import PackOptions, pack
+
+    if args.val_docs is not None and args.val_fraction is not None:
+        raise PytrainError("pass --val-docs or --val-fraction, not both")
+    options = PackOptions(
+        field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
+        append_eos=args.eos, prepend_bos=args.bos, threads=args.threads,
+        val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
+        batch_bytes=args.batch_mb << 20, overwrite=args.overwrite, progress=args.progress,
+    )
+    pack(args.inputs, tokenizer=args.tokenizer, out=args.out, options=options)
+    return 0
+
+
+def _add_pack(sub) -> None:
+    p = _command(
+        sub, "pack", "tokenize documents into a packed, memory-mapped token dataset",
+        "  pytrain pack corpus.jsonl --tokenizer tokenizer.json --out data/\n"
+        "  pytrain pack a.jsonl.gz b.parquet --tokenizer tok.json --out data/ --jq .doc.body --val-docs 1000\n"
+        "  pytrain pack notes/*.txt --txt-split paragraph --tokenizer tok.json --out data/ --on-bad-line skip",
+        _run_pack,
+    )
+    _add_input_options(p)
+    p.add_argument("--tokenizer", required=True, help="a tokenizer.json (ours, GPT-2's, Llama-3's, ...)")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="append the EOS token after every document")
+    p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
+                   help="prepend the BOS token before every document")
+    p.add_argument("--threads", type=int, default=0, help="worker threads for the native stages (0: all cores)")
+    p.add_argument("--val-docs", type=int, default=None, metavar="N",
+                   help="hold out the last N documents as the validation split")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="hold out an evenly spread fraction F of documents as the validation split")
+    p.add_argument("--batch-mb", type=int, default=8,
+                   help="input bytes per tokenizer batch (bounds memory, whatever the input size)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: only on a terminal)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory when done")
+
+
+# ----------------------------------------------------------------------------- inspect / verify
+def _run_inspect(args) -> int:
+    from pytrain.data.inspect import inspect_dataset
+
+    inspect_dataset(args.dir, split=args.split, doc=args.doc, bins=args.bins)
+    return 0
+
+
+def _run_verify(args) -> int:
+    from pytrain.data.verify import verify_dataset
+
+    verify_dataset(args.dir, tokenizer=args.tokenizer)
+    return 0
+
+
+def _add_inspect_verify(sub) -> None:
+    p = _command(
+        sub, "inspect", "print a packed dataset's manifest, counts, length histogram and a decoded document",
+        "  pytrain inspect data/\n  pytrain inspect data/ --doc 42 --split val",
+        _run_inspect,
+    )
+    p.add_argument("dir", help="a directory written by `pytrain pack`")
+    p.add_argument("--split", choices=["train", "val"], default="train")
+    p.add_argument("--doc", type=int, default=None, metavar="N", help="decode and print document N")
+    p.add_argument("--bins", type=int, default=12, help="histogram bins")
+
+    p = _command(
+        sub, "verify", "check a packed dataset end to end; exit non-zero on any corruption",
+        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json",
+        _run_verify,
+    )
+    p.add_argument("dir", help="a directory written by `pytrain pack`")
+    p.add_argument("--tokenizer", default=None,
+                   help="also check the dataset was made with this tokenizer (default: the copy inside DIR)")
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pytrain",
+        description="Pre-train Llama-style language models from scratch.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pytrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tokenizer(sub)
+    _add_pack(sub)
+    _add_inspect_verify(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except PytrainError as error:
+        print(f"pytrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pytrain: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

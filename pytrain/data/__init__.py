@@ -1,0 +1,1 @@
+"""Data: tokenizer training, packing, the packed dataset and its sampler."""
