@@ -1,0 +1,12 @@
+"""The fused ops' public entry points: each runs the Triton kernel (`pytrain.kernels`) on CUDA tensors
+and the PyTorch reference elsewhere; `set_backend` or a per-call `backend=` forces either."""
+
+from pytrain.ops._backend import BACKENDS, get_backend, set_backend
+from pytrain.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from pytrain.ops.rms_norm import rms_norm, rms_norm_reference
+from pytrain.ops.rope import apply_rope, apply_rope_reference, rope_table
+
+__all__ = [
+    "BACKENDS", "apply_rope", "apply_rope_reference", "get_backend", "linear_cross_entropy",
+    "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "rope_table", "set_backend",
+]

@@ -1,0 +1,52 @@
+"""Backend selection shared by the public ops.
+
+"auto" runs the Triton kernel for CUDA tensors and the PyTorch reference otherwise; "triton" and
+"torch" force one. A per-call `backend=` overrides the process-wide choice made with `set_backend`
+(which is what the training config's switch calls). Triton on CPU tensors is only possible through
+the interpreter (`TRITON_INTERPRET=1`, how the kernels are tested without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pytrain.errors import PytrainError, did_you_mean
+
+BACKENDS = ("auto", "triton", "torch")
+_default = "auto"
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise PytrainError(f'unknown kernel backend "{name}"{did_you_mean(name, BACKENDS)}; '
+                           f"choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide backend: "auto" (default), "triton" or "torch"."""
+    global _default
+    _default = _check(name)
+
+
+def get_backend() -> str:
+    return _default
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(x: torch.Tensor, backend: str | None) -> bool:
+    """Whether an op called on `x` with `backend` (None = the process-wide one) runs the Triton kernel."""
+    name = _check(backend if backend is not None else _default)
+    if name == "torch":
+        return False
+    if name == "auto":
+        return x.is_cuda
+    if not x.is_cuda and not interpreter_enabled():
+        raise PytrainError(f"backend \"triton\" needs CUDA tensors (got {x.device.type}); on CPU set "
+                           "TRITON_INTERPRET=1 (slow, for tests) or use backend \"torch\"")
+    return True

@@ -1,0 +1,86 @@
+"""Rotary position embeddings, half-split (Llama/NeoX) layout.
+
+For each head vector split into halves (x1, x2) and angles a = pos * theta**(-2i/head_dim):
+`rot(x) = (x1*cos a - x2*sin a, x2*cos a + x1*sin a)`, computed in fp32 and cast back to x's dtype.
+The cos/sin tables are computed once per (length, head_dim, theta, device) and cached.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pytrain.errors import PytrainError
+from pytrain.ops._backend import use_triton
+
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_MAX_TABLES = 16
+
+
+def _make_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+    angles = torch.arange(length, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
+    return angles.cos().float().contiguous(), angles.sin().float().contiguous()
+
+
+def rope_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (cos, sin), each [length, head_dim // 2], angles computed in fp64; cached per key."""
+    if torch.compiler.is_compiling():  # let the compiler see (and fold) the computation
+        return _make_table(length, head_dim, theta, device)
+    key = (length, head_dim, float(theta), torch.device(device))
+    if key not in _TABLES:
+        if len(_TABLES) >= _MAX_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = _make_table(length, head_dim, theta, device)
+    return _TABLES[key]
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, position_ids) -> None:
+    if q.dim() != 4 or k.dim() != 4:
+        raise PytrainError(f"apply_rope expects q, k as [batch, seq, heads, head_dim], got {list(q.shape)}, "
+                           f"{list(k.shape)}")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3] or q.shape[3] % 2:
+        raise PytrainError(f"apply_rope: q {list(q.shape)} and k {list(k.shape)} must share batch, seq and an "
+                           "even head_dim")
+    if position_ids is not None and tuple(position_ids.shape) != tuple(q.shape[:2]):
+        raise PytrainError(f"apply_rope: position_ids must be [batch, seq] = {list(q.shape[:2])}, "
+                           f"got {list(position_ids.shape)}")
+
+
+def _tables_for(q, theta, max_position):
+    seq, head_dim = q.shape[1], q.shape[3]
+    return rope_table(max(seq, max_position or 0), head_dim, theta, q.device)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position=None):
+    """Pure-PyTorch RoPE (the CPU path and the kernels' reference); same contract as `apply_rope`."""
+    _check(q, k, position_ids)
+    cos, sin = _tables_for(q, theta, max_position)
+    if position_ids is None:
+        cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
+    else:
+        cos, sin = cos[position_ids], sin[position_ids]  # [batch, seq, head_dim/2]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, backend=None):
+    """Rotate q [batch, seq, n_q_heads, head_dim] and k [batch, seq, n_kv_heads, head_dim].
+
+    This is the layout straight out of the projections' `.view`, before any transpose; the head
+    counts may differ (GQA). `position_ids` [batch, seq] int64 gives each token's position (packed
+    sequences restart at 0); None means `arange(seq)`. Positions must be < max(seq, max_position):
+    pass `max_position` when they can exceed the sequence length (decoding with a KV cache).
+    Returns `(q_rot, k_rot)`; the inputs are not modified. The backward is the inverse rotation.
+    """
+    if not use_triton(q, backend):
+        return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position)
+    _check(q, k, position_ids)
+    from pytrain.kernels.rope import rope as rope_triton
+
+    cos, sin = _tables_for(q, theta, max_position)
+    return rope_triton(q, k, cos, sin, position_ids)
