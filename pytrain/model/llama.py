@@ -1,0 +1,153 @@
+"""A Llama-style decoder in plain PyTorch.
+
+embedding -> N x [RMSNorm -> attention (RoPE, grouped KV heads, SDPA) -> + -> RMSNorm -> SwiGLU MLP -> +]
+-> RMSNorm -> LM head. Parameter names follow Hugging Face's `LlamaForCausalLM` without its `model.`
+prefix (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head), so export is a rename.
+
+Nothing here knows about distribution, compilation or kernel choice: FSDP2, activation checkpointing
+and `torch.compile` are applied from outside (pytrain.train.parallelize), and `pytrain.ops` picks the
+Triton kernel or the PyTorch reference. When labels are given, `forward` returns the loss from the
+fused linear cross-entropy, called here because this (root) module owns the LM head weight, which
+FSDP2 has unsharded by the time its forward runs.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytrain import ops
+from pytrain.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x, residual=None):
+        """norm(x), or with `residual` the pair (norm(x + residual), x + residual) in one fused pass."""
+        return ops.rms_norm(x, self.weight, self.eps, residual=residual)
+
+
+def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask [batch, 1, seq, seq]: token i sees token j iff j <= i and both are in the same document."""
+    seq = segment_ids.shape[1]
+    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
+    return (same_doc & causal).unsqueeze(1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.rope_theta = config.rope_theta
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=bias)
+
+    def forward(self, x, position_ids=None, mask=None):
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if mask is None:
+            # Flash attention handles grouped KV heads itself (enable_gqa): no copy of k and v.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            # An explicit mask selects the memory-efficient kernel, which needs k and v per query head.
+            groups = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, position_ids=None, mask=None):
+        attn = self.self_attn(self.input_layernorm(x), position_ids, mask)
+        normed, h = self.post_attention_layernorm(attn, residual=x)
+        return h + self.mlp(normed)
+
+
+class Llama(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, input_ids, labels=None, *, position_ids=None, segment_ids=None, reduction="mean"):
+        """input_ids [batch, seq] -> logits [batch, seq, vocab], or with labels the loss.
+
+        position_ids [batch, seq]: per-token RoPE positions (default 0..seq-1). segment_ids [batch, seq]:
+        document number of each token in a packed row; when given, attention stays within a document.
+        reduction: "mean" over the non-ignored labels (-100 is ignored), or "sum" (for exact averaging
+        over a global batch split across micro-batches and ranks).
+        """
+        x = self.embed_tokens(input_ids)
+        mask = None if segment_ids is None else document_causal_mask(segment_ids)
+        for layer in self.layers:
+            x = layer(x, position_ids, mask)
+        x = self.norm(x)
+        if labels is None:
+            return self.lm_head(x)
+        return ops.linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, labels.flatten(), reduction=reduction)
+
+    # ------------------------------------------------------------------ initialisation
+    def init_parameter(self, name: str, tensor: torch.Tensor, seed: int) -> None:
+        """Fill `tensor` (the full, unsharded shape) with the initial value of parameter `name`.
+
+        Each parameter draws from its own generator, seeded from (seed, name), so the values do not depend
+        on the order, the device count or the sharding: a sharded run materialises exactly what a single
+        process does (pytrain.train.parallelize.init_weights). Norm weights start at 1, biases at 0, every
+        other weight at N(0, initializer_range), as in Hugging Face's Llama.
+        """
+        with torch.no_grad():
+            if name.endswith("norm.weight"):
+                tensor.fill_(1.0)
+            elif name.endswith(".bias"):
+                tensor.zero_()
+            else:
+                generator = torch.Generator(device=tensor.device)
+                generator.manual_seed((seed * 0x9E3779B1 + zlib.crc32(name.encode())) % 2**63)
+                tensor.normal_(0.0, self.config.initializer_range, generator=generator)
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialise an unsharded model in place (for use outside the trainer)."""
+        for name, param in self.named_parameters():
+            self.init_parameter(name, param, seed)
