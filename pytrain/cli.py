@@ -83,7 +83,8 @@ def _run_pack(args) -> int:
         raise PytrainError("pass --val-docs or --val-fraction, not both")
     options = PackOptions(
         field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
-        append_eos=args.eos, prepend_bos=args.bos, threads=args.threads,
+        append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
+        threads=args.threads,
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
         batch_bytes=args.batch_mb << 20, overwrite=args.overwrite, progress=args.progress,
     )
@@ -106,7 +107,12 @@ def _add_pack(sub) -> None:
                    help="append the EOS token after every document")
     p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
                    help="prepend the BOS token before every document")
-    p.add_argument("--threads", type=int, default=0, help="worker threads for the native stages (0: all cores)")
+    p.add_argument("--eos-token", default=None, metavar="TOKEN",
+                   help="EOS token (default: the first of <|endoftext|>, <|end_of_text|>, </s>, ... in the tokenizer)")
+    p.add_argument("--bos-token", default=None, metavar="TOKEN",
+                   help="BOS token (default: the first of <|begin_of_text|>, <s>, ... in the tokenizer)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for the native stages and the tokenizer (0: all cores)")
     p.add_argument("--val-docs", type=int, default=None, metavar="N",
                    help="hold out the last N documents as the validation split")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",

@@ -1,0 +1,162 @@
+"""The packed dataset's on-disk format: one place that writes and reads it.
+
+    DIR/manifest.json        written last; a directory without it is incomplete
+    DIR/tokenizer.json       the tokenizer the tokens were made with (for decode and stale checks)
+    DIR/<split>/tokens.bin   little-endian token ids, uint16 or uint32, no header (a plain np.memmap)
+    DIR/<split>/index.idx    32-byte header + int64 document start offsets (docs+1 entries)
+    DIR/rejects.jsonl        skipped bad lines, when --on-bad-line skip rejected any
+
+index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width in bytes
+(2 or 4), uint64 document count, uint64 token count; all little-endian. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pytrain.errors import PytrainError
+
+FORMAT_NAME = "pytrain-packed"
+FORMAT_VERSION = 1
+INDEX_MAGIC = b"PYTRIDX\0"
+INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, version, token width, docs, tokens
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+REJECTS = "rejects.jsonl"
+SPLITS = ("train", "val")
+
+
+def dtype_for_vocab(max_token_id: int) -> np.dtype:
+    """uint16 while every id fits, else uint32."""
+    if max_token_id < 0:
+        raise PytrainError("tokenizer has an empty vocabulary")
+    if max_token_id < 1 << 16:
+        return np.dtype("<u2")
+    if max_token_id < 1 << 32:
+        return np.dtype("<u4")
+    raise PytrainError(f"token id {max_token_id} does not fit in uint32; no supported dtype holds this vocabulary")
+
+
+def tokens_path(root: Path, split: str) -> Path:
+    return Path(root) / split / "tokens.bin"
+
+
+def index_path(root: Path, split: str) -> Path:
+    return Path(root) / split / "index.idx"
+
+
+def index_header(token_width: int, doc_count: int, token_count: int) -> bytes:
+    return INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, token_width, doc_count, token_count)
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    token_width: int
+    doc_count: int
+    token_count: int
+
+
+def read_index_header(path: Path) -> IndexHeader:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(INDEX_HEADER.size)
+    except FileNotFoundError:
+        raise PytrainError(f"{path}: missing; the dataset is incomplete, re-run `pytrain pack`") from None
+    if len(raw) < INDEX_HEADER.size:
+        raise PytrainError(f"{path}: truncated header ({len(raw)} bytes); re-run `pytrain pack`")
+    magic, version, width, docs, tokens = INDEX_HEADER.unpack(raw)
+    if magic != INDEX_MAGIC:
+        raise PytrainError(f"{path}: not a pytrain index (bad magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise PytrainError(f"{path}: index format version {version}, this pytrain reads {FORMAT_VERSION}; re-pack")
+    if width not in (2, 4):
+        raise PytrainError(f"{path}: token width {width} bytes is not 2 or 4")
+    return IndexHeader(width, docs, tokens)
+
+
+def read_manifest(root: str | Path) -> dict:
+    """Load DIR/manifest.json, refusing directories that are not complete pytrain datasets."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PytrainError(f"{root}: no such dataset directory")
+    path = root / MANIFEST
+    if not path.exists():
+        raise PytrainError(f"{root}: no {MANIFEST}; the pack did not finish (or this is not a packed dataset), re-run `pytrain pack`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PytrainError(f"{path}: unreadable manifest ({error}); re-run `pytrain pack`") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise PytrainError(f"{path}: not a pytrain manifest (format={manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PytrainError(
+            f"{path}: format version {manifest.get('format_version')}, this pytrain reads {FORMAT_VERSION}; re-pack"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class PackedSplit:
+    """Zero-copy views of one split: tokens[offsets[d]:offsets[d+1]] is document d."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def document(self, d: int) -> np.ndarray:
+        if not 0 <= d < self.num_docs:
+            raise PytrainError(f"document {d} out of range: the split has {self.num_docs} documents")
+        return self.tokens[self.offsets[d] : self.offsets[d + 1]]
+
+
+def _memmap(path: Path, dtype, offset: int, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+def open_split(root: str | Path, split: str, manifest: dict | None = None) -> PackedSplit:
+    """Map one split after checking that file sizes agree with the manifest and index header.
+
+    This is the cheap check every reader runs; `pytrain verify` does the full one.
+    """
+    root = Path(root)
+    manifest = manifest if manifest is not None else read_manifest(root)
+    if split not in manifest["splits"]:
+        have = ", ".join(manifest["splits"]) or "none"
+        raise PytrainError(f"{root}: no '{split}' split (has: {have}); pack with --val-docs/--val-fraction for one")
+    expected = manifest["splits"][split]
+    header = read_index_header(index_path(root, split))
+    dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+    if header.token_width != dtype.itemsize:
+        raise PytrainError(f"{index_path(root, split)}: token width {header.token_width} disagrees with manifest dtype {manifest['dtype']}")
+    if (header.doc_count, header.token_count) != (expected["documents"], expected["tokens"]):
+        raise PytrainError(
+            f"{index_path(root, split)}: header says {header.doc_count} docs/{header.token_count} tokens, "
+            f"manifest says {expected['documents']}/{expected['tokens']}; the files are stale or mixed, re-pack"
+        )
+    idx = index_path(root, split)
+    want_idx = INDEX_HEADER.size + 8 * (header.doc_count + 1)
+    if idx.stat().st_size != want_idx:
+        raise PytrainError(f"{idx}: {idx.stat().st_size} bytes, expected {want_idx}; truncated or corrupted, re-pack")
+    bin_path = tokens_path(root, split)
+    if not bin_path.exists():
+        raise PytrainError(f"{bin_path}: missing; the dataset is incomplete, re-run `pytrain pack`")
+    want_bin = header.token_count * dtype.itemsize
+    if bin_path.stat().st_size != want_bin:
+        raise PytrainError(f"{bin_path}: {bin_path.stat().st_size} bytes, expected {want_bin}; truncated or corrupted, re-pack")
+    offsets = _memmap(idx, np.dtype("<i8"), INDEX_HEADER.size, header.doc_count + 1)
+    tokens = _memmap(bin_path, dtype, 0, header.token_count)
+    return PackedSplit(tokens=tokens, offsets=offsets)

@@ -1,0 +1,339 @@
+"""`pytrain pack`: documents -> tokens.bin / index.idx / manifest.json, as a 3-stage pipeline.
+
+    reader thread   native line index + JSON extraction (GIL released)   -> texts
+    main thread     tokenizer.encode_batch_fast (Rust, GIL released)      -> ids
+    writer thread   native narrowing to uint16/uint32, split routing, write + sha256
+
+Bounded queues between the stages keep the tokenizer busy while the neighbours work and
+keep memory flat. Batches stay in input order, so the output is byte-identical for any
+thread count. Everything is written into a temporary directory renamed into place after
+manifest.json, so a killed run leaves nothing a reader accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pytrain import __version__
+from pytrain.data import format as fmt
+from pytrain.data.sources import DocBatch, describe_path, open_sources, parse_field_path
+from pytrain.data.tokenizer import (
+    BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, load_tokenizer, max_token_id, special_token_id,
+)
+from pytrain.errors import PytrainError
+from pytrain.fsutil import atomic_directory
+from pytrain.progress import ProgressBar, human
+
+_DONE = object()
+
+
+@dataclass
+class PackOptions:
+    field: str = "text"
+    jq: str | None = None
+    txt_split: str = "file"
+    on_bad_line: str = "error"
+    append_eos: bool = True
+    prepend_bos: bool = False
+    eos_token: str | None = None
+    bos_token: str | None = None
+    threads: int = 0
+    val_docs: int = 0
+    val_fraction: float = 0.0
+    batch_bytes: int = 8 << 20
+    overwrite: bool = False
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        if self.on_bad_line not in ("error", "skip"):
+            raise PytrainError(f"--on-bad-line must be 'error' or 'skip', not {self.on_bad_line!r}")
+        if self.val_docs < 0:
+            raise PytrainError(f"--val-docs must be >= 0, not {self.val_docs}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PytrainError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if self.val_docs and self.val_fraction:
+            raise PytrainError("pass --val-docs or --val-fraction, not both")
+        if self.threads < 0:
+            raise PytrainError(f"--threads must be >= 0, not {self.threads}")
+
+
+class SplitWriter:
+    """Appends documents to one split's tokens.bin and index.idx, hashing the tokens as it goes."""
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype):
+        self.split = split
+        self.dtype = dtype
+        self.tokens_file = fmt.tokens_path(root, split)
+        self.index_file = fmt.index_path(root, split)
+        self.tokens_file.parent.mkdir(parents=True, exist_ok=True)
+        self._tokens = open(self.tokens_file, "wb")
+        self._index = open(self.index_file, "wb")
+        self._index.write(fmt.index_header(dtype.itemsize, 0, 0))  # rewritten on close
+        self._index.write(np.zeros(1, dtype="<i8").tobytes())
+        self._hash = hashlib.sha256()
+        self.documents = 0
+        self.tokens = 0
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        if len(lengths) == 0:
+            return
+        self._tokens.write(memoryview(tokens))
+        self._hash.update(memoryview(tokens))
+        ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
+        self._index.write(ends.astype("<i8", copy=False).tobytes())
+        self.tokens = int(ends[-1])
+        self.documents += len(lengths)
+
+    def close(self) -> dict:
+        self._tokens.close()
+        self._index.seek(0)
+        self._index.write(fmt.index_header(self.dtype.itemsize, self.documents, self.tokens))
+        self._index.close()
+        return {
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "tokens_sha256": self._hash.hexdigest(),
+            "index_sha256": file_sha256(self.index_file),
+        }
+
+
+class SplitRouter:
+    """Sends each document to train or val.
+
+    `val_fraction` F: document i goes to val iff floor((i+1)F) > floor(iF) — an exact,
+    evenly spread fraction decided while streaming. `val_docs` N: the last N documents,
+    held in a ring of at most N documents until the input ends.
+    """
+
+    def __init__(self, train: SplitWriter, val: SplitWriter | None, val_docs: int, val_fraction: float):
+        self.train, self.val = train, val
+        self.val_docs, self.val_fraction = val_docs, val_fraction
+        self.seen = 0
+        self._ring: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self._ring_docs = 0
+
+    def route(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        first, self.seen = self.seen, self.seen + len(lengths)
+        if self.val is None:
+            self.train.write(tokens, lengths)
+        elif self.val_fraction:
+            index = np.arange(first, self.seen, dtype=np.float64)
+            to_val = np.floor((index + 1) * self.val_fraction) > np.floor(index * self.val_fraction)
+            per_token = np.repeat(to_val, lengths)
+            self.train.write(tokens[~per_token], lengths[~to_val])
+            self.val.write(tokens[per_token], lengths[to_val])
+        else:
+            self._ring.append((tokens, lengths))
+            self._ring_docs += len(lengths)
+            self._spill_ring()
+
+    def _spill_ring(self) -> None:
+        while self._ring_docs > self.val_docs:
+            tokens, lengths = self._ring[0]
+            extra = self._ring_docs - self.val_docs
+            if extra >= len(lengths):
+                self._ring.popleft()
+                self.train.write(tokens, lengths)
+                self._ring_docs -= len(lengths)
+            else:
+                cut = int(lengths[:extra].sum())
+                self.train.write(tokens[:cut], lengths[:extra])
+                self._ring[0] = (tokens[cut:], lengths[extra:])
+                self._ring_docs -= extra
+
+    def finish(self) -> None:
+        for tokens, lengths in self._ring:
+            self.val.write(tokens, lengths)
+        self._ring.clear()
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that hands its exception to whoever joins it."""
+
+    def __init__(self, name, target):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as error:  # re-raised in the main thread
+            self.error = error
+
+
+def _put(q: queue.Queue, item, failed) -> bool:
+    """Put `item`, giving up (False) as soon as any stage has failed."""
+    while not failed():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, failed):
+    """Next item, or _DONE as soon as any stage has failed."""
+    while not failed():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _DONE
+
+
+def _encode(tokenizer, texts: list[str]):
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return encode(texts, add_special_tokens=False)
+
+
+def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
+    """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`."""
+    from pytrain import _native
+
+    options = options or PackOptions()
+    options.validate()
+    if options.threads:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(options.threads))
+    tokenizer_path = Path(tokenizer)
+    tok = load_tokenizer(tokenizer_path)
+    if tokenizer_path.is_dir():
+        tokenizer_path = tokenizer_path / "tokenizer.json"
+    eos_id = special_token_id(tok, options.eos_token, EOS_CANDIDATES, "EOS", tokenizer_path)
+    bos_id = special_token_id(tok, options.bos_token, BOS_CANDIDATES, "BOS", tokenizer_path)
+    if options.append_eos and eos_id is None:
+        raise PytrainError(f"{tokenizer_path}: no EOS token found (looked for {', '.join(EOS_CANDIDATES)}); pass --eos-token NAME or --no-eos")
+    if options.prepend_bos and bos_id is None:
+        raise PytrainError(f"{tokenizer_path}: no BOS token found (looked for {', '.join(BOS_CANDIDATES)}); pass --bos-token NAME or drop --bos")
+    top_id = max_token_id(tok)
+    dtype = fmt.dtype_for_vocab(top_id)
+    field_path = parse_field_path(options.field, options.jq)
+    sources = open_sources(
+        inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
+        batch_bytes=options.batch_bytes, threads=options.threads,
+    )
+    started = time.perf_counter()
+    bar = ProgressBar(sources.total_bytes, enabled=options.progress)
+
+    with atomic_directory(out, overwrite=options.overwrite) as tmp:
+        train = SplitWriter(tmp, "train", dtype)
+        val = SplitWriter(tmp, "val", dtype) if (options.val_docs or options.val_fraction) else None
+        router = SplitRouter(train, val, options.val_docs, options.val_fraction)
+        rejects_file = open(tmp / fmt.REJECTS, "w", encoding="utf-8")
+        texts_q: queue.Queue = queue.Queue(maxsize=2)
+        ids_q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        progress = {"bytes": 0, "empty_after_tokenizing": 0}
+
+        def failed() -> bool:
+            return stop.is_set() or reader.error is not None or writer.error is not None
+
+        def read():
+            for batch in sources.batches():
+                if not _put(texts_q, batch, failed):
+                    return
+            _put(texts_q, _DONE, failed)
+
+        def write():
+            while (item := _get(ids_q, failed)) is not _DONE:
+                batch, encodings = item
+                ids = [e.ids for e in encodings]
+                if not all(ids):
+                    progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
+                    ids = [x for x in ids if x]
+                tokens, lengths = _native.narrow_tokens(
+                    ids, dtype.name, bos_id if options.prepend_bos else -1, eos_id if options.append_eos else -1
+                )
+                router.route(tokens, lengths)
+                for record in batch.rejects:
+                    rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                progress["bytes"] += batch.nbytes
+                bar.update(progress["bytes"], router.seen, train.tokens + (val.tokens if val else 0))
+
+        reader = _Stage("pytrain-pack-reader", read)
+        writer = _Stage("pytrain-pack-writer", write)
+        reader.start()
+        writer.start()
+        try:
+            while (batch := _get(texts_q, failed)) is not _DONE:
+                encodings = _encode(tok, batch.texts) if batch.texts else []
+                if not _put(ids_q, (batch, encodings), failed):
+                    break
+            _put(ids_q, _DONE, failed)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            reader.join()
+            writer.join()
+        for stage in (reader, writer):
+            if stage.error is not None:
+                raise stage.error
+        bar.update(progress["bytes"], router.seen, train.tokens + (val.tokens if val else 0), force=True)
+        bar.close()
+        router.finish()
+        rejects_file.close()
+        if not sources.rejected:
+            (tmp / fmt.REJECTS).unlink()
+        splits = {"train": train.close()}
+        if val is not None:
+            splits["val"] = val.close()
+        if splits["train"]["documents"] == 0:
+            raise PytrainError(f"no documents left to pack from {', '.join(map(str, inputs))} "
+                               f"({sources.empty_documents} empty, {sum(sources.rejected.values())} rejected)")
+        shutil.copyfile(tokenizer_path, tmp / fmt.TOKENIZER)
+        manifest = {
+            "format": fmt.FORMAT_NAME,
+            "format_version": fmt.FORMAT_VERSION,
+            "pytrain_version": __version__,
+            "created_unix": time.time(),
+            "dtype": dtype.name,
+            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "max_token_id": top_id,
+            "eos_id": eos_id,
+            "bos_id": bos_id,
+            "append_eos": options.append_eos,
+            "prepend_bos": options.prepend_bos,
+            "tokenizer": {"file": fmt.TOKENIZER, "source": str(tokenizer_path.resolve()),
+                          "sha256": file_sha256(tokenizer_path)},
+            "field": describe_path(field_path),
+            "txt_split": options.txt_split,
+            "sources": sources.per_source,
+            "validation": {"val_docs": options.val_docs, "val_fraction": options.val_fraction},
+            "splits": splits,
+            "documents_read": sources.documents,
+            "empty_documents": sources.empty_documents + progress["empty_after_tokenizing"],
+            "blank_lines": sources.blank_lines,
+            "rejected": dict(sorted(sources.rejected.items())),
+            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes")},
+        }
+        with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.write("\n")
+    _print_summary(Path(out), manifest, sources.total_bytes, time.perf_counter() - started)
+    return manifest
+
+
+def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) -> None:
+    splits = manifest["splits"]
+    tokens = sum(s["tokens"] for s in splits.values())
+    parts = [f"{name} {human(s['documents'])} docs / {human(s['tokens'])} tokens" for name, s in splits.items()]
+    print(f"packed {out}: " + ", ".join(parts) + f" ({manifest['dtype']})")
+    extras = [f"{manifest['empty_documents']} empty documents skipped"] if manifest["empty_documents"] else []
+    extras += [f"{n} {reason} rejected" for reason, n in manifest["rejected"].items()]
+    if extras:
+        print("  " + ", ".join(extras) + (f"; see {out / fmt.REJECTS}" if manifest["rejected"] else ""))
+    print(f"  {seconds:.2f} s, {human(tokens / max(seconds, 1e-9))} tokens/s, "
+          f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s of input")

@@ -1,0 +1,301 @@
+"""Read documents from the user's inputs in bounded batches.
+
+Every input kind yields `DocBatch`es of roughly `batch_bytes` of input, so memory stays
+flat however large a file is. JSONL is memory-mapped and parsed by the native extractor
+(GIL released, multithreaded); parquet and `datasets.save_to_disk` folders go through
+pyarrow a record batch at a time. Bad lines raise `file:line: reason` or, with
+`on_bad_line="skip"`, become reject records counted by reason.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import mmap
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pytrain.errors import PytrainError, did_you_mean
+
+OK, BLANK, BAD_JSON, MISSING_FIELD, NOT_STRING, EMPTY_TEXT = range(6)
+REASON_NAMES = {BAD_JSON: "bad_json", MISSING_FIELD: "missing_field", NOT_STRING: "not_a_string"}
+ROWS_PER_BATCH = 4096
+_PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]')
+_PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\f\v]*\n")
+
+
+def parse_field_path(field_name: str = "text", jq: str | None = None) -> list[str | int]:
+    """`--field text` -> ["text"]; `--jq .a.b[0]["x y"]` -> ["a", "b", 0, "x y"]."""
+    if jq is None:
+        if not field_name:
+            raise PytrainError("--field must not be empty")
+        return [field_name]
+    path, pos = [], 0
+    while pos < len(jq):
+        match = _PATH_TOKEN.match(jq, pos)
+        if match is None:
+            raise PytrainError(f"--jq {jq!r}: cannot parse at character {pos + 1}; use a path like .meta.body or .messages[0].content")
+        key, quoted, index = match.groups()
+        path.append(key if key is not None else json.loads(f'"{quoted}"') if quoted is not None else int(index))
+        pos = match.end()
+    if not path:
+        raise PytrainError(f"--jq {jq!r}: empty path; use a path like .text")
+    return path
+
+
+def describe_path(path: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+@dataclass
+class DocBatch:
+    source: str
+    texts: list[str]
+    nbytes: int  # input bytes this batch consumed (progress)
+    rejects: list[dict] = field(default_factory=list)
+
+
+def input_kind(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists():
+            splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise PytrainError(f"{path}: a DatasetDict with splits {', '.join(splits)}; pass one split, e.g. {path / splits[0]}" if splits else f"{path}: an empty DatasetDict")
+        if (path / "state.json").exists() or (path / "dataset_info.json").exists():
+            return "arrow"
+        raise PytrainError(f"{path}: a directory that is not a datasets.save_to_disk folder (no state.json)")
+    if name.endswith((".jsonl.gz", ".json.gz", ".ndjson.gz")):
+        return "jsonl.gz"
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".txt"):
+        return "txt"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise PytrainError(f"{path}: unknown input type; expected .jsonl, .jsonl.gz, .txt, .parquet or a datasets folder")
+
+
+def input_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.arrow"))
+    return path.stat().st_size
+
+
+class Sources:
+    """All inputs of one run, read in order; counts what was taken and what was rejected."""
+
+    def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=8 << 20, threads=0):
+        self.paths = [Path(p) for p in paths]
+        for path in self.paths:
+            if not path.exists():
+                raise PytrainError(f"{path}: no such file or directory")
+        self.kinds = [input_kind(p) for p in self.paths]
+        self.field_path = list(field_path)
+        self.txt_split = txt_split
+        self.on_bad_line = on_bad_line
+        self.batch_bytes = max(1 << 16, int(batch_bytes))
+        self.threads = threads
+        self.total_bytes = sum(input_bytes(p) for p in self.paths)
+        self.documents = 0
+        self.empty_documents = 0
+        self.blank_lines = 0
+        self.rejected: Counter[str] = Counter()
+        self.per_source: list[dict] = []
+
+    def batches(self) -> Iterator[DocBatch]:
+        readers = {"jsonl": self._jsonl, "jsonl.gz": self._jsonl_gz, "txt": self._txt,
+                   "parquet": self._parquet, "arrow": self._arrow}
+        for path, kind in zip(self.paths, self.kinds):
+            stat = path.stat()
+            before = self.documents
+            yield from readers[kind](path)
+            self.per_source.append({
+                "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
+                "mtime": stat.st_mtime, "documents": self.documents - before,
+            })
+
+    # ------------------------------------------------------------------ bad input
+    def _reject(self, path: Path, where: str, reason_code: int, reason: str, raw: str | None) -> dict:
+        if self.on_bad_line == "error":
+            raise PytrainError(f"{path}:{where}: {reason} (fix it, or pass --on-bad-line skip to skip such lines)")
+        name = REASON_NAMES[reason_code]
+        self.rejected[name] += 1
+        record = {"source": str(path), "location": where, "reason": name, "detail": reason}
+        if raw is not None:
+            record["raw"] = raw
+        return record
+
+    # ------------------------------------------------------------------ JSONL
+    def _json_chunk(self, path: Path, chunk, first_line: int) -> tuple[DocBatch, int]:
+        from pytrain import _native
+
+        starts = _native.index_lines(chunk, self.threads)
+        texts, status, reasons = _native.extract_json_field(chunk, starts, self.field_path, self.threads)
+        n_lines = len(starts) - 1
+        batch = DocBatch(str(path), [], len(chunk))
+        if not np.any(status):  # the common case: every line is a good document
+            batch.texts = texts
+        else:
+            self.blank_lines += int(np.count_nonzero(status == BLANK))
+            self.empty_documents += int(np.count_nonzero(status == EMPTY_TEXT))
+            batch.texts = [t for t in texts if t is not None]
+            for i in np.flatnonzero((status >= BAD_JSON) & (status <= NOT_STRING)):
+                raw = bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n").decode("utf-8", "replace")
+                batch.rejects.append(self._reject(path, f"{first_line + i}", int(status[i]), reasons[i], raw))
+        self.documents += len(batch.texts)
+        return batch, first_line + n_lines
+
+    def _jsonl(self, path: Path) -> Iterator[DocBatch]:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(mmap, "MADV_SEQUENTIAL"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                pos, line = 0, 1
+                while pos < size:
+                    end = _line_aligned_end(mapped, pos, self.batch_bytes, size)
+                    chunk = view[pos:end]
+                    try:
+                        batch, line = self._json_chunk(path, chunk, line)
+                    finally:
+                        chunk.release()
+                    yield batch
+                    pos = end
+            finally:
+                view.release()
+                mapped.close()
+
+    def _jsonl_gz(self, path: Path) -> Iterator[DocBatch]:
+        line, carry = 1, b""
+        try:
+            with gzip.open(path, "rb") as handle:
+                while True:
+                    block = handle.read(self.batch_bytes)
+                    data = carry + block
+                    if not block:
+                        if data:
+                            batch, line = self._json_chunk(path, memoryview(data), line)
+                            yield batch
+                        return
+                    cut = data.rfind(b"\n") + 1
+                    carry = data[cut:]
+                    if cut:
+                        batch, line = self._json_chunk(path, memoryview(data)[:cut], line)
+                        yield batch
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            raise PytrainError(f"{path}: corrupt or truncated gzip data near line {line} ({error})") from None
+
+    # ------------------------------------------------------------------ text
+    def _txt(self, path: Path) -> Iterator[DocBatch]:
+        if self.txt_split == "file":
+            text = path.read_bytes().decode("utf-8", "replace")
+            batch = DocBatch(str(path), [], input_bytes(path))
+            if text.strip():
+                batch.texts.append(text)
+                self.documents += 1
+            else:
+                self.empty_documents += 1
+            yield batch
+            return
+        carry = b""
+        with open(path, "rb") as handle:
+            while True:
+                block = handle.read(self.batch_bytes)
+                data = carry + block
+                pieces = _PARAGRAPH_BREAK.split(data)
+                carry = pieces.pop() if block else b""
+                if not block:
+                    pieces.append(carry)
+                texts = [p.decode("utf-8", "replace").strip() for p in pieces]
+                batch = DocBatch(str(path), [t for t in texts if t], len(block))
+                self.documents += len(batch.texts)
+                yield batch
+                if not block:
+                    return
+
+    # ------------------------------------------------------------------ columnar
+    def _rows(self, path: Path, values: list, first_row: int) -> DocBatch:
+        """Apply the rest of the field path to each row's value and validate it."""
+        batch = DocBatch(str(path), [], 0)
+        for i, value in enumerate(values):
+            where = f"row {first_row + i}"
+            for depth, key in enumerate(self.field_path[1:], start=1):
+                try:
+                    value = value[key]
+                except (KeyError, IndexError, TypeError):
+                    value = None
+                if value is None:
+                    batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"missing field {describe_path(self.field_path[:depth + 1])}", None))
+                    break
+            else:
+                if value is None:
+                    batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"field {describe_path(self.field_path)} is null", None))
+                elif not isinstance(value, str):
+                    batch.rejects.append(self._reject(path, where, NOT_STRING, f"field {describe_path(self.field_path)} is a {type(value).__name__}, not a string", None))
+                elif not value:
+                    self.empty_documents += 1
+                else:
+                    batch.texts.append(value)
+        self.documents += len(batch.texts)
+        return batch
+
+    def _column_name(self, path: Path, names) -> str:
+        column = self.field_path[0]
+        if column not in names:
+            raise PytrainError(f"{path}: no column {column!r}{did_you_mean(str(column), names)}; columns: {', '.join(names)}")
+        return column
+
+    def _parquet(self, path: Path) -> Iterator[DocBatch]:
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as error:
+            raise PytrainError(f"{path}: not a readable parquet file ({error})") from None
+        column = self._column_name(path, parquet.schema_arrow.names)
+        total, row = max(1, parquet.metadata.num_rows), 0
+        for record_batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=[column]):
+            batch = self._rows(path, record_batch.column(0).to_pylist(), row)
+            batch.nbytes = input_bytes(path) * record_batch.num_rows // total
+            row += record_batch.num_rows
+            yield batch
+
+    def _arrow(self, path: Path) -> Iterator[DocBatch]:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(path))
+        column = self._column_name(path, dataset.column_names)
+        total, row = max(1, len(dataset)), 0
+        for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_BATCH):
+            batch = self._rows(path, table.column(0).to_pylist(), row)
+            batch.nbytes = input_bytes(path) * table.num_rows // total
+            row += table.num_rows
+            yield batch
+
+
+def _line_aligned_end(buffer, start: int, want: int, size: int) -> int:
+    """End of a batch: the last newline within `want` bytes, or the end of an overlong line."""
+    end = start + want
+    if end >= size:
+        return size
+    newline = buffer.rfind(b"\n", start, end)
+    if newline < 0:
+        newline = buffer.find(b"\n", end)
+        return size if newline < 0 else newline + 1
+    return newline + 1
+
+
+def open_sources(paths, field_path, **options) -> Sources:
+    if not paths:
+        raise PytrainError("no inputs given")
+    return Sources(paths, field_path, **options)

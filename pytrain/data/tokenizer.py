@@ -1,0 +1,106 @@
+"""Byte-level BPE tokenizers: train one from raw documents, or load any tokenizer.json.
+
+Any HF `tokenizer.json` (ours, GPT-2's, Llama-3's) works wherever pytrain takes a
+tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pytrain.errors import PytrainError
+
+EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
+BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer.json with a one-line error for a missing or unreadable file."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.exists():
+        raise PytrainError(f"{path}: no such tokenizer file; train one with `pytrain tokenizer train`")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for parse errors
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PytrainError(f"{path}: not a valid tokenizer.json ({first_line})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def max_token_id(tokenizer) -> int:
+    """Largest id the tokenizer can emit, added tokens included."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values())
+
+
+def special_token_id(tokenizer, explicit: str | None, candidates: tuple[str, ...], role: str, path) -> int | None:
+    """Id of `explicit` (which must exist), else of the first candidate present, else None."""
+    if explicit is not None:
+        token_id = tokenizer.token_to_id(explicit)
+        if token_id is None:
+            raise PytrainError(f"{path}: has no {role} token {explicit!r}")
+        return token_id
+    for name in candidates:
+        token_id = tokenizer.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    return None
+
+
+def train_tokenizer(
+    inputs, out, vocab_size: int, eos_token: str = "<|endoftext|>", special_tokens=("<pad>",),
+    min_frequency: int = 2, field: str = "text", jq: str | None = None, txt_split: str = "file",
+    on_bad_line: str = "error", max_documents: int | None = None, overwrite: bool = False,
+) -> Path:
+    """Train a GPT-2-style byte-level BPE on the documents `pack` would read from `inputs`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from pytrain.data.sources import open_sources, parse_field_path
+    from pytrain.fsutil import atomic_write_text
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PytrainError(f"{out}: already exists; choose another --out or pass --overwrite")
+    specials = [eos_token] + [t for t in special_tokens if t != eos_token]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(specials):
+        raise PytrainError(
+            f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least "
+            f"{len(alphabet) + len(specials)} (256 bytes + {len(specials)} special tokens)"
+        )
+    sources = open_sources(inputs, parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line)
+
+    def documents():
+        seen = 0
+        for batch in sources.batches():
+            for text in batch.texts:
+                if max_documents is not None and seen >= max_documents:
+                    return
+                seen += 1
+                yield text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+        initial_alphabet=alphabet, show_progress=False,
+    )
+    tokenizer.train_from_iterator(documents(), trainer=trainer)
+    if sources.documents == 0:
+        raise PytrainError(f"no documents found in {', '.join(map(str, inputs))}; nothing to train on")
+    atomic_write_text(out, tokenizer.to_str(pretty=True))
+    print(f"wrote {out}: {tokenizer.get_vocab_size()} tokens (EOS {eos_token!r} = id "
+          f"{tokenizer.token_to_id(eos_token)}) from {sources.documents} documents")
+    return out

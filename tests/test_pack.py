@@ -1,0 +1,231 @@
+"""`pytrain pack`: round trip, determinism across threads, every input kind, bad input, atomicity."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import run_cli
+from pytrain.data import format as fmt
+from pytrain.data.corpus import mixed_documents, write_jsonl
+from pytrain.errors import PytrainError
+
+
+def decoded_documents(root, split="train") -> list[str]:
+    tok = Tokenizer.from_file(str(root / fmt.TOKENIZER))
+    data = fmt.open_split(root, split)
+    return [tok.decode(data.document(d).tolist(), skip_special_tokens=True) for d in range(data.num_docs)]
+
+
+def test_round_trip_every_document(tmp_path, corpus_jsonl, tokenizer_path, documents):
+    out = tmp_path / "packed"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out)
+    manifest = fmt.read_manifest(out)
+    assert manifest["dtype"] == "uint16" and manifest["eos_id"] == 0
+    assert manifest["splits"]["train"]["documents"] == len(documents)
+    assert decoded_documents(out) == documents
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    data = fmt.open_split(out, "train")
+    expected = [tok.encode(doc, add_special_tokens=False).ids + [0] for doc in documents[:20]]
+    assert [data.document(d).tolist() for d in range(20)] == expected
+
+
+def _output_bytes(out):
+    files = ["train/tokens.bin", "train/index.idx", "val/tokens.bin", "val/index.idx"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("created_unix")
+    return [(out / f).read_bytes() for f in files], manifest
+
+
+def test_identical_output_for_1_2_4_threads(tmp_path, tokenizer_path, documents):
+    corpus = tmp_path / "mixed.jsonl"
+    write_jsonl(corpus, mixed_documents(documents, 3_000_000, seed=1))
+    outputs = []
+    for threads in (1, 2, 4):
+        out = tmp_path / f"t{threads}"
+        run_cli("pack", corpus, "--tokenizer", tokenizer_path, "--out", out, "--threads", threads,
+                "--batch-mb", 1, "--val-fraction", 0.05)
+        outputs.append(_output_bytes(out))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_every_input_kind_gives_the_same_tokens(tmp_path, tokenizer_path, documents):
+    docs = documents[:120]
+    write_jsonl(tmp_path / "a.jsonl", docs)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write((tmp_path / "a.jsonl").read_text(encoding="utf-8"))
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs, "n": list(range(len(docs)))}), tmp_path / "a.parquet", row_group_size=25)
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "ds"))
+    results = {}
+    for name in ("a.jsonl", "a.jsonl.gz", "a.parquet", "ds"):
+        out = tmp_path / f"out-{name}"
+        run_cli("pack", tmp_path / name, "--tokenizer", tokenizer_path, "--out", out, "--batch-mb", 1)
+        results[name] = (out / "train/tokens.bin").read_bytes(), (out / "train/index.idx").read_bytes()
+    assert len(set(results.values())) == 1
+    assert decoded_documents(tmp_path / "out-ds") == docs
+
+
+def test_several_inputs_and_text_files(tmp_path, tokenizer_path):
+    (tmp_path / "one.txt").write_text("A whole file\n\nis one document.\n")
+    (tmp_path / "two.txt").write_text("First paragraph\nline two.\n\n  \n\nSecond paragraph.\n\n\n")
+    out = tmp_path / "files"
+    run_cli("pack", tmp_path / "one.txt", tmp_path / "two.txt", "--tokenizer", tokenizer_path, "--out", out)
+    assert decoded_documents(out) == ["A whole file\n\nis one document.\n", "First paragraph\nline two.\n\n  \n\nSecond paragraph.\n\n\n"]
+    out = tmp_path / "paragraphs"
+    run_cli("pack", tmp_path / "two.txt", "--txt-split", "paragraph", "--tokenizer", tokenizer_path, "--out", out)
+    assert decoded_documents(out) == ["First paragraph\nline two.", "Second paragraph."]
+    manifest = fmt.read_manifest(out)
+    assert [s["documents"] for s in manifest["sources"]] == [2]
+
+
+def test_nested_jq_path_escapes_and_invalid_utf8(tmp_path, tokenizer_path):
+    lines = [
+        b'{"meta": {"body": "caf\\u00e9 \\ud834\\udd1e tab\\t"}, "id": 1}\n',
+        b'{"id": 2, "meta": {"body": "lone \\ud800 surrogate"}}\n',
+        b'{"meta": {"body": "raw bad \xff\xfe bytes"}}\r\n',
+        b'{"meta": {"body": "no newline at end"}}',
+    ]
+    (tmp_path / "n.jsonl").write_bytes(b"".join(lines))
+    out = tmp_path / "out"
+    run_cli("pack", tmp_path / "n.jsonl", "--jq", ".meta.body", "--tokenizer", tokenizer_path, "--out", out)
+    assert decoded_documents(out) == [
+        "café 𝄞 tab\t", "lone \ufffd surrogate", "raw bad \ufffd\ufffd bytes", "no newline at end"]
+
+
+BAD_LINES = [
+    (b'{"text": "ok one"}', None),
+    (b'{"text": "unterminated}', "bad_json"),
+    (b'{"title": "no text field"}', "missing_field"),
+    (b'{"text": 42}', "not_a_string"),
+    (b'{"text": ""}', "empty"),
+    (b"   ", "blank"),
+    (b'{"text": "trailing"} garbage', "bad_json"),
+    (b'{"text": "ok two"}', None),
+]
+
+
+def _bad_corpus(path):
+    path.write_bytes(b"\n".join(line for line, _ in BAD_LINES) + b"\n")
+
+
+def test_bad_line_error_names_file_and_line(tmp_path, tokenizer_path):
+    _bad_corpus(tmp_path / "bad.jsonl")
+    proc = run_cli("pack", tmp_path / "bad.jsonl", "--tokenizer", tokenizer_path, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert f"{tmp_path / 'bad.jsonl'}:2: invalid JSON" in message and "--on-bad-line skip" in message
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_bad_line_skip_counts_and_writes_rejects(tmp_path, tokenizer_path):
+    _bad_corpus(tmp_path / "bad.jsonl")
+    out = tmp_path / "out"
+    run_cli("pack", tmp_path / "bad.jsonl", "--tokenizer", tokenizer_path, "--out", out, "--on-bad-line", "skip")
+    manifest = fmt.read_manifest(out)
+    assert manifest["rejected"] == {"bad_json": 2, "missing_field": 1, "not_a_string": 1}
+    assert manifest["empty_documents"] == 1 and manifest["blank_lines"] == 1
+    assert decoded_documents(out) == ["ok one", "ok two"]
+    rejects = [json.loads(line) for line in (out / fmt.REJECTS).read_text().splitlines()]
+    assert [(r["location"], r["reason"]) for r in rejects] == [
+        ("2", "bad_json"), ("3", "missing_field"), ("4", "not_a_string"), ("7", "bad_json")]
+    assert rejects[1]["raw"] == '{"title": "no text field"}'
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.jsonl"], "missing.jsonl: no such file or directory"),
+    (["data.csv"], "unknown input type"),
+    (["good.jsonl", "--tokenizer-override", "nope.json"], "nope.json: no such tokenizer file"),
+    (["good.jsonl", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
+    (["good.jsonl", "--field", "body"], "missing field .body"),
+    (["good.jsonl", "--jq", "meta..x"], "cannot parse at character"),
+    (["good.jsonl", "--eos-token", "<nope>"], "has no EOS token '<nope>'"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, tokenizer_path, args, message):
+    (tmp_path / "good.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "data.csv").write_text("a,b\n")
+    tokenizer = str(tokenizer_path)
+    if "--tokenizer-override" in args:
+        i = args.index("--tokenizer-override")
+        tokenizer, args = args[i + 1], args[:i]
+    proc = run_cli("pack", *args, "--tokenizer", tokenizer, "--out", tmp_path / "out", check=False, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, corpus_jsonl, tokenizer_path):
+    out = tmp_path / "out"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out)
+    proc = run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--overwrite", "--val-docs", 3)
+    assert fmt.read_manifest(out)["splits"]["val"]["documents"] == 3
+
+
+def test_validation_splits(tmp_path, corpus_jsonl, tokenizer_path, documents):
+    out = tmp_path / "last"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--val-docs", 7, "--batch-mb", 1)
+    assert decoded_documents(out, "val") == documents[-7:]
+    assert decoded_documents(out, "train") == documents[:-7]
+    out = tmp_path / "fraction"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--val-fraction", 0.1)
+    val = [d for i, d in enumerate(documents) if int((i + 1) * 0.1) > int(i * 0.1)]
+    assert decoded_documents(out, "val") == val
+    assert len(decoded_documents(out, "train")) == len(documents) - len(val)
+
+
+def test_bos_and_no_eos(tmp_path, corpus_jsonl, tokenizer_path, documents):
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    out = tmp_path / "out"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--no-eos", "--bos", "--bos-token", "<pad>")
+    data = fmt.open_split(out, "train")
+    assert data.document(0).tolist() == [1] + tok.encode(documents[0], add_special_tokens=False).ids
+
+
+def test_vocab_over_65535_is_packed_as_uint32(tmp_path, tokenizer_path):
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.add_tokens([f"zzword{i}" for i in range(70_000)])
+    big = tmp_path / "big.json"
+    tok.save(str(big))
+    (tmp_path / "c.jsonl").write_text('{"text": "a zzword69999 b zzword3"}\n{"text": "plain"}\n')
+    out = tmp_path / "out"
+    run_cli("pack", tmp_path / "c.jsonl", "--tokenizer", big, "--out", out)
+    manifest = fmt.read_manifest(out)
+    data = fmt.open_split(out, "train")
+    assert manifest["dtype"] == "uint32" and data.tokens.dtype == np.dtype("<u4")
+    assert int(data.tokens.max()) == tok.token_to_id("zzword69999") > 65535
+    assert decoded_documents(out) == ["a zzword69999 b zzword3", "plain"]
+
+
+def test_killed_pack_leaves_nothing_a_reader_accepts(tmp_path, tokenizer_path, documents):
+    corpus = tmp_path / "big.jsonl"
+    write_jsonl(corpus, mixed_documents(documents, 30_000_000, seed=2))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pytrain", "pack", str(corpus), "--tokenizer", str(tokenizer_path),
+                             "--out", str(out), "--batch-mb", 1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.tmp-*/train/tokens.bin")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the pack finished before it could be killed; use a larger corpus"
+    assert not out.exists()
+    with pytest.raises(PytrainError, match="no such dataset directory"):
+        fmt.read_manifest(out)
+    for debris in tmp_path.glob(".out.tmp-*"):
+        with pytest.raises(PytrainError, match="no manifest.json"):
+            fmt.read_manifest(debris)
