@@ -1,8 +1,11 @@
-// pybind11 bindings for pytrain._native.
-#include <pybind11/pybind11.h>
-
-namespace py = pybind11;
+// pybind11 entry point for pytrain._native; each csrc/*.cpp registers its own functions.
+#include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL indexer, JSON field extractor, token writer, sample index";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, shuffles, sample index";
+    pytrain::bind_line_index(m);
+    pytrain::bind_json_extract(m);
+    pytrain::bind_tokens(m);
+    pytrain::bind_permutation(m);
+    pytrain::bind_sample_index(m);
 }

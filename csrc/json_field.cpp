@@ -1,0 +1,316 @@
+// FieldExtractor: a recursive-descent RFC 8259 validator that follows the requested path as it goes. Values off
+// the path are only validated (strings scanned, never decoded); the string at the path is decoded once the whole
+// line is known to be valid.
+#include "json_field.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "json_string.h"
+#include "swar.h"
+#include "utf8.h"
+
+namespace pytrain::json {
+namespace {
+
+bool is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+
+// First byte in [p, end) that ends a run of ordinary string bytes: '"', '\\' or a control character.
+const uint8_t* skip_string_run(const uint8_t* p, const uint8_t* end) {
+    while (end - p >= 8) {
+        const uint64_t v = swar::load(p);
+        if (swar::any_equal(v, '"') | swar::any_equal(v, '\\') | swar::any_less(v, 0x20)) break;
+        p += 8;
+    }
+    while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) ++p;
+    return p;
+}
+
+std::string hex_code(unsigned value) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "U+%04X", value);
+    return buf;
+}
+
+}  // namespace
+
+Status FieldExtractor::extract(const uint8_t* begin, const uint8_t* end, std::string& text, std::string& reason) {
+    if (end > begin && end[-1] == '\n') {
+        --end;
+        if (end > begin && end[-1] == '\r') --end;
+    }
+    line_ = p_ = begin;
+    end_ = end;
+    skip_whitespace();
+    if (p_ == end_) return kBlank;
+    found_ = Resolution{};
+    if (!value(0, 0)) {
+        reason = bad_json_reason();
+        return kBadJson;
+    }
+    skip_whitespace();
+    if (p_ != end_) {
+        fail(p_, "unexpected data after the JSON value");
+        reason = bad_json_reason();
+        return kBadJson;
+    }
+
+    const size_t level = found_.level;
+    if (level == path_.size()) {
+        if (found_.kind != Kind::kString) {
+            reason = describe_path(level) + " is " + kind_name(found_.kind) + ", not a string";
+            return kNotString;
+        }
+        if (found_.str_begin == found_.str_end) {
+            reason = describe_path(level) + " is an empty string";
+            return kEmptyText;
+        }
+        decode_string(found_.str_begin, found_.str_end, text);
+        return kOk;
+    }
+    reason = "missing " + describe_path(path_.size());
+    const PathStep& step = path_[level];
+    const Kind wanted = step.is_index ? Kind::kArray : Kind::kObject;
+    if (found_.kind != wanted) {
+        reason += std::string(" (") + describe_path(level) + " is " + kind_name(found_.kind) + ", not " +
+                  kind_name(wanted) + ")";
+    } else if (step.is_index) {
+        reason += " (" + describe_path(level) + " has " + std::to_string(found_.array_size) +
+                  (found_.array_size == 1 ? " element)" : " elements)");
+    }
+    return kMissingField;
+}
+
+// `level` is the number of path steps that lead to this value, or kOffPath when it is not on the path.
+bool FieldExtractor::value(int depth, size_t level) {
+    skip_whitespace();
+    if (p_ == end_) return fail(p_, "unexpected end of line, expected a value");
+    switch (*p_) {
+        case '{': return object(depth + 1, level);
+        case '[': return array(depth + 1, level);
+        case '"': {
+            const uint8_t *begin, *end;
+            bool has_escape;
+            if (!string(begin, end, has_escape)) return false;
+            reach(level, Kind::kString, begin, end);
+            return true;
+        }
+        case 't':
+        case 'f':
+        case 'n': {
+            Kind kind;
+            if (!literal(kind)) return false;
+            reach(level, kind);
+            return true;
+        }
+        default:
+            if (*p_ == '-' || is_digit(*p_)) {
+                if (!number()) return false;
+                reach(level, Kind::kNumber);
+                return true;
+            }
+            if (end_ - p_ >= 3 && std::memcmp(p_, "\xEF\xBB\xBF", 3) == 0) {
+                return fail(p_, "unexpected byte order mark (U+FEFF), expected a value");
+            }
+            return fail(p_, "expected a value");
+    }
+}
+
+bool FieldExtractor::object(int depth, size_t level) {
+    if (depth > kMaxDepth) return fail(p_, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+    ++p_;
+    reach(level, Kind::kObject);
+    const bool follow = level < path_.size() && !path_[level].is_index;  // false when off the path too
+    skip_whitespace();
+    if (p_ < end_ && *p_ == '}') {
+        ++p_;
+        return true;
+    }
+    for (;;) {
+        if (p_ == end_) return fail(p_, "unexpected end of line inside an object");
+        if (*p_ != '"') {
+            // Only reachable with '}' after a comma: an empty object returned above.
+            return fail(p_, *p_ == '}' ? "trailing comma before '}'" : "expected '\"' to start an object key");
+        }
+        const uint8_t *key_begin, *key_end;
+        bool key_escaped;
+        if (!string(key_begin, key_end, key_escaped)) return false;
+        const bool match = follow && key_matches(key_begin, key_end, key_escaped, path_[level].key);
+        skip_whitespace();
+        if (p_ == end_ || *p_ != ':') return fail(p_, "expected ':' after object key");
+        ++p_;
+        if (!value(depth, match ? level + 1 : kOffPath)) return false;
+        skip_whitespace();
+        if (p_ == end_) return fail(p_, "unexpected end of line inside an object");
+        if (*p_ == '}') {
+            ++p_;
+            return true;
+        }
+        if (*p_ != ',') return fail(p_, "expected ',' or '}' after object member");
+        ++p_;
+        skip_whitespace();
+    }
+}
+
+bool FieldExtractor::array(int depth, size_t level) {
+    if (depth > kMaxDepth) return fail(p_, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+    ++p_;
+    reach(level, Kind::kArray);
+    const bool follow = level < path_.size() && path_[level].is_index;
+    size_t count = 0;
+    skip_whitespace();
+    if (p_ < end_ && *p_ == ']') {
+        ++p_;
+    } else {
+        for (;;) {
+            skip_whitespace();
+            if (p_ < end_ && *p_ == ']') return fail(p_, "trailing comma before ']'");
+            const bool match = follow && count == path_[level].index;
+            if (!value(depth, match ? level + 1 : kOffPath)) return false;
+            ++count;
+            skip_whitespace();
+            if (p_ == end_) return fail(p_, "unexpected end of line inside an array");
+            if (*p_ == ']') {
+                ++p_;
+                break;
+            }
+            if (*p_ != ',') return fail(p_, "expected ',' or ']' after array element");
+            ++p_;
+        }
+    }
+    if (follow && found_.level == level) found_.array_size = count;  // the index was never reached
+    return true;
+}
+
+// p_ is at the opening quote. On success, [contents_begin, contents_end) are the raw contents and p_ is past the
+// closing quote. Validates escapes and rejects raw control characters; bytes >= 0x80 pass unchecked (the decoder
+// replaces ill-formed UTF-8, it is not a JSON error).
+bool FieldExtractor::string(const uint8_t*& contents_begin, const uint8_t*& contents_end, bool& has_escape) {
+    const uint8_t* open = p_;
+    const uint8_t* p = p_ + 1;
+    has_escape = false;
+    for (;;) {
+        p = skip_string_run(p, end_);
+        if (p == end_) return fail(open, "unterminated string");
+        const uint8_t c = *p;
+        if (c == '"') break;
+        if (c < 0x20) return fail(p, "unescaped control character " + hex_code(c) + " in string");
+        has_escape = true;  // c == '\\'
+        if (end_ - p < 2) return fail(open, "unterminated string");
+        const uint8_t e = p[1];
+        if (e == 'u') {
+            if (end_ - p < 6 || hex_digit(p[2]) < 0 || hex_digit(p[3]) < 0 || hex_digit(p[4]) < 0 || hex_digit(p[5]) < 0) {
+                return fail(p, "invalid \\u escape, expected 4 hex digits");
+            }
+            p += 6;
+        } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+            p += 2;
+        } else {
+            return fail(p, e >= 0x20 && e < 0x7F ? std::string("invalid escape '\\") + static_cast<char>(e) + "'"
+                                                 : "invalid escape");
+        }
+    }
+    contents_begin = open + 1;
+    contents_end = p;
+    p_ = p + 1;
+    return true;
+}
+
+bool FieldExtractor::number() {
+    if (*p_ == '-') ++p_;
+    if (p_ == end_ || !is_digit(*p_)) return fail(p_, "invalid number, expected a digit");
+    if (*p_ == '0') {
+        ++p_;  // no leading zeros: "01" ends the number after "0"
+    } else {
+        while (p_ < end_ && is_digit(*p_)) ++p_;
+    }
+    if (p_ < end_ && *p_ == '.') {
+        ++p_;
+        if (p_ == end_ || !is_digit(*p_)) return fail(p_, "invalid number, expected a digit after '.'");
+        while (p_ < end_ && is_digit(*p_)) ++p_;
+    }
+    if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+        ++p_;
+        if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+        if (p_ == end_ || !is_digit(*p_)) return fail(p_, "invalid number, expected a digit in the exponent");
+        while (p_ < end_ && is_digit(*p_)) ++p_;
+    }
+    return true;
+}
+
+bool FieldExtractor::literal(Kind& kind) {
+    const char* word = *p_ == 't' ? "true" : *p_ == 'f' ? "false" : "null";
+    const size_t n = std::strlen(word);
+    if (static_cast<size_t>(end_ - p_) < n || std::memcmp(p_, word, n) != 0) {
+        return fail(p_, std::string("invalid literal, expected '") + word + "'");
+    }
+    p_ += n;
+    kind = *word == 'n' ? Kind::kNull : Kind::kBoolean;
+    return true;
+}
+
+void FieldExtractor::skip_whitespace() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+}
+
+void FieldExtractor::reach(size_t level, Kind kind, const uint8_t* str_begin, const uint8_t* str_end) {
+    if (level == kOffPath) return;
+    found_ = Resolution{level, kind, str_begin, str_end, 0};
+}
+
+// Keys compare after decoding; the raw bytes suffice when there is no escape and they are pure ASCII (then the
+// decoded key is the raw key) or equal to the wanted key (which is well-formed UTF-8, so it decodes to itself).
+bool FieldExtractor::key_matches(const uint8_t* begin, const uint8_t* end, bool has_escape, const std::string& want) {
+    const size_t n = static_cast<size_t>(end - begin);
+    if (!has_escape) {
+        if (n == want.size() && std::memcmp(begin, want.data(), n) == 0) return true;
+        bool ascii = true;
+        for (const uint8_t* q = begin; q < end; ++q) ascii &= *q < 0x80;
+        if (ascii) return false;
+    }
+    key_scratch_.clear();
+    decode_string(begin, end, key_scratch_);
+    return key_scratch_ == want;
+}
+
+bool FieldExtractor::fail(const uint8_t* at, std::string message) {
+    error_at_ = at;
+    error_ = std::move(message);
+    return false;
+}
+
+// The column counts characters from 1 like Python's json (bytes that are not UTF-8 continuation bytes).
+std::string FieldExtractor::bad_json_reason() const {
+    size_t column = 1;
+    for (const uint8_t* q = line_; q < error_at_; ++q) column += (*q & 0xC0) != 0x80;
+    return "invalid JSON at column " + std::to_string(column) + ": " + error_;
+}
+
+// "field .messages[0].content" for the first `steps` steps of the path; "the line" for none.
+std::string FieldExtractor::describe_path(size_t steps) const {
+    if (steps == 0) return "the line";
+    std::string s = "field ";
+    for (size_t i = 0; i < steps; ++i) {
+        const PathStep& step = path_[i];
+        if (step.is_index) {
+            s += "[" + std::to_string(step.index) + "]";
+        } else {
+            s += "." + step.key;
+        }
+    }
+    return s;
+}
+
+const char* FieldExtractor::kind_name(Kind kind) {
+    switch (kind) {
+        case Kind::kObject: return "an object";
+        case Kind::kArray: return "an array";
+        case Kind::kString: return "a string";
+        case Kind::kNumber: return "a number";
+        case Kind::kBoolean: return "a boolean";
+        case Kind::kNull: return "null";
+    }
+    return "";
+}
+
+}  // namespace pytrain::json

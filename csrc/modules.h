@@ -1,0 +1,14 @@
+// One registration function per source file; bindings.cpp calls them all.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace pytrain {
+
+void bind_line_index(pybind11::module_& m);
+void bind_json_extract(pybind11::module_& m);
+void bind_tokens(pybind11::module_& m);
+void bind_permutation(pybind11::module_& m);
+void bind_sample_index(pybind11::module_& m);
+
+}  // namespace pytrain

@@ -1,0 +1,70 @@
+// UTF-8 primitives shared by the JSON string decoder: sequence validation with the "maximal subpart" rule and
+// code point encoding.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace pytrain::utf8 {
+
+inline constexpr char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, encoded
+
+// Length (1..4) of the well-formed UTF-8 sequence at p (p < end), or minus the length of its maximal invalid
+// subpart: the longest prefix of a well-formed sequence, or 1 byte when even the lead byte cannot start one.
+// Each maximal subpart decodes to one U+FFFD (Unicode §3.9, "U+FFFD Substitution of Maximal Subparts"), which is
+// exactly what Python's bytes.decode("utf-8", "replace") does. Well-formed means Unicode Table 3-7: no overlong
+// forms, no encoded surrogates (ED A0..BF), nothing above U+10FFFF.
+inline int sequence_length(const uint8_t* p, const uint8_t* end) {
+    const uint8_t lead = *p;
+    if (lead < 0x80) return 1;
+    int trail;
+    uint8_t lo = 0x80, hi = 0xBF;  // the range of the first trailing byte; later ones are always 80..BF
+    if (lead >= 0xC2 && lead <= 0xDF) {
+        trail = 1;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+        trail = 2;
+        if (lead == 0xE0) lo = 0xA0;       // overlong below U+0800
+        else if (lead == 0xED) hi = 0x9F;  // surrogates U+D800..DFFF
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        trail = 3;
+        if (lead == 0xF0) lo = 0x90;       // overlong below U+10000
+        else if (lead == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+        return -1;  // 80..BF stray continuation, C0/C1 always overlong, F5..FF never used
+    }
+    for (int i = 1; i <= trail; ++i) {
+        if (p + i == end || p[i] < lo || p[i] > hi) return -i;
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    return trail + 1;
+}
+
+// Appends the UTF-8 encoding of a Unicode scalar value (not a surrogate, at most U+10FFFF).
+inline void append(std::string& out, uint32_t cp) {
+    char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = static_cast<char>(cp);
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = static_cast<char>(0xC0 | (cp >> 6));
+        b[1] = static_cast<char>(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = static_cast<char>(0xE0 | (cp >> 12));
+        b[1] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = static_cast<char>(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = static_cast<char>(0xF0 | (cp >> 18));
+        b[1] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = static_cast<char>(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    out.append(b, n);
+}
+
+}  // namespace pytrain::utf8
