@@ -7,7 +7,9 @@ set), lse = logsumexp(z), label y and smoothing eps over V classes:
 
 Rows whose label is `ignore_index` contribute 0 and no gradient. "mean" divides by the number of
 non-ignored labels (0 when there are none, not NaN); the count stays on the device (no host sync).
-Losses are fp32 whatever the input dtype.
+The matmul runs in hidden's dtype (a weight of another dtype, e.g. fp32 master weights under
+autocast, is cast for it; its gradient comes back in its own dtype). Losses are fp32 (fp64 for fp64
+inputs).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=-100,
                                    label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False):
     """Pure-PyTorch version (materialises the logits); same contract as `linear_cross_entropy`."""
     _check(hidden, weight, labels, reduction, label_smoothing, softcap)
-    logits = (hidden @ weight.T).float()
+    logits = (hidden @ weight.to(hidden.dtype).T).to(torch.promote_types(hidden.dtype, torch.float32))
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     lse = torch.logsumexp(logits, dim=-1)

@@ -31,12 +31,13 @@ def rms_norm_reference(x, weight, eps=1e-6, *, residual=None, mode="llama"):
     _check(x, weight, residual, mode)
     if residual is not None:
         x = x + residual
-    xf = x.float()
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 statistics (fp64 for fp64 input)
+    xf = x.to(acc)
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if mode == "llama":
         y = normed.to(x.dtype) * weight.to(x.dtype)
     else:
-        y = (normed * (1.0 + weight.float())).to(x.dtype)
+        y = (normed * (1.0 + weight.to(acc))).to(x.dtype)
     return y if residual is None else (y, x)
 
 
