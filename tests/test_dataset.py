@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -59,10 +61,10 @@ def test_sharding_covers_every_sample_exactly_once(packed, world_size, batch_siz
         for ds in shards:
             batch = ds.next_batch(batch_size)
             seen += [tuple(row) for row in batch["input_ids"].tolist()]
-    everything = [tuple(shards[0][g]["input_ids"].tolist()) for g in range(n)]
-    assert len(seen) == len(set(seen)) == steps * world_size * batch_size
-    assert set(seen) <= set(everything) and len(set(everything)) == n
-    assert len(set(everything) - set(seen)) == n - steps * world_size * batch_size
+    consumed = steps * world_size * batch_size
+    assert consumed > n - world_size * batch_size  # the steps cover the epoch up to one global batch
+    expected = [tuple(shards[0][g]["input_ids"].tolist()) for g in range(consumed)]
+    assert Counter(seen) == Counter(expected)  # every sample once, none twice (as a multiset: texts repeat)
 
 
 def test_resume_is_exact_even_with_another_world_size(packed):

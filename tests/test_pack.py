@@ -215,7 +215,7 @@ def test_killed_pack_leaves_nothing_a_reader_accepts(tmp_path, tokenizer_path, d
     write_jsonl(corpus, mixed_documents(documents, 30_000_000, seed=2))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pytrain", "pack", str(corpus), "--tokenizer", str(tokenizer_path),
-                             "--out", str(out), "--batch-mb", 1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--out", str(out), "--batch-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*/train/tokens.bin")) and time.time() < deadline:
         time.sleep(0.05)
