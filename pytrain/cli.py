@@ -160,6 +160,28 @@ def _add_inspect_verify(sub) -> None:
                    help="also check the dataset was made with this tokenizer (default: the copy inside DIR)")
 
 
+# ----------------------------------------------------------------------------- train
+def _run_train(args) -> int:
+    from pytrain.config import load_config
+    from pytrain.train import train
+
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = _command(
+        sub, "train", "train (or resume) a Llama-style model on a packed dataset; single process or torchrun",
+        "  pytrain train --config run.yaml\n"
+        "  pytrain train --config run.yaml train.steps=2000 optim.lr=1e-3 model.preset=350m\n"
+        "  torchrun --nproc_per_node 8 -m pytrain train --config run.yaml\n"
+        "  pytrain train --config runs/run/config.yaml checkpoint.resume_step=400",
+        _run_train,
+    )
+    p.add_argument("--config", required=True, help="run configuration (.yaml/.yml or .json)")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="override config values")
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -172,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_pack(sub)
     _add_inspect_verify(sub)
+    _add_train(sub)
     return parser
 
 

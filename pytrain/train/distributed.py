@@ -1,0 +1,84 @@
+"""Process group and device setup, for one process (`pytrain train`) or many (`torchrun ... -m pytrain train`).
+
+A single process still gets a (one-rank) process group, so the trainer has one code path: FSDP2,
+mixed precision and sharded checkpoints behave the same whatever the rank count. Backend: NCCL for
+CUDA tensors with gloo for CPU ones (CPU offload, object collectives); gloo alone on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pytrain.errors import PytrainError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+def init_distributed(device: str = "auto") -> Distributed:
+    """Join the torchrun process group (or make a one-rank one) and pick this rank's device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PytrainError("train.device is cuda but no CUDA device is available; set train.device=cpu")
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = (_env_int("RANK", 0), _env_int("WORLD_SIZE", 1)) if launched else (0, 1)
+    local_rank = _env_int("LOCAL_RANK", 0) if launched else 0
+    local_world = _env_int("LOCAL_WORLD_SIZE", world) if launched else 1
+    if device == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise PytrainError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                               "launch at most one process per GPU")
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+        backend = "cuda:nccl,cpu:gloo"
+    else:
+        torch_device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        if launched:
+            dist.init_process_group(backend, device_id=torch_device if device == "cuda" else None)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return Distributed(rank, world, local_rank, local_world, torch_device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place and return it."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank (used for decisions only rank 0 can make, e.g. what is on disk)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    dist.barrier()

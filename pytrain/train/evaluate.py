@@ -1,0 +1,51 @@
+"""Validation loss and perplexity over the first `max_batches` micro-batches of the validation split.
+
+The validation stream is rewound before every evaluation, so each one scores the same tokens and the
+numbers are comparable across steps (and across rank counts, since the global stream is the same).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pytrain.train.distributed import all_reduce_sum
+
+
+class Evaluator:
+    def __init__(self, dataset, micro_batch_size: int, max_batches: int, document_masking: bool,
+                 device: torch.device):
+        self.dataset = dataset
+        self.start = dataset.state_dict()
+        self.micro_batch_size = micro_batch_size
+        self.max_batches = max_batches
+        self.document_masking = document_masking
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        """(mean validation loss per token, perplexity), identical on every rank."""
+        self.dataset.load_state_dict(self.start)
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, token count
+        for _ in range(self.max_batches):
+            batch = model_inputs(self.dataset.next_batch(self.micro_batch_size), self.document_masking, self.device)
+            totals[0] += model(**batch, reduction="sum").double()
+            totals[1] += (batch["labels"] != -100).sum()
+        model.train(was_training)
+        loss_sum, count = all_reduce_sum(totals).tolist()
+        loss = loss_sum / max(count, 1.0)
+        return loss, math.exp(min(loss, 700.0))
+
+
+def model_inputs(batch: dict, document_masking: bool, device: torch.device) -> dict:
+    """The dataset's batch as the model's keyword arguments, on `device`.
+
+    Without document masking, positions run 0..seq-1 across document boundaries (GPT-style packing);
+    with it, positions restart at each document and attention stays within it (Llama 3 style).
+    """
+    keys = ("input_ids", "labels", "position_ids", "segment_ids") if document_masking else ("input_ids", "labels")
+    return {key: batch[key].to(device, non_blocking=True) for key in keys}

@@ -1,0 +1,139 @@
+"""Run logging on rank 0: a live progress line, `train.log`, `metrics.jsonl`, TensorBoard and W&B.
+
+    train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
+    metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
+                    mfu (null when the device peak is unknown), memory_gib, elapsed_s; and one per
+                    evaluation: step, tokens, val_loss, val_ppl
+    tensorboard/    event files, when the tensorboard package is installed (logging.tensorboard)
+
+On resume, rows after the resumed step (logged by the interrupted run after its last checkpoint) are
+dropped from metrics.jsonl, so the file reads as one continuous run. Other ranks log nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+from pytrain.config import LoggingSection
+from pytrain.fsutil import atomic_write_text
+from pytrain.progress import duration, human
+
+BAR_WIDTH = 20
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, logging: LoggingSection, *, enabled: bool, total_steps: int,
+                 resume_step: int = 0, config: dict | None = None, stream=sys.stderr):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.stream = stream
+        self.bar = False
+        self._bar_shown = False
+        self._log = self._metrics = self._tensorboard = self._wandb = None
+        if not enabled:
+            return
+        progress = logging.progress
+        if progress == "auto":
+            progress = "bar" if stream.isatty() else "lines"
+        self.bar, self.lines = progress == "bar", progress != "none"
+        metrics = run_dir / "metrics.jsonl"
+        self._truncate_metrics(metrics, resume_step)
+        self._log = open(run_dir / "train.log", "a", encoding="utf-8")
+        self._metrics = open(metrics, "a", encoding="utf-8")
+        if logging.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+        if logging.wandb:
+            self._wandb = self._init_wandb(run_dir, logging, config)
+
+    @staticmethod
+    def _truncate_metrics(path: Path, resume_step: int) -> None:
+        if not path.exists():
+            return
+        rows = path.read_text(encoding="utf-8").splitlines()
+        kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= resume_step]
+        if len(kept) != len(rows):
+            atomic_write_text(path, "".join(row + "\n" for row in kept))
+
+    def _init_wandb(self, run_dir: Path, logging: LoggingSection, config: dict | None):
+        if importlib.util.find_spec("wandb") is None:
+            self.info("logging.wandb is set but the wandb package is not installed: not logging to W&B")
+            return None
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        atomic_write_text(id_file, run_id)
+        return wandb.init(project=logging.wandb_project, name=run_dir.name, id=run_id, resume="allow",
+                          dir=str(run_dir), config=config)
+
+    # ------------------------------------------------------------------ text
+    def info(self, message: str, echo: bool = True) -> None:
+        """A line for train.log and (with `echo`) the terminal, above the progress bar."""
+        if not self.enabled:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self._log.write(f"{stamp} {line}\n")
+        self._log.flush()
+        if echo:
+            self._clear_bar()
+            print(message, file=self.stream, flush=True)
+
+    def _clear_bar(self) -> None:
+        if self._bar_shown:
+            self.stream.write("\r\033[K")
+            self._bar_shown = False
+
+    # ------------------------------------------------------------------ metrics
+    def log_step(self, row: dict, eta_s: float) -> None:
+        if not self.enabled:
+            return
+        self._write_row(row, prefix="train")
+        mfu = "" if row["mfu"] is None else f" | mfu {row['mfu']:.1%}"
+        text = (f"step {row['step']}/{self.total_steps} | loss {row['loss']:.4f} | ppl {row['ppl']:.2f} | "
+                f"lr {row['lr']:.2e} | gnorm {row['grad_norm']:.3f} | {human(row['tokens_per_s'])} tok/s{mfu} | "
+                f"mem {row['memory_gib']:.2f}GiB | ETA {duration(eta_s)}")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._log.write(f"{stamp} {text}\n")
+        self._log.flush()
+        if self.bar:
+            done = row["step"] / self.total_steps
+            filled = int(done * BAR_WIDTH)
+            self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%} {text}")
+            self.stream.flush()
+            self._bar_shown = True
+        elif self.lines:
+            print(text, file=self.stream, flush=True)
+
+    def log_eval(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self._write_row(row, prefix="val")
+        self.info(f"eval step {row['step']} | val_loss {row['val_loss']:.4f} | val_ppl {row['val_ppl']:.2f}")
+
+    def _write_row(self, row: dict, prefix: str) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        scalars = {k: v for k, v in row.items() if k not in ("step", "tokens") and isinstance(v, (int, float))}
+        if self._tensorboard is not None:
+            for key, value in scalars.items():
+                self._tensorboard.add_scalar(f"{prefix}/{key}", value, row["step"])
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=row["step"])
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._clear_bar()
+        for handle in (self._log, self._metrics):
+            handle.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,107 @@
+"""Apply activation checkpointing, `torch.compile` and FSDP2 to a plain `Llama`, then materialise it.
+
+The order follows torchtitan: checkpoint-wrap blocks, compile blocks, shard blocks, shard the root.
+The model is built on the meta device, so no rank ever holds the full weights: `materialize` allocates
+each rank's shards and fills them from the full initial value of each parameter, which depends only on
+(seed, parameter name). A run on any number of ranks therefore starts from the very weights a single
+process would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from pytrain.errors import PytrainError
+from pytrain.train.distributed import Distributed
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# Wrappers that prefix parameter names; stripped to get the model's own names (as DCP does).
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def canonical_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def build_mesh(d: Distributed, hsdp: bool, shard_size: int | None) -> DeviceMesh:
+    """A 1-D mesh (FSDP: shard over all ranks) or 2-D (HSDP: replicate across groups, shard within)."""
+    if not hsdp:
+        return init_device_mesh(d.device.type, (d.world_size,), mesh_dim_names=("shard",))
+    shard = shard_size or d.local_world_size
+    if d.world_size % shard:
+        raise PytrainError(f"HSDP: world size {d.world_size} is not a multiple of the shard group size {shard} "
+                           "(train.hsdp_shard_size, default: processes per node)")
+    return init_device_mesh(d.device.type, (d.world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
+    """Recompute every k-th block's activations in the backward (k=1: every block; 0: none)."""
+    if every <= 0:
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.layers):
+        if i % every == 0:
+            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block separately: every block has the same graph, so it compiles once."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,
+               cpu_offload: bool) -> None:
+    """Shard each block, then the root (embedding, final norm, LM head) with FSDP2.
+
+    The root is not resharded after forward: its backward starts right away and would all-gather again.
+    Gradients are summed over ranks, not averaged: the trainer already divides each rank's loss by the
+    global token count, so the sum is the gradient of the global mean.
+    """
+    options = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype))
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    last = len(model.layers) - 1
+    for i, block in enumerate(model.layers):
+        fully_shard(block, reshard_after_forward=i < last, **options)
+    fully_shard(model, reshard_after_forward=False, **options)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: also what gloo supports
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, *, param_dtype: str, reduce_dtype: str, ac_every: int,
+                compile: bool, cpu_offload: bool) -> nn.Module:
+    apply_activation_checkpointing(model, ac_every)
+    if compile:
+        apply_compile(model)
+    apply_fsdp(model, mesh, param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype],
+               cpu_offload=cpu_offload)
+    return model
+
+
+@torch.no_grad()
+def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: bool = False) -> None:
+    """Allocate the meta-device model's (sharded) parameters and fill them with the initial weights.
+
+    Each full parameter is drawn on `device` (bounded temporary memory: one parameter at a time) and
+    each rank keeps only its slice (`distribute_tensor(src_data_rank=None)` slices locally, no traffic).
+    """
+    model.to_empty(device="cpu" if cpu_offload else device)
+    init = model.init_parameter
+    for name, param in model.named_parameters():
+        full = torch.empty(param.shape, dtype=param.dtype, device=device)
+        init(canonical_name(name), full, seed)
+        if isinstance(param, DTensor):
+            full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            param.to_local().copy_(full)
+        else:
+            param.copy_(full)
