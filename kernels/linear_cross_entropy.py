@@ -25,6 +25,7 @@ from torch.library import custom_op
 
 CHUNK_BYTES = 512 * 2**20  # logits buffer budget: 2048 tokens x 128256 vocab in bf16
 MIN_CHUNK = 256
+MAX_BLOCK = 8192  # vocab columns per step of the row loops
 
 
 @triton.jit
@@ -140,7 +141,7 @@ def _chunked(hidden, weight, labels, *, ignore_index, label_smoothing, z_loss, s
     compute_grad = scale is not None and (want_dh or want_dw)
     chunk = chunk or default_chunk(n, v, hidden.dtype)
     buffer = torch.empty((min(chunk, n), v), dtype=hidden.dtype, device=dev)
-    block = triton.next_power_of_2(min(v, 8192))
+    block = triton.next_power_of_2(min(v, MAX_BLOCK))
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         logits = buffer[: end - start]
