@@ -33,7 +33,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, or a datasets.save_to_disk folder")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--field", default="text", help="JSON/parquet/dataset field holding the document text")
+    where.add_argument("--field", default=None,
+                       help="JSON/parquet/dataset field holding the document (default: text; messages for --format chat)")
     where.add_argument("--jq", dest="jq", default=None, metavar="PATH",
                        help="nested JSON path to the text, e.g. .meta.body or .messages[0].content")
     parser.add_argument("--txt-split", choices=["file", "paragraph"], default="file",
@@ -82,7 +83,7 @@ def _run_pack(args) -> int:
     if args.val_docs is not None and args.val_fraction is not None:
         raise PytrainError("pass --val-docs or --val-fraction, not both")
     options = PackOptions(
-        field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
+        format=args.format, field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
         append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
         threads=args.threads,
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
@@ -97,10 +98,14 @@ def _add_pack(sub) -> None:
         sub, "pack", "tokenize documents into a packed, memory-mapped token dataset",
         "  pytrain pack corpus.jsonl --tokenizer tokenizer.json --out data/\n"
         "  pytrain pack a.jsonl.gz b.parquet --tokenizer tok.json --out data/ --jq .doc.body --val-docs 1000\n"
-        "  pytrain pack notes/*.txt --txt-split paragraph --tokenizer tok.json --out data/ --on-bad-line skip",
+        "  pytrain pack notes/*.txt --txt-split paragraph --tokenizer tok.json --out data/ --on-bad-line skip\n"
+        "  pytrain pack chats.jsonl --format chat --tokenizer tok.json --out sft/   # trains assistant turns only",
         _run_pack,
     )
     _add_input_options(p)
+    p.add_argument("--format", choices=["text", "chat"], default="text",
+                   help="plain documents, or conversations ({'messages': [...]} or 'User: ...\\n\\nAgent: ...<eos>' "
+                        "text) packed with a loss mask that trains assistant turns only")
     p.add_argument("--tokenizer", required=True, help="a tokenizer.json (ours, GPT-2's, Llama-3's, ...)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
@@ -163,9 +168,11 @@ def _add_inspect_verify(sub) -> None:
 # ----------------------------------------------------------------------------- train
 def _run_train(args) -> int:
     from pytrain.config import load_config
+
+    config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
     from pytrain.train import train
 
-    train(load_config(args.config, args.overrides))
+    train(config)
     return 0
 
 

@@ -22,6 +22,7 @@ from pytrain.data import format as fmt
 from pytrain.errors import PytrainError
 
 _MASK64 = (1 << 64) - 1
+IGNORE_INDEX = -100
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -57,7 +58,9 @@ class PackedDataset:
     `ds[g]` is sample g of the global stream (epoch g // len(ds)) as a dict of int64
     numpy arrays of length seq_len: input_ids, labels (the next tokens), position_ids
     (restarting at 0 at every document start inside the sample) and segment_ids (0, 1,
-    2, ... per document inside the sample, for intra-document attention masks).
+    2, ... per document inside the sample, for intra-document attention masks). For chat
+    data (`pack --format chat`), labels are IGNORE_INDEX (-100) where the loss mask is 0,
+    so only assistant tokens are trained.
     """
 
     def __init__(self, path, seq_len: int, split: str = "train", seed: int = 0,
@@ -98,33 +101,38 @@ class PackedDataset:
             self._epochs[epoch] = _Epoch(self.data.offsets, self.seq_len, self.seed, epoch, self.shuffle)
         return self._epochs[epoch]
 
-    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray]:
-        """The seq_len+1 tokens of global sample g and the length of each document piece in it."""
+    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Global sample g: its seq_len+1 tokens, the length of each document piece in it, and
+        (chat data) the loss mask of those tokens."""
         if g < 0:
             raise IndexError(g)
         epoch = self._epoch(g // self._len)
         s = int(epoch.sample_order[g % self._len])
         k, off = (int(v) for v in epoch.sample_index[s])
         need = self.seq_len + 1
-        pieces, lengths = [], []
-        offsets, tokens = self.data.offsets, self.data.tokens
+        pieces, masks, lengths = [], [], []
+        offsets, tokens, mask = self.data.offsets, self.data.tokens, self.data.mask
         while need:
             doc = int(epoch.doc_order[k])
             start, end = int(offsets[doc]) + off, int(offsets[doc + 1])
             take = min(end - start, need)
             if take > 0:
                 pieces.append(tokens[start:start + take])
+                if mask is not None:
+                    masks.append(mask[start:start + take])
                 lengths.append(take)
                 need -= take
             k, off = k + 1, 0
-        return np.concatenate(pieces).astype(np.int64), np.asarray(lengths, dtype=np.int64)
+        sample_mask = np.concatenate(masks) if mask is not None else None
+        return np.concatenate(pieces).astype(np.int64), np.asarray(lengths, dtype=np.int64), sample_mask
 
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
-        buf, lengths = self.sample_tokens(int(g))
+        buf, lengths, mask = self.sample_tokens(int(g))
         segment = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:-1]
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         position = np.arange(self.seq_len, dtype=np.int64) - np.repeat(starts, lengths)[:-1]
-        return {"input_ids": buf[:-1], "labels": buf[1:], "position_ids": position, "segment_ids": segment}
+        labels = buf[1:] if mask is None else np.where(mask[1:] == 1, buf[1:], IGNORE_INDEX)
+        return {"input_ids": buf[:-1], "labels": labels, "position_ids": position, "segment_ids": segment}
 
     def get_batch(self, indices) -> dict:
         """Global samples `indices`, stacked into torch.LongTensors [len(indices), seq_len]."""

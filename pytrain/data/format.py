@@ -4,6 +4,7 @@
     DIR/tokenizer.json       the tokenizer the tokens were made with (for decode and stale checks)
     DIR/<split>/tokens.bin   little-endian token ids, uint16 or uint32, no header (a plain np.memmap)
     DIR/<split>/index.idx    32-byte header + int64 document start offsets (docs+1 entries)
+    DIR/<split>/mask.bin     chat data only: uint8 per token, 1 where the loss is trained
     DIR/rejects.jsonl        skipped bad lines, when --on-bad-line skip rejected any
 
 index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width in bytes
@@ -48,6 +49,10 @@ def tokens_path(root: Path, split: str) -> Path:
 
 def index_path(root: Path, split: str) -> Path:
     return Path(root) / split / "index.idx"
+
+
+def mask_path(root: Path, split: str) -> Path:
+    return Path(root) / split / "mask.bin"
 
 
 def index_header(token_width: int, doc_count: int, token_count: int) -> bytes:
@@ -106,6 +111,7 @@ class PackedSplit:
 
     tokens: np.ndarray
     offsets: np.ndarray
+    mask: np.ndarray | None = None  # chat data: 1 where the token's loss is trained
 
     @property
     def num_docs(self) -> int:
@@ -159,4 +165,10 @@ def open_split(root: str | Path, split: str, manifest: dict | None = None) -> Pa
         raise PytrainError(f"{bin_path}: {bin_path.stat().st_size} bytes, expected {want_bin}; truncated or corrupted, re-pack")
     offsets = _memmap(idx, np.dtype("<i8"), INDEX_HEADER.size, header.doc_count + 1)
     tokens = _memmap(bin_path, dtype, 0, header.token_count)
-    return PackedSplit(tokens=tokens, offsets=offsets)
+    mask = None
+    if manifest.get("loss_mask"):
+        mask_file = mask_path(root, split)
+        if not mask_file.exists() or mask_file.stat().st_size != header.token_count:
+            raise PytrainError(f"{mask_file}: missing or not {header.token_count} bytes; truncated or corrupted, re-pack")
+        mask = _memmap(mask_file, np.dtype("u1"), 0, header.token_count)
+    return PackedSplit(tokens=tokens, offsets=offsets, mask=mask)

@@ -24,6 +24,19 @@ def length_histogram(lengths: np.ndarray, bins: int = 12, width: int = 40) -> li
             for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
 
 
+MASK_OPEN, MASK_CLOSE = "\u27e6", "\u27e7"
+
+
+def render_masked(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> str:
+    """Decode a document run by run, bracketing the runs whose loss is masked."""
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    parts = []
+    for run_tokens, run_mask in zip(np.split(tokens, edges), np.split(mask, edges)):
+        text = tokenizer.decode(run_tokens.tolist(), skip_special_tokens=False)
+        parts.append(text if run_mask[0] else f"{MASK_OPEN}{text}{MASK_CLOSE}")
+    return "".join(parts)
+
+
 def inspect_dataset(root, split: str = "train", doc: int | None = None, bins: int = 12) -> None:
     manifest = fmt.read_manifest(root)
     shown = {k: v for k, v in manifest.items() if k not in ("sources", "splits")}
@@ -43,4 +56,10 @@ def inspect_dataset(root, split: str = "train", doc: int | None = None, bins: in
         tokens = data.document(doc)
         tokenizer = load_tokenizer(Path(root) / fmt.TOKENIZER)
         print(f"--- {split} document {doc}: {len(tokens)} tokens ---")
-        print(tokenizer.decode(tokens.tolist(), skip_special_tokens=False))
+        if data.mask is None:
+            print(tokenizer.decode(tokens.tolist(), skip_special_tokens=False))
+        else:
+            mask = data.mask[data.offsets[doc]:data.offsets[doc + 1]]
+            print(f"(loss-masked spans, not trained, are shown in {MASK_OPEN}...{MASK_CLOSE}; "
+                  f"{int(mask.sum())} of {len(mask)} tokens trained)")
+            print(render_masked(tokenizer, tokens, mask))

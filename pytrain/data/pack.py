@@ -40,8 +40,9 @@ _DONE = object()
 
 @dataclass
 class PackOptions:
-    field: str = "text"
+    field: str | None = None  # default: "text", or "messages" for chat
     jq: str | None = None
+    format: str = "text"  # "text" documents, or "chat" conversations with an assistant-only loss mask
     txt_split: str = "file"
     on_bad_line: str = "error"
     append_eos: bool = True
@@ -56,6 +57,10 @@ class PackOptions:
     progress: bool | None = None
 
     def validate(self) -> None:
+        if self.format not in ("text", "chat"):
+            raise PytrainError(f"--format must be 'text' or 'chat', not {self.format!r}")
+        if self.format == "chat" and not self.append_eos:
+            raise PytrainError("--format chat ends every assistant turn with EOS; drop --no-eos")
         if self.on_bad_line not in ("error", "skip"):
             raise PytrainError(f"--on-bad-line must be 'error' or 'skip', not {self.on_bad_line!r}")
         if self.val_docs < 0:
@@ -69,9 +74,9 @@ class PackOptions:
 
 
 class SplitWriter:
-    """Appends documents to one split's tokens.bin and index.idx, hashing the tokens as it goes."""
+    """Appends documents to one split's tokens.bin and index.idx (and mask.bin), hashing as it goes."""
 
-    def __init__(self, root: Path, split: str, dtype: np.dtype):
+    def __init__(self, root: Path, split: str, dtype: np.dtype, with_mask: bool = False):
         self.split = split
         self.dtype = dtype
         self.tokens_file = fmt.tokens_path(root, split)
@@ -82,14 +87,19 @@ class SplitWriter:
         self._index.write(fmt.index_header(dtype.itemsize, 0, 0))  # rewritten on close
         self._index.write(np.zeros(1, dtype="<i8").tobytes())
         self._hash = hashlib.sha256()
+        self._mask = open(fmt.mask_path(root, split), "wb") if with_mask else None
+        self._mask_hash = hashlib.sha256()
         self.documents = 0
         self.tokens = 0
 
-    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    def write(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
         if len(lengths) == 0:
             return
         self._tokens.write(memoryview(tokens))
         self._hash.update(memoryview(tokens))
+        if self._mask is not None:
+            self._mask.write(memoryview(mask))
+            self._mask_hash.update(memoryview(mask))
         ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
         self._index.write(ends.astype("<i8", copy=False).tobytes())
         self.tokens = int(ends[-1])
@@ -100,12 +110,16 @@ class SplitWriter:
         self._index.seek(0)
         self._index.write(fmt.index_header(self.dtype.itemsize, self.documents, self.tokens))
         self._index.close()
-        return {
+        info = {
             "documents": self.documents,
             "tokens": self.tokens,
             "tokens_sha256": self._hash.hexdigest(),
             "index_sha256": file_sha256(self.index_file),
         }
+        if self._mask is not None:
+            self._mask.close()
+            info["mask_sha256"] = self._mask_hash.hexdigest()
+        return info
 
 
 class SplitRouter:
@@ -120,41 +134,41 @@ class SplitRouter:
         self.train, self.val = train, val
         self.val_docs, self.val_fraction = val_docs, val_fraction
         self.seen = 0
-        self._ring: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self._ring: deque[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = deque()
         self._ring_docs = 0
 
-    def route(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    def route(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
         first, self.seen = self.seen, self.seen + len(lengths)
         if self.val is None:
-            self.train.write(tokens, lengths)
+            self.train.write(tokens, lengths, mask)
         elif self.val_fraction:
             index = np.arange(first, self.seen, dtype=np.float64)
             to_val = np.floor((index + 1) * self.val_fraction) > np.floor(index * self.val_fraction)
             per_token = np.repeat(to_val, lengths)
-            self.train.write(tokens[~per_token], lengths[~to_val])
-            self.val.write(tokens[per_token], lengths[to_val])
+            self.train.write(tokens[~per_token], lengths[~to_val], None if mask is None else mask[~per_token])
+            self.val.write(tokens[per_token], lengths[to_val], None if mask is None else mask[per_token])
         else:
-            self._ring.append((tokens, lengths))
+            self._ring.append((tokens, lengths, mask))
             self._ring_docs += len(lengths)
             self._spill_ring()
 
     def _spill_ring(self) -> None:
         while self._ring_docs > self.val_docs:
-            tokens, lengths = self._ring[0]
+            tokens, lengths, mask = self._ring[0]
             extra = self._ring_docs - self.val_docs
             if extra >= len(lengths):
                 self._ring.popleft()
-                self.train.write(tokens, lengths)
+                self.train.write(tokens, lengths, mask)
                 self._ring_docs -= len(lengths)
             else:
                 cut = int(lengths[:extra].sum())
-                self.train.write(tokens[:cut], lengths[:extra])
-                self._ring[0] = (tokens[cut:], lengths[extra:])
+                self.train.write(tokens[:cut], lengths[:extra], None if mask is None else mask[:cut])
+                self._ring[0] = (tokens[cut:], lengths[extra:], None if mask is None else mask[cut:])
                 self._ring_docs -= extra
 
     def finish(self) -> None:
-        for tokens, lengths in self._ring:
-            self.val.write(tokens, lengths)
+        for tokens, lengths, mask in self._ring:
+            self.val.write(tokens, lengths, mask)
         self._ring.clear()
 
 
@@ -199,6 +213,33 @@ def _encode(tokenizer, texts: list[str]):
     return encode(texts, add_special_tokens=False)
 
 
+def _encode_documents(tokenizer, documents: list, chat: bool) -> list:
+    """One Encoding per document; for chat, one per segment of each conversation (None for EOS).
+
+    All segments of a batch go to the tokenizer in a single call, so chat data is batched too.
+    """
+    if not chat:
+        return _encode(tokenizer, documents)
+    texts = [text for conversation in documents for text, _ in conversation if text is not None]
+    encodings = iter(_encode(tokenizer, texts) if texts else [])
+    return [[next(encodings) if text is not None else None for text, _ in conversation] for conversation in documents]
+
+
+def _chat_ids_and_mask(conversations: list, encoded: list, eos_id: int, bos: bool) -> tuple[list[list[int]], np.ndarray]:
+    """Concatenate each conversation's segment ids (EOS by id) and build its per-token loss mask."""
+    ids, mask_parts = [], []
+    for conversation, segments in zip(conversations, encoded):
+        doc, flags = [], [0] if bos else []
+        for (_, trained), encoding in zip(conversation, segments):
+            piece = [eos_id] if encoding is None else encoding.ids
+            doc += piece
+            flags += [int(trained)] * len(piece)
+        ids.append(doc)
+        mask_parts.append(flags)
+    mask = np.fromiter((f for flags in mask_parts for f in flags), dtype=np.uint8)
+    return ids, mask
+
+
 def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`."""
     from pytrain import _native
@@ -219,17 +260,19 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         raise PytrainError(f"{tokenizer_path}: no BOS token found (looked for {', '.join(BOS_CANDIDATES)}); pass --bos-token NAME or drop --bos")
     top_id = max_token_id(tok)
     dtype = fmt.dtype_for_vocab(top_id)
-    field_path = parse_field_path(options.field, options.jq)
+    chat = options.format == "chat"
+    field_path = parse_field_path(options.field, options.jq, chat=chat)
     sources = open_sources(
         inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
         batch_bytes=options.batch_bytes, threads=options.threads,
+        chat_eos_token=tok.id_to_token(eos_id) if chat else None,
     )
     started = time.perf_counter()
     bar = ProgressBar(sources.total_bytes, enabled=options.progress)
 
     with atomic_directory(out, overwrite=options.overwrite) as tmp:
-        train = SplitWriter(tmp, "train", dtype)
-        val = SplitWriter(tmp, "val", dtype) if (options.val_docs or options.val_fraction) else None
+        train = SplitWriter(tmp, "train", dtype, with_mask=chat)
+        val = SplitWriter(tmp, "val", dtype, with_mask=chat) if (options.val_docs or options.val_fraction) else None
         router = SplitRouter(train, val, options.val_docs, options.val_fraction)
         rejects_file = open(tmp / fmt.REJECTS, "w", encoding="utf-8")
         texts_q: queue.Queue = queue.Queue(maxsize=2)
@@ -249,14 +292,19 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         def write():
             while (item := _get(ids_q, failed)) is not _DONE:
                 batch, encodings = item
-                ids = [e.ids for e in encodings]
-                if not all(ids):
-                    progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
-                    ids = [x for x in ids if x]
+                mask = None
+                if chat:
+                    ids, mask = _chat_ids_and_mask(batch.texts, encodings, eos_id, options.prepend_bos)
+                else:
+                    ids = [e.ids for e in encodings]
+                    if not all(ids):
+                        progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
+                        ids = [x for x in ids if x]
                 tokens, lengths = _native.narrow_tokens(
-                    ids, dtype.name, bos_id if options.prepend_bos else -1, eos_id if options.append_eos else -1
+                    ids, dtype.name, bos_id if options.prepend_bos else -1,
+                    eos_id if options.append_eos and not chat else -1,
                 )
-                router.route(tokens, lengths)
+                router.route(tokens, lengths, mask)
                 for record in batch.rejects:
                     rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 progress["bytes"] += batch.nbytes
@@ -268,7 +316,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         writer.start()
         try:
             while (batch := _get(texts_q, failed)) is not _DONE:
-                encodings = _encode(tok, batch.texts) if batch.texts else []
+                encodings = _encode_documents(tok, batch.texts, chat) if batch.texts else []
                 if not _put(ids_q, (batch, encodings), failed):
                     break
             _put(ids_q, _DONE, failed)
@@ -305,6 +353,8 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "eos_id": eos_id,
             "bos_id": bos_id,
             "append_eos": options.append_eos,
+            "document_format": options.format,
+            "loss_mask": chat,
             "prepend_bos": options.prepend_bos,
             "tokenizer": {"file": fmt.TOKENIZER, "source": str(tokenizer_path.resolve()),
                           "sha256": file_sha256(tokenizer_path)},

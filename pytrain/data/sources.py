@@ -21,18 +21,24 @@ from typing import Iterator
 
 import numpy as np
 
+from pytrain.data import chat
 from pytrain.errors import PytrainError, did_you_mean
 
-OK, BLANK, BAD_JSON, MISSING_FIELD, NOT_STRING, EMPTY_TEXT = range(6)
-REASON_NAMES = {BAD_JSON: "bad_json", MISSING_FIELD: "missing_field", NOT_STRING: "not_a_string"}
+OK, BLANK, BAD_JSON, MISSING_FIELD, NOT_STRING, EMPTY_TEXT, BAD_CONVERSATION = range(7)
+REASON_NAMES = {BAD_JSON: "bad_json", MISSING_FIELD: "missing_field", NOT_STRING: "not_a_string",
+                BAD_CONVERSATION: "bad_conversation"}
 ROWS_PER_BATCH = 4096
 _PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]')
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 
-def parse_field_path(field_name: str = "text", jq: str | None = None) -> list[str | int]:
-    """`--field text` -> ["text"]; `--jq .a.b[0]["x y"]` -> ["a", "b", 0, "x y"]."""
+def parse_field_path(field_name: str | None = "text", jq: str | None = None, chat: bool = False) -> list[str | int]:
+    """`--field text` -> ["text"]; `--jq .a.b[0]["x y"]` -> ["a", "b", 0, "x y"].
+
+    Without either, the field is `text`, or `messages` for chat data.
+    """
     if jq is None:
+        field_name = field_name if field_name is not None else ("messages" if chat else "text")
         if not field_name:
             raise PytrainError("--field must not be empty")
         return [field_name]
@@ -55,8 +61,10 @@ def describe_path(path: list[str | int]) -> str:
 
 @dataclass
 class DocBatch:
+    """Documents of one input window: strings, or for chat data lists of (text, trained) segments."""
+
     source: str
-    texts: list[str]
+    texts: list
     nbytes: int  # input bytes this batch consumed (progress)
     rejects: list[dict] = field(default_factory=list)
 
@@ -90,7 +98,8 @@ def input_bytes(path: Path) -> int:
 class Sources:
     """All inputs of one run, read in order; counts what was taken and what was rejected."""
 
-    def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=8 << 20, threads=0):
+    def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=8 << 20, threads=0,
+                 chat_eos_token: str | None = None):
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
             if not path.exists():
@@ -101,6 +110,7 @@ class Sources:
         self.on_bad_line = on_bad_line
         self.batch_bytes = max(1 << 16, int(batch_bytes))
         self.threads = threads
+        self.chat_eos_token = chat_eos_token  # set: documents are conversations (see pytrain.data.chat)
         self.total_bytes = sum(input_bytes(p) for p in self.paths)
         self.documents = 0
         self.empty_documents = 0
@@ -136,6 +146,8 @@ class Sources:
         from pytrain import _native
 
         starts = _native.index_lines(chunk, self.threads)
+        if self.chat_eos_token is not None:
+            return self._chat_json_chunk(path, chunk, starts, first_line)
         texts, status, reasons = _native.extract_json_field(chunk, starts, self.field_path, self.threads)
         n_lines = len(starts) - 1
         batch = DocBatch(str(path), [], len(chunk))
@@ -150,6 +162,25 @@ class Sources:
                 batch.rejects.append(self._reject(path, f"{first_line + i}", int(status[i]), reasons[i], raw))
         self.documents += len(batch.texts)
         return batch, first_line + n_lines
+
+    def _chat_json_chunk(self, path: Path, chunk, starts, first_line: int) -> tuple[DocBatch, int]:
+        """Conversations are nested objects, so lines go through Python's json (chat data is small)."""
+        batch = DocBatch(str(path), [], len(chunk))
+        for i in range(len(starts) - 1):
+            raw = bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n")
+            text = raw.decode("utf-8", "replace")
+            where = f"{first_line + i}"
+            if not text.strip():
+                self.blank_lines += 1
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                batch.rejects.append(self._reject(path, where, BAD_JSON, f"invalid JSON at column {error.colno}: {error.msg}", text))
+                continue
+            self._accept(path, where, value, self.field_path, batch, text)
+        self.documents += len(batch.texts)
+        return batch, first_line + len(starts) - 1
 
     def _jsonl(self, path: Path) -> Iterator[DocBatch]:
         with open(path, "rb") as handle:
@@ -200,11 +231,8 @@ class Sources:
         if self.txt_split == "file":
             text = path.read_bytes().decode("utf-8", "replace")
             batch = DocBatch(str(path), [], input_bytes(path))
-            if text.strip():
-                batch.texts.append(text)
-                self.documents += 1
-            else:
-                self.empty_documents += 1
+            self._accept(path, "1", text, [], batch, None)
+            self.documents += len(batch.texts)
             yield batch
             return
         carry = b""
@@ -216,36 +244,46 @@ class Sources:
                 carry = pieces.pop() if block else b""
                 if not block:
                     pieces.append(carry)
-                texts = [p.decode("utf-8", "replace").strip() for p in pieces]
-                batch = DocBatch(str(path), [t for t in texts if t], len(block))
+                batch = DocBatch(str(path), [], len(block))
+                for piece in pieces:
+                    text = piece.decode("utf-8", "replace").strip()
+                    if text:
+                        self._accept(path, "paragraph", text, [], batch, None)
                 self.documents += len(batch.texts)
                 yield batch
                 if not block:
                     return
 
     # ------------------------------------------------------------------ columnar
+    def _accept(self, path: Path, where: str, value, field_path: list, batch: DocBatch, raw: str | None) -> None:
+        """Follow `field_path` (a tail of self.field_path) into `value`; add the document or reject it."""
+        walked = len(self.field_path) - len(field_path)
+        for depth, key in enumerate(field_path, start=walked + 1):
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                value = None
+            if value is None:
+                batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"missing field {describe_path(self.field_path[:depth])}", raw))
+                return
+        if self.chat_eos_token is not None:
+            try:
+                turns = chat.messages_to_turns(value) if not isinstance(value, str) else chat.text_to_turns(value, self.chat_eos_token)
+                batch.texts.append(chat.render(turns))
+            except chat.ChatFormatError as error:
+                batch.rejects.append(self._reject(path, where, BAD_CONVERSATION, str(error), raw))
+        elif not isinstance(value, str):
+            batch.rejects.append(self._reject(path, where, NOT_STRING, f"field {describe_path(self.field_path)} is a {type(value).__name__}, not a string", raw))
+        elif not value:
+            self.empty_documents += 1
+        else:
+            batch.texts.append(value)
+
     def _rows(self, path: Path, values: list, first_row: int) -> DocBatch:
-        """Apply the rest of the field path to each row's value and validate it."""
+        """Documents from one column batch of a parquet file or datasets folder."""
         batch = DocBatch(str(path), [], 0)
         for i, value in enumerate(values):
-            where = f"row {first_row + i}"
-            for depth, key in enumerate(self.field_path[1:], start=1):
-                try:
-                    value = value[key]
-                except (KeyError, IndexError, TypeError):
-                    value = None
-                if value is None:
-                    batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"missing field {describe_path(self.field_path[:depth + 1])}", None))
-                    break
-            else:
-                if value is None:
-                    batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"field {describe_path(self.field_path)} is null", None))
-                elif not isinstance(value, str):
-                    batch.rejects.append(self._reject(path, where, NOT_STRING, f"field {describe_path(self.field_path)} is a {type(value).__name__}, not a string", None))
-                elif not value:
-                    self.empty_documents += 1
-                else:
-                    batch.texts.append(value)
+            self._accept(path, f"row {first_row + i}", value, self.field_path[1:], batch, None)
         self.documents += len(batch.texts)
         return batch
 
