@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
 
 def rows_2d(x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +23,3 @@ def persistent_programs(device: torch.device, work_items: int) -> int:
     slots = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
     return max(1, min(slots, work_items))
-
-
-def block_size(n: int, cap: int) -> int:
-    return min(triton.next_power_of_2(max(n, 1)), cap)

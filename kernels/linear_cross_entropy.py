@@ -206,9 +206,6 @@ def _(hidden, weight, labels, grad_rows, ignore_index, label_smoothing, z_loss, 
     return hidden.new_empty(hidden.shape if want_dh else (0,)), weight.new_empty(weight.shape if want_dw else (0,))
 
 
-_OPTION_ARGS = slice(3, None)  # ignore_index ... chunk, as passed to lce_fwd
-
-
 def _setup_context(ctx, inputs, output):
     hidden, weight, labels, ignore_index, reduction, label_smoothing, z_loss, softcap, want_dh, want_dw, chunk = inputs
     _loss, z_term, dh, dw32 = output
