@@ -92,8 +92,8 @@ def _rope(provider, s):
         liger_rope = _liger("liger_rope")
         cos, sin = ops.rope_table(n, s["head_dim"], 10000.0, q.device)
         cos, sin = (torch.cat([t, t], dim=-1)[None].to(BF16) for t in (cos, sin))  # HF layout [1, seq, dim]
-        # Liger takes [batch, heads, seq, dim] views of the same [batch, seq, heads, dim] storage
-        fn = lambda: liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # noqa: E731
+        # Liger takes and returns [batch, heads, seq, dim] views of the same [batch, seq, heads, dim] storage
+        fn = lambda: tuple(t.transpose(1, 2) for t in liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin))  # noqa: E731
     return fn, (q, k)
 
 
