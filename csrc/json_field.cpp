@@ -1,30 +1,17 @@
 // FieldExtractor: a recursive-descent RFC 8259 validator that follows the requested path as it goes. Values off
-// the path are only validated (strings scanned, never decoded); the string at the path is decoded once the whole
-// line is known to be valid.
+// the path are only validated; the string at the path is decoded straight into the caller's buffer while it is
+// validated, and dropped again if the line turns out to be bad or the string is not the final answer.
 #include "json_field.h"
 
 #include <cstdio>
 #include <cstring>
 
 #include "json_string.h"
-#include "swar.h"
-#include "utf8.h"
 
 namespace pytrain::json {
 namespace {
 
 bool is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
-
-// First byte in [p, end) that ends a run of ordinary string bytes: '"', '\\' or a control character.
-const uint8_t* skip_string_run(const uint8_t* p, const uint8_t* end) {
-    while (end - p >= 8) {
-        const uint64_t v = swar::load(p);
-        if (swar::any_equal(v, '"') | swar::any_equal(v, '\\') | swar::any_less(v, 0x20)) break;
-        p += 8;
-    }
-    while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) ++p;
-    return p;
-}
 
 std::string hex_code(unsigned value) {
     char buf[8];
@@ -41,9 +28,17 @@ Status FieldExtractor::extract(const uint8_t* begin, const uint8_t* end, std::st
     }
     line_ = p_ = begin;
     end_ = end;
+    text_ = &text;
+    mark_ = text.size();
     skip_whitespace();
     if (p_ == end_) return kBlank;
     found_ = Resolution{};
+    const Status status = resolve(reason);
+    if (status != kOk) text.resize(mark_);
+    return status;
+}
+
+Status FieldExtractor::resolve(std::string& reason) {
     if (!value(0, 0)) {
         reason = bad_json_reason();
         return kBadJson;
@@ -61,11 +56,10 @@ Status FieldExtractor::extract(const uint8_t* begin, const uint8_t* end, std::st
             reason = describe_path(level) + " is " + kind_name(found_.kind) + ", not a string";
             return kNotString;
         }
-        if (found_.str_begin == found_.str_end) {
+        if (found_.empty_string) {
             reason = describe_path(level) + " is an empty string";
             return kEmptyText;
         }
-        decode_string(found_.str_begin, found_.str_end, text);
         return kOk;
     }
     reason = "missing " + describe_path(path_.size());
@@ -88,13 +82,16 @@ bool FieldExtractor::value(int depth, size_t level) {
     switch (*p_) {
         case '{': return object(depth + 1, level);
         case '[': return array(depth + 1, level);
-        case '"': {
-            const uint8_t *begin, *end;
-            bool has_escape;
-            if (!string(begin, end, has_escape)) return false;
-            reach(level, Kind::kString, begin, end);
+        case '"':
+            if (level == path_.size()) {
+                text_->resize(mark_);  // drop the value of an earlier duplicate key
+                if (!string(text_)) return false;
+                reach(level, Kind::kString, text_->size() == mark_);
+            } else {
+                if (!string(nullptr)) return false;
+                reach(level, Kind::kString);
+            }
             return true;
-        }
         case 't':
         case 'f':
         case 'n': {
@@ -132,10 +129,9 @@ bool FieldExtractor::object(int depth, size_t level) {
             // Only reachable with '}' after a comma: an empty object returned above.
             return fail(p_, *p_ == '}' ? "trailing comma before '}'" : "expected '\"' to start an object key");
         }
-        const uint8_t *key_begin, *key_end;
-        bool key_escaped;
-        if (!string(key_begin, key_end, key_escaped)) return false;
-        const bool match = follow && key_matches(key_begin, key_end, key_escaped, path_[level].key);
+        if (follow) key_scratch_.clear();
+        if (!string(follow ? &key_scratch_ : nullptr)) return false;
+        const bool match = follow && key_scratch_ == path_[level].key;  // keys compare decoded
         skip_whitespace();
         if (p_ == end_ || *p_ != ':') return fail(p_, "expected ':' after object key");
         ++p_;
@@ -182,38 +178,27 @@ bool FieldExtractor::array(int depth, size_t level) {
     return true;
 }
 
-// p_ is at the opening quote. On success, [contents_begin, contents_end) are the raw contents and p_ is past the
-// closing quote. Validates escapes and rejects raw control characters; bytes >= 0x80 pass unchecked (the decoder
-// replaces ill-formed UTF-8, it is not a JSON error).
-bool FieldExtractor::string(const uint8_t*& contents_begin, const uint8_t*& contents_end, bool& has_escape) {
+// p_ is at the opening quote; on success it moves past the closing one. Appends the decoded contents to
+// *decoded unless that is null (then the string is only validated).
+bool FieldExtractor::string(std::string* decoded) {
     const uint8_t* open = p_;
-    const uint8_t* p = p_ + 1;
-    has_escape = false;
-    for (;;) {
-        p = skip_string_run(p, end_);
-        if (p == end_) return fail(open, "unterminated string");
-        const uint8_t c = *p;
-        if (c == '"') break;
-        if (c < 0x20) return fail(p, "unescaped control character " + hex_code(c) + " in string");
-        has_escape = true;  // c == '\\'
-        if (end_ - p < 2) return fail(open, "unterminated string");
-        const uint8_t e = p[1];
-        if (e == 'u') {
-            if (end_ - p < 6 || hex_digit(p[2]) < 0 || hex_digit(p[3]) < 0 || hex_digit(p[4]) < 0 || hex_digit(p[5]) < 0) {
-                return fail(p, "invalid \\u escape, expected 4 hex digits");
-            }
-            p += 6;
-        } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
-            p += 2;
-        } else {
-            return fail(p, e >= 0x20 && e < 0x7F ? std::string("invalid escape '\\") + static_cast<char>(e) + "'"
-                                                 : "invalid escape");
-        }
+    const StringScan scan = decoded ? decode_string(p_ + 1, end_, *decoded) : validate_string(p_ + 1, end_);
+    const uint8_t* at = scan.stop;
+    switch (scan.error) {
+        case StringError::kNone:
+            p_ = at + 1;
+            return true;
+        case StringError::kUnterminated:
+            return fail(open, "unterminated string");
+        case StringError::kControlCharacter:
+            return fail(at, "unescaped control character " + hex_code(*at) + " in string");
+        case StringError::kInvalidEscape:
+            if (at[1] < 0x20 || at[1] >= 0x7F) return fail(at, "invalid escape");
+            return fail(at, std::string("invalid escape '\\") + static_cast<char>(at[1]) + "'");
+        case StringError::kInvalidUnicodeEscape:
+            return fail(at, "invalid \\u escape, expected 4 hex digits");
     }
-    contents_begin = open + 1;
-    contents_end = p;
-    p_ = p + 1;
-    return true;
+    return false;
 }
 
 bool FieldExtractor::number() {
@@ -253,24 +238,9 @@ void FieldExtractor::skip_whitespace() {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
 }
 
-void FieldExtractor::reach(size_t level, Kind kind, const uint8_t* str_begin, const uint8_t* str_end) {
+void FieldExtractor::reach(size_t level, Kind kind, bool empty_string) {
     if (level == kOffPath) return;
-    found_ = Resolution{level, kind, str_begin, str_end, 0};
-}
-
-// Keys compare after decoding; the raw bytes suffice when there is no escape and they are pure ASCII (then the
-// decoded key is the raw key) or equal to the wanted key (which is well-formed UTF-8, so it decodes to itself).
-bool FieldExtractor::key_matches(const uint8_t* begin, const uint8_t* end, bool has_escape, const std::string& want) {
-    const size_t n = static_cast<size_t>(end - begin);
-    if (!has_escape) {
-        if (n == want.size() && std::memcmp(begin, want.data(), n) == 0) return true;
-        bool ascii = true;
-        for (const uint8_t* q = begin; q < end; ++q) ascii &= *q < 0x80;
-        if (ascii) return false;
-    }
-    key_scratch_.clear();
-    decode_string(begin, end, key_scratch_);
-    return key_scratch_ == want;
+    found_ = Resolution{level, kind, empty_string, 0};
 }
 
 bool FieldExtractor::fail(const uint8_t* at, std::string message) {

@@ -39,33 +39,34 @@ class FieldExtractor {
   private:
     enum class Kind : uint8_t { kObject, kArray, kString, kNumber, kBoolean, kNull };
 
-    // Deepest point of the path reached so far. A matching member re-parsed later (duplicate key) overwrites it,
+    // Deepest point of the path reached so far. A matching member parsed later (duplicate key) overwrites it,
     // so the last occurrence wins as in Python's json.
     struct Resolution {
-        size_t level = 0;        // path steps resolved; == path size means the value itself was found
-        Kind kind = Kind::kNull;  // kind of the value reached
-        const uint8_t* str_begin = nullptr;  // raw string contents when kind == kString
-        const uint8_t* str_end = nullptr;
-        size_t array_size = 0;  // elements, when the array at `level` is too short for the index
+        size_t level = 0;          // path steps resolved; == path size means the value itself was found
+        Kind kind = Kind::kNull;   // kind of the value reached
+        bool empty_string = false;  // kind == kString and it is ""
+        size_t array_size = 0;     // elements, when the array at `level` is too short for the index
     };
 
     static constexpr size_t kOffPath = static_cast<size_t>(-1);
 
+    Status resolve(std::string& reason);
     bool value(int depth, size_t level);
     bool object(int depth, size_t level);
     bool array(int depth, size_t level);
-    bool string(const uint8_t*& contents_begin, const uint8_t*& contents_end, bool& has_escape);
+    bool string(std::string* decoded);
     bool number();
     bool literal(Kind& kind);
     void skip_whitespace();
-    void reach(size_t level, Kind kind, const uint8_t* str_begin = nullptr, const uint8_t* str_end = nullptr);
-    bool key_matches(const uint8_t* begin, const uint8_t* end, bool has_escape, const std::string& want);
+    void reach(size_t level, Kind kind, bool empty_string = false);
     bool fail(const uint8_t* at, std::string message);
     std::string bad_json_reason() const;
     std::string describe_path(size_t steps) const;
     static const char* kind_name(Kind kind);
 
     const Path& path_;
+    std::string* text_ = nullptr;  // the caller's output; the value at the path is decoded from text_[mark_]
+    size_t mark_ = 0;
     const uint8_t* line_ = nullptr;
     const uint8_t* p_ = nullptr;
     const uint8_t* end_ = nullptr;

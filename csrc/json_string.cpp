@@ -1,4 +1,6 @@
-// JSON string decoding: ASCII runs are copied in bulk, escapes and non-ASCII bytes are handled one at a time.
+// One scanner for both validating and decoding JSON strings. Ordinary bytes are skipped a word at a time and
+// copied in bulk; only escapes and (when decoding) non-ASCII bytes stop the fast loop. Well-formed multi-byte
+// sequences just extend the current run, so they are copied in bulk too.
 #include "json_string.h"
 
 #include "swar.h"
@@ -7,73 +9,132 @@
 namespace pytrain::json {
 namespace {
 
-// First byte in [p, end) that is a backslash or not ASCII, or end.
-const uint8_t* skip_plain(const uint8_t* p, const uint8_t* end) {
-    while (end - p >= 8) {
+// First byte at or after p that is '"', '\\', a control character, or (when decoding) not ASCII; end if none.
+template <bool kDecode>
+const uint8_t* next_special(const uint8_t* p, const uint8_t* end) {
+    constexpr uint64_t kQuotes = swar::broadcast('"'), kBackslashes = swar::broadcast('\\'),
+                       kControlBits = swar::broadcast(0xE0);  // a byte < 0x20 has none of these bits
+    for (; end - p >= 8; p += 8) {
         const uint64_t v = swar::load(p);
-        if (swar::any_equal(v, '\\') | (v & swar::kHighs)) break;
-        p += 8;
+        uint64_t ordinary = swar::nonzero_bytes(v ^ kQuotes) & swar::nonzero_bytes(v ^ kBackslashes) &
+                            swar::nonzero_bytes(v & kControlBits);
+        if constexpr (kDecode) ordinary &= ~v;
+        const uint64_t special = ~ordinary & swar::kHighs;
+        if (special) return p + swar::first_marked_byte(special);
     }
-    while (p < end && *p != '\\' && *p < 0x80) ++p;
+    while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && (!kDecode || *p < 0x80)) ++p;
     return p;
 }
 
-uint32_t hex4(const uint8_t* p) {
-    return static_cast<uint32_t>(hex_digit(p[0]) << 12 | hex_digit(p[1]) << 8 | hex_digit(p[2]) << 4 |
-                                 hex_digit(p[3]));
+int hex_digit(uint8_t c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;  // ASCII lower case
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
 }
 
-bool is_high_surrogate(uint32_t u) { return u >= 0xD800 && u <= 0xDBFF; }
-bool is_low_surrogate(uint32_t u) { return u >= 0xDC00 && u <= 0xDFFF; }
-
-// Decodes the escape at p (p[0] == '\\') and returns the position after it.
-const uint8_t* decode_escape(const uint8_t* p, const uint8_t* end, std::string& out) {
-    switch (p[1]) {
-        case 'b': out.push_back('\b'); return p + 2;
-        case 'f': out.push_back('\f'); return p + 2;
-        case 'n': out.push_back('\n'); return p + 2;
-        case 'r': out.push_back('\r'); return p + 2;
-        case 't': out.push_back('\t'); return p + 2;
-        case 'u': break;
-        default: out.push_back(static_cast<char>(p[1])); return p + 2;  // '"', '\\' or '/'
+// The code unit of the 4 hex digits at p, or -1 when there are not 4 of them.
+int32_t hex4(const uint8_t* p, const uint8_t* end) {
+    if (end - p < 4) return -1;
+    int32_t unit = 0;
+    for (int i = 0; i < 4; ++i) {
+        const int d = hex_digit(p[i]);
+        if (d < 0) return -1;
+        unit = unit << 4 | d;
     }
-    const uint32_t unit = hex4(p + 2);
+    return unit;
+}
+
+// The character a one-letter escape stands for, or 0 when the letter is not a legal escape.
+char simple_escape(uint8_t letter) {
+    switch (letter) {
+        case '"': return '"';
+        case '\\': return '\\';
+        case '/': return '/';
+        case 'b': return '\b';
+        case 'f': return '\f';
+        case 'n': return '\n';
+        case 'r': return '\r';
+        case 't': return '\t';
+        default: return 0;
+    }
+}
+
+bool is_high_surrogate(int32_t u) { return u >= 0xD800 && u <= 0xDBFF; }
+bool is_low_surrogate(int32_t u) { return u >= 0xDC00 && u <= 0xDFFF; }
+
+// Appends the character of the \u escape at p (whose code unit is `unit`) and returns the position after it;
+// a high surrogate directly followed by an escaped low surrogate is consumed with it as one code point.
+const uint8_t* append_unicode_escape(const uint8_t* p, const uint8_t* end, int32_t unit, std::string& out) {
     if (is_high_surrogate(unit) && end - p >= 12 && p[6] == '\\' && p[7] == 'u') {
-        const uint32_t low = hex4(p + 8);
+        const int32_t low = hex4(p + 8, end);
         if (is_low_surrogate(low)) {
             utf8::append(out, 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00));
             return p + 12;
         }
     }
     if (is_high_surrogate(unit) || is_low_surrogate(unit)) {
-        out.append(utf8::kReplacement, 3);  // unpaired: not a scalar value, not encodable as UTF-8
+        out.append(utf8::kReplacement, 3);  // unpaired: not a Unicode scalar value, so not encodable in UTF-8
     } else {
-        utf8::append(out, unit);
+        utf8::append(out, static_cast<uint32_t>(unit));
     }
     return p + 6;
 }
 
-}  // namespace
-
-void decode_string(const uint8_t* p, const uint8_t* end, std::string& out) {
-    while (p < end) {
-        const uint8_t* run = skip_plain(p, end);
-        out.append(reinterpret_cast<const char*>(p), static_cast<size_t>(run - p));
-        p = run;
-        if (p == end) break;
-        if (*p == '\\') {
-            p = decode_escape(p, end, out);
+template <bool kDecode>
+StringScan scan(const uint8_t* p, const uint8_t* end, std::string* out) {
+    const uint8_t* run = p;  // decoding: start of the bytes not yet appended to *out
+    auto flush = [&](const uint8_t* upto) {
+        if constexpr (kDecode) out->append(reinterpret_cast<const char*>(run), static_cast<size_t>(upto - run));
+    };
+    for (;;) {
+        p = next_special<kDecode>(p, end);
+        if (p == end) return {p, StringError::kUnterminated};
+        const uint8_t c = *p;
+        if (c == '"') {
+            flush(p);
+            return {p, StringError::kNone};
+        }
+        if (c < 0x20) return {p, StringError::kControlCharacter};
+        if (c == '\\') {
+            if (end - p < 2) return {p, StringError::kUnterminated};
+            if (p[1] == 'u') {
+                const int32_t unit = hex4(p + 2, end);
+                if (unit < 0) return {p, StringError::kInvalidUnicodeEscape};
+                flush(p);
+                if constexpr (kDecode) {
+                    p = append_unicode_escape(p, end, unit, *out);
+                } else {
+                    p += 6;
+                }
+            } else {
+                const char decoded = simple_escape(p[1]);
+                if (decoded == 0) return {p, StringError::kInvalidEscape};
+                flush(p);
+                if constexpr (kDecode) out->push_back(decoded);
+                p += 2;
+            }
+            run = p;
             continue;
         }
-        const int n = utf8::sequence_length(p, end);
-        if (n > 0) {
-            out.append(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
-            p += n;
-        } else {
-            out.append(utf8::kReplacement, 3);
-            p -= n;
+        if constexpr (kDecode) {  // a non-ASCII byte: the validating scan does not stop at those
+            const int n = utf8::sequence_length(p, end);
+            if (n > 0) {
+                p += n;  // well-formed: stays in the run
+            } else {
+                flush(p);
+                out->append(utf8::kReplacement, 3);
+                p -= n;
+                run = p;
+            }
         }
     }
 }
+
+}  // namespace
+
+StringScan validate_string(const uint8_t* p, const uint8_t* end) { return scan<false>(p, end, nullptr); }
+
+StringScan decode_string(const uint8_t* p, const uint8_t* end, std::string& out) { return scan<true>(p, end, &out); }
 
 }  // namespace pytrain::json

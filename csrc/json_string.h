@@ -1,4 +1,4 @@
-// Decoding of JSON string contents to UTF-8.
+// JSON strings: validation, and validation fused with decoding to UTF-8.
 #pragma once
 
 #include <cstdint>
@@ -6,18 +6,22 @@
 
 namespace pytrain::json {
 
-// Value of a hexadecimal digit, or -1.
-inline int hex_digit(uint8_t c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    c |= 0x20;  // ASCII lower case
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
+enum class StringError : uint8_t { kNone, kUnterminated, kControlCharacter, kInvalidEscape, kInvalidUnicodeEscape };
 
-// Appends the decoded contents of a JSON string to `out` as well-formed UTF-8. [p, end) is the text between the
-// quotes, already validated by the parser (every escape complete and legal, no raw control characters).
-// Escapes decode as in RFC 8259; an escaped surrogate pair becomes one code point, and a lone escaped surrogate
-// becomes U+FFFD. Raw bytes that are not well-formed UTF-8 become one U+FFFD per maximal invalid subpart.
-void decode_string(const uint8_t* p, const uint8_t* end, std::string& out);
+// On success `stop` is the closing quote; on failure it is the offending byte (the backslash of a bad escape).
+struct StringScan {
+    const uint8_t* stop;
+    StringError error;
+};
+
+// Both take p = the byte after the opening quote. Legal escapes are RFC 8259's; raw bytes below 0x20 are errors.
+// Raw bytes >= 0x80 are never errors: ill-formed UTF-8 is repaired by decoding, not rejected.
+StringScan validate_string(const uint8_t* p, const uint8_t* end);
+
+// validate_string that also appends the decoded contents to `out` as well-formed UTF-8 (what it appended before
+// an error is left for the caller to discard). An escaped surrogate pair becomes one code point, a lone escaped
+// surrogate becomes U+FFFD, and ill-formed raw UTF-8 becomes one U+FFFD per maximal invalid subpart (as
+// bytes.decode("utf-8", "replace")).
+StringScan decode_string(const uint8_t* p, const uint8_t* end, std::string& out);
 
 }  // namespace pytrain::json

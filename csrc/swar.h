@@ -1,5 +1,5 @@
-// SIMD-within-a-register byte tests on 8-byte words: portable (no intrinsics, no -march), used by the JSON
-// scanners to skip runs of ordinary string bytes eight at a time.
+// SIMD-within-a-register byte tests on 8-byte words: portable (no intrinsics, no -march), used by the JSON string
+// scanner to skip runs of ordinary bytes eight at a time.
 #pragma once
 
 #include <cstdint>
@@ -7,8 +7,8 @@
 
 namespace pytrain::swar {
 
-inline constexpr uint64_t kOnes = 0x0101010101010101ULL;
 inline constexpr uint64_t kHighs = 0x8080808080808080ULL;
+inline constexpr uint64_t kLows = ~kHighs;
 
 inline uint64_t load(const uint8_t* p) {
     uint64_t v;
@@ -16,13 +16,22 @@ inline uint64_t load(const uint8_t* p) {
     return v;
 }
 
-inline constexpr uint64_t broadcast(uint8_t b) { return kOnes * b; }
+inline constexpr uint64_t broadcast(uint8_t b) { return 0x0101010101010101ULL * b; }
 
-// Nonzero iff some byte of v is below n (n <= 128). Only "whether", not "which": the flag bits above the
-// first hit may be wrong because of borrows, so callers find the exact byte with a short byte loop.
-inline uint64_t any_less(uint64_t v, uint8_t n) { return (v - broadcast(n)) & ~v & kHighs; }
+// 0x80 in each byte of v that is nonzero, 0 elsewhere. Exact per byte: the addition cannot carry across bytes.
+inline uint64_t nonzero_bytes(uint64_t v) { return (((v & kLows) + kLows) | v) & kHighs; }
 
-// Nonzero iff some byte of v equals b (same caveat).
-inline uint64_t any_equal(uint64_t v, uint8_t b) { return any_less(v ^ broadcast(b), 1); }
+// Index (in memory order) of the first byte of a loaded word whose 0x80 bit is set in `mask` (mask != 0).
+inline int first_marked_byte(uint64_t mask) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_ctzll(mask) >> 3;
+#else
+    uint8_t bytes[8];
+    std::memcpy(bytes, &mask, sizeof mask);
+    int i = 0;
+    while (bytes[i] == 0) ++i;
+    return i;
+#endif
+}
 
 }  // namespace pytrain::swar
