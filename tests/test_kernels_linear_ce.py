@@ -1,6 +1,7 @@
 """Fused linear cross-entropy (Triton path) against the float64 reference: losses, dHidden and dWeight."""
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -139,6 +140,42 @@ def test_rejects_sharded_dtensor_weight():
         weight = distribute_tensor(torch.randn(V, H), mesh, [Shard(0)])
         with pytest.raises(PytrainError, match="inside the forward"):
             linear_cross_entropy(torch.randn(4, H), weight, torch.zeros(4, dtype=torch.long), backend="torch")
+    finally:
+        dist.destroy_process_group()
+
+
+class _LMHead(torch.nn.Module):
+    """The FSDP2 rule: the loss is computed inside the forward of the module that owns the LM head."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+        self.lm_head = torch.nn.Linear(16, vocab, bias=False)
+
+    def forward(self, x, labels, backend):
+        return linear_cross_entropy(self.proj(x), self.lm_head.weight, labels, backend=backend)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="a CPU (gloo) check: needs TRITON_INTERPRET=1")
+def test_fsdp2_sharded_lm_head(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(7)
+        sharded, plain = _LMHead(301), _LMHead(301)
+        plain.load_state_dict(sharded.state_dict())
+        fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
+        x, labels = torch.randn(9, 16), torch.randint(0, 301, (9,))
+        labels[2] = -100
+        sharded(x, labels, "triton").backward()
+        plain(x, labels, "torch").backward()
+        torch.testing.assert_close(sharded.lm_head.weight.grad.full_tensor(), plain.lm_head.weight.grad)
+        torch.testing.assert_close(sharded.proj.weight.grad.full_tensor(), plain.proj.weight.grad)
     finally:
         dist.destroy_process_group()
 
