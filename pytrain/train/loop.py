@@ -1,10 +1,8 @@
 """The training loop: set up the run, then step, log, evaluate, sample and checkpoint until done.
 
 One optimizer step consumes `train.batch_size` sequences of the global data stream: each of the W
-ranks runs `accumulation` micro-batches of `micro_batch_size` sequences. Each rank's summed token loss
-is divided by the number of target tokens in the whole global batch and FSDP2 sums the gradients over
-ranks, so the gradient is that of the global mean whatever W and the accumulation: 4 micro-batches of
-2 equal one batch of 8, on one rank or many. Gradients are reduced only after the last micro-batch.
+ranks runs `accumulation` micro-batches of `micro_batch_size` sequences (see pytrain.train.step).
+A step whose loss or gradient norm is not finite stops the run before its update is applied.
 """
 
 from __future__ import annotations
@@ -16,22 +14,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from pytrain import __version__, ops
 from pytrain.config import RunConfig, activation_checkpoint_every, resolve_model, warmup_steps, with_resolved_model
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text
-from pytrain.model import Llama
 from pytrain.train import checkpoint as ckpt
-from pytrain.train.distributed import Distributed, all_reduce_sum, broadcast_object, init_distributed, shutdown
-from pytrain.train.evaluate import Evaluator, model_inputs
+from pytrain.train.distributed import Distributed, broadcast_object, init_distributed, shutdown
+from pytrain.train.evaluate import Evaluator
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import device_peak_tflops, mfu, peak_memory_gib, reset_peak_memory
 from pytrain.train.optim import build_optimizer
-from pytrain.train.parallelize import build_mesh, materialize, parallelize
+from pytrain.train.parallelize import build_model
 from pytrain.train.sample import sample_prompts
 from pytrain.train.schedule import lr_at
+from pytrain.train.step import forward_backward
 
 
 def train(config: RunConfig) -> Path:
@@ -135,14 +132,11 @@ class _Run:
             tmp.replace(self.run_dir / "tokenizer.json")
 
     def _build_model(self) -> torch.nn.Module:
-        train, d = self.config.train, self.d
-        with torch.device("meta"):
-            model = Llama(self.model_config)
-        mesh = build_mesh(d, train.hsdp, train.hsdp_shard_size)
-        parallelize(model, mesh, param_dtype=self.dtype, reduce_dtype=train.reduce_dtype,
-                    ac_every=activation_checkpoint_every(train), compile=train.compile, cpu_offload=train.cpu_offload)
-        materialize(model, d.device, train.seed, cpu_offload=train.cpu_offload)
-        return model
+        train = self.config.train
+        return build_model(self.model_config, self.d, dtype=self.dtype, reduce_dtype=train.reduce_dtype,
+                           ac_every=activation_checkpoint_every(train), compile=train.compile,
+                           cpu_offload=train.cpu_offload, hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size,
+                           seed=train.seed)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.d, self.model_config.to_dict())
@@ -219,41 +213,22 @@ class _Run:
                     last_saved = step
 
     def _train_step(self, step: int, lr: float) -> tuple[float, float, int]:
-        model, optimizer, d = self.model, self.optimizer, self.d
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = [self.train_data.next_batch(self.micro) for _ in range(self.accumulation)]
-        # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
-        local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
-        global_tokens = int(all_reduce_sum(torch.tensor(local_tokens, dtype=torch.int64)))
-        loss_sum = torch.zeros((), device=d.device)
-        for i, batch in enumerate(batches):
-            model.set_requires_gradient_sync(i == len(batches) - 1)
-            loss = model(**model_inputs(batch, self.config.data.document_masking, d.device), reduction="sum")
-            (loss / global_tokens).backward()
-            loss_sum += loss.detach()
-        grad_norm = self._clip_gradients()
-        mean_loss = all_reduce_sum(loss_sum) / global_tokens
-        loss_value, norm_value = torch.stack([mean_loss, grad_norm.to(mean_loss.device)]).tolist()
+        loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.config.optim.grad_clip,
+                                                   document_masking=self.config.data.document_masking,
+                                                   device=self.d.device)
+        loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the step's one host sync
         for name, value in (("loss", loss_value), ("gradient norm", norm_value)):
             if not math.isfinite(value):
                 latest = ckpt.latest_checkpoint(self.ckpt_root)
                 kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint had been saved yet"
                 raise PytrainError(f"non-finite {name} ({value}) at step {step}: stopping without applying the "
                                    f"update; {kept}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value, global_tokens
-
-    def _clip_gradients(self) -> torch.Tensor:
-        """The global gradient norm (before clipping), clipping to optim.grad_clip when it is > 0."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if isinstance(norm, DTensor):  # sharded gradients: the local norms are combined over ranks here
-            norm = norm.full_tensor()
-        if self.config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.config.optim.grad_clip, norm)
-        return norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value, tokens
 
     def _log_step(self, loss: float, grad_norm: float, lr: float, tokens: int, train_s: float, wall_s: float,
                   total: int) -> None:

@@ -105,3 +105,18 @@ def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: 
             param.to_local().copy_(full)
         else:
             param.copy_(full)
+
+
+def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str = "fp32", ac_every: int = 0,
+                compile: bool = False, cpu_offload: bool = False, hsdp: bool = False,
+                hsdp_shard_size: int | None = None, seed: int = 0) -> nn.Module:
+    """A `Llama` built on the meta device, parallelised, then materialised with its initial weights."""
+    from pytrain.model import Llama
+
+    with torch.device("meta"):
+        model = Llama(model_config)
+    mesh = build_mesh(d, hsdp, hsdp_shard_size)
+    parallelize(model, mesh, param_dtype=dtype, reduce_dtype=reduce_dtype, ac_every=ac_every, compile=compile,
+                cpu_offload=cpu_offload)
+    materialize(model, d.device, seed, cpu_offload=cpu_offload)
+    return model

@@ -1,0 +1,138 @@
+"""Single-process training through `pytrain train` on data packed by `pytrain pack`: learning, outputs,
+exact resume, gradient accumulation, NaN handling, kill-during-save atomicity, inference loading."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from _train_fixtures import ENV, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
+
+HERE = Path(__file__).parent
+
+
+def test_loss_falls_and_run_dir_is_complete(base_run):
+    steps = losses(base_run)
+    assert sorted(steps) == list(range(1, 9))
+    assert steps[8] < steps[1] - 0.5, steps
+    assert sorted(val_losses(base_run)) == [4, 8]
+    rows = [json.loads(line) for line in (base_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "tokens", "loss", "ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_gib"} <= set(rows[0])
+    assert rows[0]["tokens"] == 8 * 64 and rows[0]["mfu"] is None  # no peak known for CPU
+    resolved = yaml.safe_load((base_run / "config.yaml").read_text())
+    assert resolved["model"]["vocab_size"] == 600 and resolved["data"]["seq_len"] == 64
+    assert resolved["model"]["hidden_size"] == 64
+    assert (base_run / "tokenizer.json").is_file()
+    checkpoints = base_run / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step_8"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_4", "step_8"]
+    log = (base_run / "train.log").read_text()
+    assert "sample step 8 | 'def ' ->" in log and "MFU peak per device: unknown for cpu" in log
+
+
+def test_resume_reproduces_the_uninterrupted_run(base_config, base_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    train(base_config, f"train.run_dir={resumed}", f"checkpoint.resume={base_run}", "checkpoint.resume_step=4")
+    expected = losses(base_run)
+    assert losses(resumed) == {step: expected[step] for step in range(5, 9)}  # bit for bit
+    assert val_losses(resumed)[8] == val_losses(base_run)[8]
+
+
+def test_gradient_accumulation_equals_the_larger_batch(base_config, base_run, tmp_path):
+    run_dir = tmp_path / "accumulated"
+    train(base_config, f"train.run_dir={run_dir}", "train.micro_batch_size=2", "train.steps=8",
+          "checkpoint.every=0", "train.eval_every=0", "logging.sample_every=0")
+    expected, got = losses(base_run), losses(run_dir)
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5), step
+    assert "1 rank(s) x 2 sequences x 4 micro-batch(es)" in (run_dir / "train.log").read_text()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(base_config, tmp_path, capsys):
+    run_dir = tmp_path / "diverged"
+    status = train(base_config, f"train.run_dir={run_dir}", "optim.lr=1e30", "optim.grad_clip=0",
+                   "schedule.name=constant", "schedule.warmup_steps=0", "checkpoint.every=1", check=False)
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("pytrain train: error: non-finite")
+    assert "at step 2" in message and "last good checkpoint is" in message and "step_1" in message
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_1"
+    assert sorted(losses(run_dir)) == [1]
+    assert "error: non-finite" in (run_dir / "train.log").read_text()
+
+
+def test_kill_during_save_keeps_the_last_checkpoint_and_resumes_exactly(base_config, base_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    command = train_command(base_config, f"train.run_dir={run_dir}", script=str(HERE / "_train_slow_save.py"))
+    proc = subprocess.Popen(command, env={**ENV, "STALL_STEP": "8"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    partial = run_dir / "checkpoints" / ".tmp-step_8"
+    deadline = time.monotonic() + 180
+    while not (partial / ".metadata").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the save of step 8 never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step_4"
+    assert not (checkpoints / "step_8").exists()
+    # The same command again resumes from step 4 (checkpoint.resume=auto) and replays steps 5..8.
+    train(base_config, f"train.run_dir={run_dir}")
+    assert losses(run_dir) == losses(base_run)  # one row per step, the interrupted run's extra rows dropped
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_4", "step_8"]  # debris removed
+    assert "resumed from" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.path=/nonexistent/data"], "/nonexistent/data: no such dataset directory"),
+    (["train.batch_size=6", "train.micro_batch_size=4"], "must be a multiple of train.micro_batch_size (4)"),
+    (["data.seq_len=512"], "data.seq_len (512) exceeds model.max_position_embeddings (256)"),
+    (["checkpoint.resume=/nonexistent/run"], "/nonexistent/run: no such run or checkpoint directory"),
+])
+def test_errors_before_training(base_config, tmp_path, capsys, overrides, message):
+    assert train(base_config, f"train.run_dir={tmp_path / 'run'}", *overrides, check=False) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fresh_start_refuses_a_run_dir_with_checkpoints(base_config, base_run, capsys):
+    assert train(base_config, f"train.run_dir={base_run}", "checkpoint.resume=none", check=False) == 2
+    assert "already has checkpoints" in capsys.readouterr().err
+
+
+def test_load_model_for_inference(base_run, packed_data):
+    from pytrain.data.dataset import PackedDataset
+    from pytrain.train import load_model_for_inference
+
+    model, config, tokenizer = load_model_for_inference(base_run)
+    assert config.vocab_size == 600 and tokenizer == base_run / "tokenizer.json" and not model.training
+    sample = PackedDataset(packed_data, 64, split="val", shuffle=False).next_batch(4)
+    with torch.no_grad():
+        final = model(sample["input_ids"], sample["labels"]).item()
+        earlier = load_model_for_inference(base_run, step=4)[0](sample["input_ids"], sample["labels"]).item()
+    assert final < earlier
+
+
+def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_run, tmp_path):
+    run_dir = tmp_path / "checkpointed"
+    train(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=2", "train.eval_every=0",
+          "checkpoint.every=0", "logging.sample_every=0")
+    expected = losses(base_run)
+    for step, loss in losses(run_dir).items():
+        assert loss == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path):
+    run_dir = tmp_path / "compiled"
+    train(base_config, f"train.run_dir={run_dir}", "train.compile=true", "train.steps=8", "train.eval_every=0",
+          "checkpoint.every=0", "logging.sample_every=0")
+    expected = losses(base_run)
+    for step, loss in losses(run_dir).items():
+        assert loss == pytest.approx(expected[step], rel=1e-4), step
