@@ -27,10 +27,10 @@ BAR_WIDTH = 20
 
 class RunLogger:
     def __init__(self, run_dir: Path, logging: LoggingSection, *, enabled: bool, total_steps: int,
-                 resume_step: int = 0, config: dict | None = None, stream=sys.stderr):
+                 resume_step: int = 0, config: dict | None = None, stream=None):
         self.enabled = enabled
         self.total_steps = total_steps
-        self.stream = stream
+        self.stream = sys.stderr if stream is None else stream  # looked up now: tests swap sys.stderr
         self.bar = False
         self._bar_shown = False
         self._log = self._metrics = self._tensorboard = self._wandb = None

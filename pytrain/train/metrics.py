@@ -36,6 +36,15 @@ PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
 ]
 
 
+def peak_tflops_for(device_name: str) -> float | None:
+    """The table's dense bf16 peak for a CUDA device name, or None when it is not in the table."""
+    upper = device_name.upper()
+    for keys, tflops in PEAK_BF16_TFLOPS:
+        if all(key in upper for key in keys):
+            return tflops
+    return None
+
+
 def device_peak_tflops(device: torch.device, override: float | None = None) -> tuple[float | None, str]:
     """(peak TFLOPS per device or None when unknown, a description of where the figure came from)."""
     if override:
@@ -43,11 +52,10 @@ def device_peak_tflops(device: torch.device, override: float | None = None) -> t
     if device.type != "cuda":
         return None, f"unknown for {device.type} (set logging.peak_tflops to report MFU)"
     name = torch.cuda.get_device_name(device)
-    upper = name.upper()
-    for keys, tflops in PEAK_BF16_TFLOPS:
-        if all(key in upper for key in keys):
-            return tflops, f"{tflops:g} TFLOPS bf16 dense ({name}, from the datasheet table)"
-    return None, f"unknown for {name} (set logging.peak_tflops to report MFU)"
+    tflops = peak_tflops_for(name)
+    if tflops is None:
+        return None, f"unknown for {name} (set logging.peak_tflops to report MFU)"
+    return tflops, f"{tflops:g} TFLOPS bf16 dense ({name}, from the datasheet table)"
 
 
 def mfu(tokens_per_s_per_device: float, flops_per_token: float, peak_tflops: float | None) -> float | None:

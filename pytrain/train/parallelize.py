@@ -113,6 +113,9 @@ def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str =
     """A `Llama` built on the meta device, parallelised, then materialised with its initial weights."""
     from pytrain.model import Llama
 
+    if cpu_offload and d.device.type != "cuda":
+        raise PytrainError("train.cpu_offload keeps FSDP2's parameters, gradients and optimizer state in host memory "
+                           "while computing on the GPU; it needs CUDA (a CPU run is all in host memory already)")
     with torch.device("meta"):
         model = Llama(model_config)
     mesh = build_mesh(d, hsdp, hsdp_shard_size)
