@@ -15,6 +15,7 @@ Torch-free, so a bad config fails before any heavy import.
 
 from __future__ import annotations
 
+import copy
 import json
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -338,5 +339,5 @@ def resolve_model(section: ModelSection, data_vocab_size: int) -> ModelConfig:
 
 
 def with_resolved_model(config: RunConfig, model: ModelConfig) -> RunConfig:
-    """A copy whose model section lists every field of `model` (what the run directory records)."""
-    return replace(config, model=ModelSection(preset=config.model.preset, **model.to_dict()))
+    """A deep copy whose model section lists every field of `model` (what the run directory records)."""
+    return replace(copy.deepcopy(config), model=ModelSection(preset=config.model.preset, **model.to_dict()))
