@@ -85,3 +85,33 @@ def test_checkpoint_lookup(tmp_path):
     assert find_checkpoint(root, step=10) == second and find_checkpoint(second) == second
     with pytest.raises(PytrainError, match="no complete checkpoint for step 11 \\(have: 2, 10\\)"):
         find_checkpoint(tmp_path / "run", step=11)
+
+
+@pytest.mark.parametrize("progress, tty", [("auto", False), ("auto", True), ("none", False)])
+def test_run_logger_progress_modes(tmp_path, progress, tty):
+    import io
+    import json
+
+    from pytrain.config import LoggingSection
+    from pytrain.train.log import RunLogger
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return tty
+
+    stream = Terminal()
+    logger = RunLogger(tmp_path, LoggingSection(progress=progress, tensorboard=False), enabled=True, total_steps=10,
+                       stream=stream)
+    row = {"step": 5, "tokens": 640, "loss": 2.0, "ppl": 7.39, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1234.0,
+           "mfu": 0.41, "memory_gib": 1.5, "elapsed_s": 1.0}
+    logger.log_step(row, eta_s=65)
+    logger.log_eval({"step": 5, "tokens": 640, "val_loss": 2.1, "val_ppl": 8.17})
+    logger.close()
+    text = stream.getvalue()
+    line = "step 5/10 | loss 2.0000 | ppl 7.39 | lr 1.00e-03 | gnorm 0.500 | 1.23k tok/s | mfu 41.0% | mem 1.50GiB | ETA 1:05"
+    assert (line in text) == (progress != "none")
+    assert ("\r" in text and "[##########..........]  50%" in text) == tty  # a redrawn bar only on a terminal
+    assert "eval step 5 | val_loss 2.1000" in text
+    assert line in (tmp_path / "train.log").read_text()
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [row, {"step": 5, "tokens": 640, "val_loss": 2.1, "val_ppl": 8.17}]

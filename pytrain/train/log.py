@@ -38,7 +38,7 @@ class RunLogger:
             return
         progress = logging.progress
         if progress == "auto":
-            progress = "bar" if stream.isatty() else "lines"
+            progress = "bar" if self.stream.isatty() else "lines"
         self.bar, self.lines = progress == "bar", progress != "none"
         metrics = run_dir / "metrics.jsonl"
         self._truncate_metrics(metrics, resume_step)
