@@ -1,10 +1,10 @@
 // extract_json_field: validate every JSONL line and pull the string at a path, in parallel without the GIL.
-// Only allocating the Python str objects needs the GIL; their contents are written in parallel too.
+// Only allocating the Python str objects needs the GIL: each text is measured while its line is validated, and
+// decoded from the input straight into its str afterwards, in parallel again.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,7 +13,6 @@
 #include "json_field.h"
 #include "modules.h"
 #include "parallel.h"
-#include "utf8.h"
 
 namespace pytrain {
 namespace {
@@ -37,17 +36,10 @@ json::Path parse_path(const py::sequence& path) {
     return steps;
 }
 
-// Lines [first, last) of one worker and what it produced for them.
+// Lines [first, last) of one worker, and the reasons it produced for them.
 struct Shard {
     size_t first = 0, last = 0;
-    std::string text;                                     // decoded UTF-8 of the OK lines, back to back
     std::vector<std::pair<size_t, std::string>> reasons;  // (line, reason) for the lines that have one
-};
-
-// Where line i's text ends in its shard (unchanged by lines without text), and the shape of its str.
-struct TextInfo {
-    size_t end = 0;
-    utf8::Shape shape{0, 0};
 };
 
 // Strings allocated with PyUnicode_New whose contents are written later, without the GIL: until they are
@@ -62,7 +54,7 @@ class PendingStrings {
     PendingStrings(const PendingStrings&) = delete;
     PendingStrings& operator=(const PendingStrings&) = delete;
 
-    void allocate(size_t i, const utf8::Shape& shape) {
+    void allocate(size_t i, const json::Shape& shape) {
         objs_[i] = PyUnicode_New(static_cast<py::ssize_t>(shape.length), shape.max_char);
         if (objs_[i] == nullptr) throw py::error_already_set();
     }
@@ -73,22 +65,18 @@ class PendingStrings {
     std::vector<PyObject*> objs_;
 };
 
-// Writes well-formed UTF-8 into a fresh str whose length and kind came from utf8::measure of the same bytes.
-void fill_string(PyObject* str, const uint8_t* p, const uint8_t* end) {
+// Decodes a measured JSON string into a fresh str allocated for its shape.
+void fill_string(PyObject* str, const json::Text& text) {
     void* data = PyUnicode_DATA(str);
     switch (PyUnicode_KIND(str)) {
         case PyUnicode_1BYTE_KIND:
-            if (PyUnicode_IS_ASCII(str)) {
-                std::memcpy(data, p, static_cast<size_t>(end - p));
-            } else {
-                utf8::widen(p, end, static_cast<Py_UCS1*>(data));
-            }
+            json::widen_string(text.begin, text.end, static_cast<Py_UCS1*>(data));
             break;
         case PyUnicode_2BYTE_KIND:
-            utf8::widen(p, end, static_cast<Py_UCS2*>(data));
+            json::widen_string(text.begin, text.end, static_cast<Py_UCS2*>(data));
             break;
         default:
-            utf8::widen(p, end, static_cast<Py_UCS4*>(data));
+            json::widen_string(text.begin, text.end, static_cast<Py_UCS4*>(data));
             break;
     }
 }
@@ -117,11 +105,11 @@ py::tuple extract_json_field(const py::buffer& buf, const py::handle& starts_obj
     const size_t bytes = static_cast<size_t>(starts[n] - starts[0]);
     const int workers = resolve_threads(threads, std::min(n, bytes / kMinBytesPerWorker));
     std::vector<Shard> shards(workers);
-    std::vector<TextInfo> info(n);
+    std::vector<json::Text> found(n);
     py::array_t<uint8_t> status_arr(static_cast<py::ssize_t>(n));
     uint8_t* status = status_arr.mutable_data();
 
-    // 1. Parse, validate and decode (no GIL).
+    // 1. Validate every line and measure the texts (no GIL).
     {
         py::gil_scoped_release nogil;
         run_parallel(workers, [&](int w) {
@@ -133,35 +121,26 @@ py::tuple extract_json_field(const py::buffer& buf, const py::handle& starts_obj
             Shard& shard = shards[w];
             shard.first = w == 0 ? 0 : line_at(w);
             shard.last = w == workers - 1 ? n : line_at(w + 1);
-            // Decoded text is rarely longer than its JSON (only ill-formed UTF-8 grows, 1 byte to 3).
-            shard.text.reserve(static_cast<size_t>(starts[shard.last] - starts[shard.first]));
             json::FieldExtractor extractor(path);
             std::string reason;
             for (size_t i = shard.first; i < shard.last; ++i) {
-                const size_t begin = shard.text.size();
-                status[i] = extractor.extract(data + starts[i], data + starts[i + 1], shard.text, reason);
-                const auto* text = reinterpret_cast<const uint8_t*>(shard.text.data());
-                info[i] = {shard.text.size(), utf8::measure(text + begin, text + shard.text.size())};
+                status[i] = extractor.extract(data + starts[i], data + starts[i + 1], found[i], reason);
                 if (!reason.empty()) shard.reasons.emplace_back(i, std::move(reason));
                 reason.clear();
             }
         });
     }
 
-    // 2. Allocate the str objects (GIL), 3. fill them (no GIL), 4. hand them over in lists (GIL).
+    // 2. Allocate the str objects (GIL), 3. decode into them (no GIL), 4. hand them over in lists (GIL).
     PendingStrings strings(n);
     for (size_t i = 0; i < n; ++i) {
-        if (status[i] == json::kOk) strings.allocate(i, info[i].shape);
+        if (status[i] == json::kOk) strings.allocate(i, found[i].shape);
     }
     {
         py::gil_scoped_release nogil;
         run_parallel(workers, [&](int w) {
-            const Shard& shard = shards[w];
-            const auto* text = reinterpret_cast<const uint8_t*>(shard.text.data());
-            for (size_t i = shard.first; i < shard.last; ++i) {
-                if (status[i] != json::kOk) continue;
-                const size_t begin = i == shard.first ? 0 : info[i - 1].end;
-                fill_string(strings.get(i), text + begin, text + info[i].end);
+            for (size_t i = shards[w].first; i < shards[w].last; ++i) {
+                if (status[i] == json::kOk) fill_string(strings.get(i), found[i]);
             }
         });
     }

@@ -1,6 +1,6 @@
 // FieldExtractor: a recursive-descent RFC 8259 validator that follows the requested path as it goes. Values off
-// the path are only validated; the string at the path is decoded straight into the caller's buffer while it is
-// validated, and dropped again if the line turns out to be bad or the string is not the final answer.
+// the path are only validated; the string at the path is measured (length and widest character of its decoded
+// text) so that the caller can allocate the Python str and decode into it later.
 #include "json_field.h"
 
 #include <cstdio>
@@ -21,24 +21,20 @@ std::string hex_code(unsigned value) {
 
 }  // namespace
 
-Status FieldExtractor::extract(const uint8_t* begin, const uint8_t* end, std::string& text, std::string& reason) {
+Status FieldExtractor::extract(const uint8_t* begin, const uint8_t* end, Text& text, std::string& reason) {
     if (end > begin && end[-1] == '\n') {
         --end;
         if (end > begin && end[-1] == '\r') --end;
     }
     line_ = p_ = begin;
     end_ = end;
-    text_ = &text;
-    mark_ = text.size();
     skip_whitespace();
     if (p_ == end_) return kBlank;
     found_ = Resolution{};
-    const Status status = resolve(reason);
-    if (status != kOk) text.resize(mark_);
-    return status;
+    return resolve(text, reason);
 }
 
-Status FieldExtractor::resolve(std::string& reason) {
+Status FieldExtractor::resolve(Text& text, std::string& reason) {
     if (!value(0, 0)) {
         reason = bad_json_reason();
         return kBadJson;
@@ -56,10 +52,11 @@ Status FieldExtractor::resolve(std::string& reason) {
             reason = describe_path(level) + " is " + kind_name(found_.kind) + ", not a string";
             return kNotString;
         }
-        if (found_.empty_string) {
+        if (found_.text.shape.length == 0) {
             reason = describe_path(level) + " is an empty string";
             return kEmptyText;
         }
+        text = found_.text;
         return kOk;
     }
     reason = "missing " + describe_path(path_.size());
@@ -84,11 +81,13 @@ bool FieldExtractor::value(int depth, size_t level) {
         case '[': return array(depth + 1, level);
         case '"':
             if (level == path_.size()) {
-                text_->resize(mark_);  // drop the value of an earlier duplicate key
-                if (!string(text_)) return false;
-                reach(level, Kind::kString, text_->size() == mark_);
+                Text text;
+                text.begin = p_ + 1;
+                if (!string(nullptr, &text.shape)) return false;
+                text.end = p_;
+                reach(level, Kind::kString, text);
             } else {
-                if (!string(nullptr)) return false;
+                if (!string(nullptr, nullptr)) return false;
                 reach(level, Kind::kString);
             }
             return true;
@@ -130,7 +129,7 @@ bool FieldExtractor::object(int depth, size_t level) {
             return fail(p_, *p_ == '}' ? "trailing comma before '}'" : "expected '\"' to start an object key");
         }
         if (follow) key_scratch_.clear();
-        if (!string(follow ? &key_scratch_ : nullptr)) return false;
+        if (!string(follow ? &key_scratch_ : nullptr, nullptr)) return false;
         const bool match = follow && key_scratch_ == path_[level].key;  // keys compare decoded
         skip_whitespace();
         if (p_ == end_ || *p_ != ':') return fail(p_, "expected ':' after object key");
@@ -178,11 +177,13 @@ bool FieldExtractor::array(int depth, size_t level) {
     return true;
 }
 
-// p_ is at the opening quote; on success it moves past the closing one. Appends the decoded contents to
-// *decoded unless that is null (then the string is only validated).
-bool FieldExtractor::string(std::string* decoded) {
+// p_ is at the opening quote; on success it moves past the closing one. Appends the decoded contents to *decoded
+// or measures them into *shape when one is given; otherwise only validates.
+bool FieldExtractor::string(std::string* decoded, Shape* shape) {
     const uint8_t* open = p_;
-    const StringScan scan = decoded ? decode_string(p_ + 1, end_, *decoded) : validate_string(p_ + 1, end_);
+    const StringScan scan = decoded ? decode_string(p_ + 1, end_, *decoded)
+                            : shape ? measure_string(p_ + 1, end_, *shape)
+                                    : validate_string(p_ + 1, end_);
     const uint8_t* at = scan.stop;
     switch (scan.error) {
         case StringError::kNone:
@@ -238,9 +239,9 @@ void FieldExtractor::skip_whitespace() {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
 }
 
-void FieldExtractor::reach(size_t level, Kind kind, bool empty_string) {
+void FieldExtractor::reach(size_t level, Kind kind, const Text& text) {
     if (level == kOffPath) return;
-    found_ = Resolution{level, kind, empty_string, 0};
+    found_ = Resolution{level, kind, text, 0};
 }
 
 bool FieldExtractor::fail(const uint8_t* at, std::string message) {

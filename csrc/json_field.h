@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "json_string.h"
+
 namespace pytrain::json {
 
 // Per-line outcome; the values are part of the Python API.
@@ -27,14 +29,21 @@ using Path = std::vector<PathStep>;
 
 inline constexpr int kMaxDepth = 512;  // nested objects/arrays allowed in one line
 
+// The string at the path, still encoded in the line: decode it with widen_string(begin, end, ...).
+struct Text {
+    const uint8_t* begin = nullptr;  // the first byte after the opening quote
+    const uint8_t* end = nullptr;    // one past the closing quote
+    Shape shape;
+};
+
 // One instance per worker thread: it keeps scratch buffers between lines.
 class FieldExtractor {
   public:
     explicit FieldExtractor(const Path& path) : path_(path) {}
 
-    // Parses [begin, end) (one line; a trailing "\n" or "\r\n" is ignored) as a whole JSON value. On kOk appends
-    // the decoded UTF-8 text to `text`; for every status but kOk and kBlank sets `reason` to a short message.
-    Status extract(const uint8_t* begin, const uint8_t* end, std::string& text, std::string& reason);
+    // Parses [begin, end) (one line; a trailing "\n" or "\r\n" is ignored) as a whole JSON value. On kOk sets
+    // `text`; for every status but kOk and kBlank sets `reason` to a short message.
+    Status extract(const uint8_t* begin, const uint8_t* end, Text& text, std::string& reason);
 
   private:
     enum class Kind : uint8_t { kObject, kArray, kString, kNumber, kBoolean, kNull };
@@ -42,31 +51,29 @@ class FieldExtractor {
     // Deepest point of the path reached so far. A matching member parsed later (duplicate key) overwrites it,
     // so the last occurrence wins as in Python's json.
     struct Resolution {
-        size_t level = 0;          // path steps resolved; == path size means the value itself was found
-        Kind kind = Kind::kNull;   // kind of the value reached
-        bool empty_string = false;  // kind == kString and it is ""
-        size_t array_size = 0;     // elements, when the array at `level` is too short for the index
+        size_t level = 0;         // path steps resolved; == path size means the value itself was found
+        Kind kind = Kind::kNull;  // kind of the value reached
+        Text text;                // kind == kString at the full path
+        size_t array_size = 0;    // elements, when the array at `level` is too short for the index
     };
 
     static constexpr size_t kOffPath = static_cast<size_t>(-1);
 
-    Status resolve(std::string& reason);
+    Status resolve(Text& text, std::string& reason);
     bool value(int depth, size_t level);
     bool object(int depth, size_t level);
     bool array(int depth, size_t level);
-    bool string(std::string* decoded);
+    bool string(std::string* decoded, Shape* shape);
     bool number();
     bool literal(Kind& kind);
     void skip_whitespace();
-    void reach(size_t level, Kind kind, bool empty_string = false);
+    void reach(size_t level, Kind kind, const Text& text = Text{});
     bool fail(const uint8_t* at, std::string message);
     std::string bad_json_reason() const;
     std::string describe_path(size_t steps) const;
     static const char* kind_name(Kind kind);
 
     const Path& path_;
-    std::string* text_ = nullptr;  // the caller's output; the value at the path is decoded from text_[mark_]
-    size_t mark_ = 0;
     const uint8_t* line_ = nullptr;
     const uint8_t* p_ = nullptr;
     const uint8_t* end_ = nullptr;

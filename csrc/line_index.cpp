@@ -38,7 +38,8 @@ py::array_t<int64_t> index_lines(const py::buffer& buf, int threads) {
     {
         py::gil_scoped_release nogil;
         run_parallel(workers, [&](int w) {
-            first[w + 1] = count_newlines(data + split_point(size, workers, w), data + split_point(size, workers, w + 1));
+            const uint8_t* begin = data + split_point(size, workers, w);
+            first[w + 1] = count_newlines(begin, data + split_point(size, workers, w + 1));
         });
         for (int w = 0; w < workers; ++w) first[w + 1] += first[w];
     }

@@ -18,9 +18,6 @@ inline uint64_t load(const uint8_t* p) {
 
 inline constexpr uint64_t broadcast(uint8_t b) { return 0x0101010101010101ULL * b; }
 
-// 0x80 in each byte of v that is nonzero, 0 elsewhere. Exact per byte: the addition cannot carry across bytes.
-inline uint64_t nonzero_bytes(uint64_t v) { return (((v & kLows) + kLows) | v) & kHighs; }
-
 // Index (in memory order) of the first byte of a loaded word whose 0x80 bit is set in `mask` (mask != 0).
 inline int first_marked_byte(uint64_t mask) {
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__

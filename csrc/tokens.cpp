@@ -16,7 +16,8 @@ namespace py = pybind11;
 // A list or tuple as a borrowed item array (other iterables are materialised once by PySequence_Fast).
 class FastSequence {
   public:
-    FastSequence(py::handle obj, const char* what) : seq_(py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), what))) {
+    FastSequence(py::handle obj, const char* what)
+        : seq_(py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), what))) {
         if (!seq_) throw py::error_already_set();
     }
     py::ssize_t size() const { return PySequence_Fast_GET_SIZE(seq_.ptr()); }

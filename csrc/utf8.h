@@ -1,16 +1,14 @@
-// UTF-8 primitives: sequence validation with the "maximal subpart" rule and encoding (for the JSON string
-// decoder), and measuring and widening well-formed text into Python's str storage kinds.
+// UTF-8 primitives: sequence validation with the "maximal subpart" rule, decoding and encoding of one sequence,
+// and the bound on a code point that picks Python's str storage kind.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
-#include "swar.h"
-
 namespace pytrain::utf8 {
 
-inline constexpr char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, encoded
+inline constexpr uint32_t kReplacement = 0xFFFD;  // REPLACEMENT CHARACTER
 
 // Length (1..4) of the well-formed UTF-8 sequence at p (p < end), or minus the length of its maximal invalid
 // subpart: the longest prefix of a well-formed sequence, or 1 byte when even the lead byte cannot start one.
@@ -43,6 +41,13 @@ inline int sequence_length(const uint8_t* p, const uint8_t* end) {
     return trail + 1;
 }
 
+// The code point of the well-formed n-byte sequence at p (n from sequence_length, 2..4).
+inline uint32_t decode(const uint8_t* p, int n) {
+    if (n == 2) return (p[0] & 0x1Fu) << 6 | (p[1] & 0x3Fu);
+    if (n == 3) return (p[0] & 0x0Fu) << 12 | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu);
+    return (p[0] & 0x07u) << 18 | (p[1] & 0x3Fu) << 12 | (p[2] & 0x3Fu) << 6 | (p[3] & 0x3Fu);
+}
+
 // Appends the UTF-8 encoding of a Unicode scalar value (not a surrogate, at most U+10FFFF).
 inline void append(std::string& out, uint32_t cp) {
     char b[4];
@@ -69,60 +74,10 @@ inline void append(std::string& out, uint32_t cp) {
     out.append(b, n);
 }
 
-// What a Python str needs to know before it is allocated: its length in code points and a bound on its largest
-// code point that selects the same storage kind CPython itself would choose (127 ASCII, 255 Latin-1, 0xFFFF
-// UCS-2, 0x10FFFF UCS-4). [p, end) must be well-formed UTF-8; the lead bytes alone tell the kind: C4 and above
-// start code points >= U+0100, F0 and above start code points >= U+10000.
-struct Shape {
-    size_t length;
-    uint32_t max_char;
-};
-
-inline Shape measure(const uint8_t* p, const uint8_t* end) {
-    size_t continuation = 0;
-    uint8_t top = 0;
-    const uint8_t* q = p;
-    for (; end - q >= 8; q += 8) {
-        if ((swar::load(q) & swar::kHighs) == 0) continue;  // ASCII words: the common case in most text
-        for (int i = 0; i < 8; ++i) {
-            continuation += (q[i] & 0xC0) == 0x80;
-            top = q[i] > top ? q[i] : top;
-        }
-    }
-    for (; q < end; ++q) {
-        continuation += (*q & 0xC0) == 0x80;
-        top = *q > top ? *q : top;
-    }
-    const uint32_t max_char = top < 0x80 ? 0x7F : top < 0xC4 ? 0xFF : top < 0xF0 ? 0xFFFF : 0x10FFFF;
-    return {static_cast<size_t>(end - p) - continuation, max_char};
-}
-
-// Decodes well-formed UTF-8 into fixed-width code units (uint8_t for Latin-1, uint16_t for UCS-2, uint32_t for
-// UCS-4) wide enough for every code point in it.
-template <class Unit>
-void widen(const uint8_t* p, const uint8_t* end, Unit* out) {
-    while (p < end) {
-        while (end - p >= 8 && (swar::load(p) & swar::kHighs) == 0) {  // 8 ASCII bytes at once
-            for (int i = 0; i < 8; ++i) out[i] = p[i];
-            p += 8;
-            out += 8;
-        }
-        if (p == end) break;
-        const uint32_t lead = *p;
-        if (lead < 0x80) {
-            *out++ = static_cast<Unit>(lead);
-            p += 1;
-        } else if (lead < 0xE0) {
-            *out++ = static_cast<Unit>((lead & 0x1F) << 6 | (p[1] & 0x3F));
-            p += 2;
-        } else if (lead < 0xF0) {
-            *out++ = static_cast<Unit>((lead & 0x0F) << 12 | (p[1] & 0x3F) << 6 | (p[2] & 0x3F));
-            p += 3;
-        } else {
-            *out++ = static_cast<Unit>((lead & 0x07) << 18 | (p[1] & 0x3F) << 12 | (p[2] & 0x3F) << 6 | (p[3] & 0x3F));
-            p += 4;
-        }
-    }
+// The largest code point of cp's Python storage kind: 127 (ASCII), 255 (Latin-1), 0xFFFF (UCS-2), 0x10FFFF (UCS-4).
+// PyUnicode_New(length, bound) then allocates exactly the kind CPython would choose for the text.
+inline uint32_t kind_bound(uint32_t cp) {
+    return cp < 0x80 ? 0x7F : cp < 0x100 ? 0xFF : cp < 0x10000 ? 0xFFFF : 0x10FFFF;
 }
 
 }  // namespace pytrain::utf8

@@ -114,7 +114,8 @@ def test_nested_paths_and_missing_reasons():
     assert reasons[3] == "missing field .meta.body (the line is an array, not an object)"
     assert run(lines[4:], ["messages", 1, "content"])[0] == ["second"]
     texts, status, reasons = run(lines[4:], ["messages", 2, "content"])
-    assert status == [MISSING_FIELD] and reasons == ["missing field .messages[2].content (field .messages has 2 elements)"]
+    assert status == [MISSING_FIELD]
+    assert reasons == ["missing field .messages[2].content (field .messages has 2 elements)"]
     assert run([b'"top"', b"3"], [])[:2] == (["top", None], [OK, NOT_STRING])
 
 
@@ -258,7 +259,8 @@ def test_argument_errors():
 # ----------------------------------------------------------------------------------------------- threads
 def _mixed_corpus(seed: int, n_lines: int) -> list[bytes]:
     rng = random.Random(seed)
-    words = ["alpha", "béta", "γάμμα", "東京", "😀", 'say "hi"', "tab\there", "new\nline", "\ud800lone", "x" * 300]
+    words = ["alpha", "béta", "γάμμα", "東京", "😀", 'say "hi"', "tab\there", "new\nline", "\ud800lone",
+             "x" * 300]
     lines = []
     for i in range(n_lines):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
