@@ -8,7 +8,8 @@ Nothing here knows about distribution, compilation or kernel choice: FSDP2, acti
 and `torch.compile` are applied from outside (pytrain.train.parallelize), and `pytrain.ops` picks the
 Triton kernel or the PyTorch reference. When labels are given, `forward` returns the loss from the
 fused linear cross-entropy, called here because this (root) module owns the LM head weight, which
-FSDP2 has unsharded by the time its forward runs.
+FSDP2 has unsharded by the time its forward runs. For decoding, `forward(..., cache=KVCache(n))` keeps
+each layer's keys and values, so every new token runs through the model alone (pytrain.generate).
 """
 
 from __future__ import annotations
@@ -42,9 +43,38 @@ def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(1)
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, so that decoding runs only the new tokens through the model.
+
+    One buffer pair per layer, [batch, kv_heads, max_len, head_dim], allocated on first use with the keys'
+    dtype and device (bf16 under mixed precision). `Llama.forward(ids, cache=cache)` stores the keys and
+    values of `ids` at positions `length` onwards, attends over all stored positions, then advances `length`.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self._keys: dict[int, torch.Tensor] = {}
+        self._values: dict[int, torch.Tensor] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store `layer`'s new k, v [batch, kv_heads, seq, head_dim]; return its keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
+        if layer not in self._keys:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self._keys[layer], self._values[layer] = k.new_empty(shape), v.new_empty(shape)
+        keys, values = self._keys[layer], self._values[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
+        self.layer_index = layer_index  # its slot in a KVCache
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -55,16 +85,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=bias)
 
-    def forward(self, x, position_ids=None, mask=None):
+    def forward(self, x, position_ids=None, mask=None, cache: KVCache | None = None):
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta)
+        q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta,
+                              max_position=None if cache is None else cache.max_len)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)
         if mask is None:
             # Flash attention handles grouped KV heads itself (enable_gqa): no copy of k and v.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+            # Causal when queries and keys are the same tokens; one new token against a cache sees all keys.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] == k.shape[2],
                                                  enable_gqa=self.n_kv_heads != self.n_heads)
         else:
             # An explicit mask selects the memory-efficient kernel, which needs k and v per query head.
@@ -87,15 +121,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, position_ids=None, mask=None):
-        attn = self.self_attn(self.input_layernorm(x), position_ids, mask)
+    def forward(self, x, position_ids=None, mask=None, cache: KVCache | None = None):
+        attn = self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
         normed, h = self.post_attention_layernorm(attn, residual=x)
         return h + self.mlp(normed)
 
@@ -105,24 +139,36 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, input_ids, labels=None, *, position_ids=None, segment_ids=None, reduction="mean"):
+    def forward(self, input_ids, labels=None, *, position_ids=None, segment_ids=None, reduction="mean",
+                cache: KVCache | None = None):
         """input_ids [batch, seq] -> logits [batch, seq, vocab], or with labels the loss.
 
         position_ids [batch, seq]: per-token RoPE positions (default 0..seq-1). segment_ids [batch, seq]:
         document number of each token in a packed row; when given, attention stays within a document.
         reduction: "mean" over the non-ignored labels (-100 is ignored), or "sum" (for exact averaging
-        over a global batch split across micro-batches and ranks).
+        over a global batch split across micro-batches and ranks). cache: the tokens before `input_ids`
+        (their positions start at cache.length); updated in place.
         """
         x = self.embed_tokens(input_ids)
         mask = None if segment_ids is None else document_causal_mask(segment_ids)
+        if cache is not None:
+            if segment_ids is not None:
+                raise ValueError("a KV cache decodes one document: segment_ids are not supported with it")
+            start, seq = cache.length, input_ids.shape[1]
+            if position_ids is None:
+                position_ids = torch.arange(start, start + seq, device=input_ids.device).expand(input_ids.shape[0], -1)
+            if start and seq > 1:  # several new tokens after cached ones: causal with an offset
+                mask = torch.ones(seq, start + seq, dtype=torch.bool, device=input_ids.device).tril(start)
         for layer in self.layers:
-            x = layer(x, position_ids, mask)
+            x = layer(x, position_ids, mask, cache)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
         x = self.norm(x)
         if labels is None:
             return self.lm_head(x)
