@@ -1,6 +1,6 @@
 // One scanner for every way of reading a JSON string. It validates, and hands the decoded text to a Sink in
 // pieces: runs of ASCII bytes, well-formed multi-byte UTF-8 sequences, and single code points (escapes and
-// replacements). Ordinary bytes are skipped a word at a time.
+// replacements). Ordinary bytes are skipped 16 or 8 at a time.
 #include "json_string.h"
 
 #if defined(__SSE2__)
@@ -17,11 +17,10 @@ namespace {
 // and, when decoding, bytes >= 0x80. Exact per byte: every addition is on 7-bit values, so nothing carries.
 template <bool kDecodes>
 uint64_t special_bytes(uint64_t v) {
-    constexpr uint64_t kLows = swar::kLows;
-    const uint64_t low7 = v & kLows;
+    const uint64_t low7 = v & swar::kLows;
     // bit 7 set where the low 7 bits are >= 0x20, differ from '"', differ from '\\'
-    const uint64_t ordinary = (low7 + swar::broadcast(0x60)) & ((low7 ^ swar::broadcast('"')) + kLows) &
-                              ((low7 ^ swar::broadcast('\\')) + kLows);
+    const uint64_t ordinary = (low7 + swar::broadcast(0x60)) & ((low7 ^ swar::broadcast('"')) + swar::kLows) &
+                              ((low7 ^ swar::broadcast('\\')) + swar::kLows);
     if constexpr (kDecodes) return ~(ordinary & ~v) & swar::kHighs;  // and the byte is ASCII
     // Validating: a byte >= 0x80 is ordinary whatever its low 7 bits.
     return ~(ordinary | v) & swar::kHighs;
