@@ -14,14 +14,19 @@
 
 namespace pytrain {
 
-// `requested` as given by the caller (0 = one per hardware thread), capped at `useful` (the number of parts
-// worth a thread of their own; at least 1). Throws std::invalid_argument (ValueError in Python) when negative.
+// The worker count for `requested` threads (0 = one per hardware thread), capped at `useful` (the number of parts
+// worth a thread of their own; at least 1) and at kOversubscription workers per hardware thread: a few per core
+// can hide page-fault latency on a cold mmap, thousands only cost thread start-ups. Results never depend on the
+// count. Throws std::invalid_argument (ValueError in Python) when `requested` is negative.
+inline constexpr size_t kOversubscription = 8;
+
 inline int resolve_threads(int requested, size_t useful) {
     if (requested < 0) {
         throw std::invalid_argument("threads must be >= 0 (0 means one per CPU core), got " +
                                     std::to_string(requested));
     }
-    size_t n = requested > 0 ? static_cast<size_t>(requested) : std::max(1u, std::thread::hardware_concurrency());
+    const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+    const size_t n = requested > 0 ? std::min(static_cast<size_t>(requested), kOversubscription * cores) : cores;
     return static_cast<int>(std::min(n, std::max<size_t>(useful, 1)));
 }
 

@@ -284,7 +284,7 @@ def test_thread_counts_give_identical_results():
     assert len(buf) > 1_000_000
     starts = index_lines(buf)
     base_texts, base_status, base_reasons = extract_json_field(buf, starts, ["meta", "text"], 1)
-    for threads in (2, 4, 7, 0):
+    for threads in (2, 4, 7, 0, 100_000):
         texts, status, reasons = extract_json_field(buf, starts, ["meta", "text"], threads)
         assert texts == base_texts and reasons == base_reasons
         np.testing.assert_array_equal(status, base_status)
