@@ -27,8 +27,14 @@ from pytrain.model.config import PRESETS, ModelConfig
 
 @dataclass
 class ModelSection:
-    """A preset, then any field set here replaces the preset's (vocab_size: null = the tokenizer's)."""
+    """A preset, then any field set here replaces the preset's (vocab_size: null = the tokenizer's).
+
+    init_from: a Hugging Face Llama folder (e.g. from `pytrain export`) to continue training from: its
+    config.json replaces the preset and its weights the random initialisation; shape fields set here
+    must agree with it, the others (max_position_embeddings, rope_theta, ...) may change.
+    """
     preset: str = "125m"
+    init_from: str | None = None
     vocab_size: int | None = None
     hidden_size: int | None = None
     intermediate_size: int | None = None
@@ -326,18 +332,35 @@ def warmup_steps(config: RunConfig) -> int:
     return round(0.02 * config.train.steps)
 
 
+# Fields that fix the weights' shapes: with model.init_from they must be the folder's.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "attention_bias", "tie_word_embeddings")
+
+
 def resolve_model(section: ModelSection, data_vocab_size: int) -> ModelConfig:
-    """The preset with this section's fields applied; vocab_size defaults to the data's tokenizer."""
+    """The preset (or init_from's config.json) with this section's fields applied; vocab_size defaults to the
+    data's tokenizer's."""
     from pytrain.model.config import preset
 
-    chosen = {k: v for k, v in asdict(section).items() if k != "preset" and v is not None}
-    chosen.setdefault("vocab_size", data_vocab_size)
-    if chosen["vocab_size"] < data_vocab_size:
-        raise PytrainError(f"model.vocab_size ({chosen['vocab_size']}) is smaller than the dataset's tokenizer "
+    chosen = {k: v for k, v in asdict(section).items() if k not in ("preset", "init_from") and v is not None}
+    if section.init_from:
+        from pytrain.export import hf_model_config
+
+        base = hf_model_config(section.init_from)
+        for key in SHAPE_FIELDS:
+            if key in chosen and chosen[key] != getattr(base, key):
+                raise PytrainError(f"model.{key}={chosen[key]} conflicts with model.init_from {section.init_from} "
+                                   f"({key}={getattr(base, key)}); remove it from the model section")
+        model = replace(base, **chosen)
+    else:
+        model = preset(section.preset, **{"vocab_size": data_vocab_size, **chosen})
+    if model.vocab_size < data_vocab_size:
+        raise PytrainError(f"model.vocab_size ({model.vocab_size}) is smaller than the dataset's tokenizer "
                            f"vocabulary ({data_vocab_size})")
-    return preset(section.preset, **chosen)
+    return model
 
 
 def with_resolved_model(config: RunConfig, model: ModelConfig) -> RunConfig:
     """A deep copy whose model section lists every field of `model` (what the run directory records)."""
-    return replace(copy.deepcopy(config), model=ModelSection(preset=config.model.preset, **model.to_dict()))
+    return replace(copy.deepcopy(config), model=ModelSection(preset=config.model.preset,
+                                                              init_from=config.model.init_from, **model.to_dict()))

@@ -180,11 +180,13 @@ def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None
     if not config_path.is_file():
         raise PytrainError(f"{run_dir}: not a run directory (no config.yaml)")
     section = load_config(config_path).model
-    model_config = ModelConfig(**{k: v for k, v in vars(section).items() if k != "preset"})
+    model_config = ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from")})
     path = find_checkpoint(run_dir, step)
     with torch.device("meta"):
         model = Llama(model_config)
     model.to_empty(device=device)
+    if model_config.tie_word_embeddings:  # to_empty gave each module its own tensor: share them again
+        model.lm_head.weight = model.embed_tokens.weight
     state = model.state_dict()
     with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")

@@ -17,6 +17,7 @@ import torch
 
 from pytrain import __version__, ops
 from pytrain.config import RunConfig, activation_checkpoint_every, resolve_model, warmup_steps, with_resolved_model
+from pytrain.data.tokenizer import file_sha256
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text
 from pytrain.train import checkpoint as ckpt
@@ -94,6 +95,7 @@ class _Run:
                 raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {error}") from None
             self.evaluator = Evaluator(val, self.micro, train.eval_max_batches, config.data.document_masking, d.device)
         self.eos_id = manifest.get("eos_id")
+        self.data_tokenizer_sha = manifest.get("tokenizer", {}).get("sha256")
         self.dtype = train.dtype if train.dtype != "auto" else ("bf16" if d.device.type == "cuda" else "fp32")
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, config.optim, d.device)
@@ -132,11 +134,16 @@ class _Run:
             tmp.replace(self.run_dir / "tokenizer.json")
 
     def _build_model(self) -> torch.nn.Module:
-        train = self.config.train
+        train, init_from = self.config.train, self.config.model.init_from
+        weights = None
+        if init_from and self.resume_from is None:  # a resumed run takes its weights from the checkpoint
+            from pytrain.export import HFWeights
+
+            weights = HFWeights(init_from, self.model_config)
         return build_model(self.model_config, self.d, dtype=self.dtype, reduce_dtype=train.reduce_dtype,
                            ac_every=activation_checkpoint_every(train), compile=train.compile,
                            cpu_offload=train.cpu_offload, hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size,
-                           seed=train.seed)
+                           seed=train.seed, initial_weights=weights)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.d, self.model_config.to_dict())
@@ -166,6 +173,12 @@ class _Run:
         log(f"MFU peak per device: {peak_note}")
         if self.resume_note:
             log(self.resume_note)
+        elif config.model.init_from:
+            log(f"weights from {config.model.init_from} (model.init_from)")
+            hf_tokenizer = Path(config.model.init_from) / "tokenizer.json"
+            if hf_tokenizer.is_file() and file_sha256(hf_tokenizer) != self.data_tokenizer_sha:
+                log(f"note: {config.data.path} was packed with another tokenizer than {hf_tokenizer}: token ids "
+                    "may not mean what the weights learned")
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Path:

@@ -89,17 +89,22 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, param_dtype: str, reduce_
 
 
 @torch.no_grad()
-def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: bool = False) -> None:
+def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: bool = False,
+                initial_weights=None) -> None:
     """Allocate the meta-device model's (sharded) parameters and fill them with the initial weights.
 
     Each full parameter is drawn on `device` (bounded temporary memory: one parameter at a time) and
     each rank keeps only its slice (`distribute_tensor(src_data_rank=None)` slices locally, no traffic).
+    `initial_weights(name)`, when given, supplies each full parameter instead (`model.init_from`).
     """
     model.to_empty(device="cpu" if cpu_offload else device)
     init = model.init_parameter
     for name, param in model.named_parameters():
         full = torch.empty(param.shape, dtype=param.dtype, device=device)
-        init(canonical_name(name), full, seed)
+        if initial_weights is None:
+            init(canonical_name(name), full, seed)
+        else:
+            full.copy_(initial_weights(canonical_name(name)))
         if isinstance(param, DTensor):
             full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
             param.to_local().copy_(full)
@@ -109,8 +114,9 @@ def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: 
 
 def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str = "fp32", ac_every: int = 0,
                 compile: bool = False, cpu_offload: bool = False, hsdp: bool = False,
-                hsdp_shard_size: int | None = None, seed: int = 0) -> nn.Module:
-    """A `Llama` built on the meta device, parallelised, then materialised with its initial weights."""
+                hsdp_shard_size: int | None = None, seed: int = 0, initial_weights=None) -> nn.Module:
+    """A `Llama` built on the meta device, parallelised, then materialised with its initial weights
+    (drawn from `seed`, or `initial_weights(name)` -> full tensor, e.g. pytrain.export.HFWeights)."""
     from pytrain.model import Llama
 
     if cpu_offload and d.device.type != "cuda":
@@ -121,5 +127,5 @@ def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str =
     mesh = build_mesh(d, hsdp, hsdp_shard_size)
     parallelize(model, mesh, param_dtype=dtype, reduce_dtype=reduce_dtype, ac_every=ac_every, compile=compile,
                 cpu_offload=cpu_offload)
-    materialize(model, d.device, seed, cpu_offload=cpu_offload)
+    materialize(model, d.device, seed, cpu_offload=cpu_offload, initial_weights=initial_weights)
     return model

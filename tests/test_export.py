@@ -1,0 +1,146 @@
+"""Hugging Face interop: the exported folder loads in transformers with pytrain's logits and tokens; import
+maps the weights exactly (export -> import -> export is byte-identical); `model.init_from` trains from a folder;
+a missing or incompatible folder is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from _train_fixtures import base_config, base_run, losses, packed_data, train  # noqa: F401
+from pytrain.cli import main
+from pytrain.config import ModelSection, resolve_model
+from pytrain.errors import PytrainError
+from pytrain.export import HFWeights, export_model, hf_model_config, parse_size
+from pytrain.generate import generate_tokens
+from pytrain.model import Llama, preset
+from pytrain.train import load_model_for_inference
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def exported(base_run, tmp_path_factory):
+    """base_run exported with 100 kB shards (so the sharded layout is what transformers reads)."""
+    out = tmp_path_factory.mktemp("export") / "hf"
+    assert main(["export", "--run", str(base_run), "--out", str(out), "--max-shard-size", "100KB"]) == 0
+    return out
+
+
+def hf_logits(folder, ids):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model, model(ids).logits
+
+
+def test_export_loads_in_transformers_with_the_same_logits_and_tokens(base_run, exported):
+    files = sorted(p.name for p in exported.iterdir())
+    shards = [name for name in files if name.startswith("model-0000")]
+    assert "model.safetensors.index.json" in files and len(shards) > 1 and "model.safetensors" not in files
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(files)
+    model, config, tokenizer_path = load_model_for_inference(base_run)
+    ids = torch.randint(0, config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    hf, logits = hf_logits(exported, ids)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(ids), atol=1e-5, rtol=1e-5)
+
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    text = "def parse(self, data):\n    return data"
+    prompt = hf_tokenizer(text).input_ids
+    assert prompt == model_tokenizer_ids(tokenizer_path, text) and hf_tokenizer.eos_token == "<|endoftext|>"
+    ours = list(generate_tokens(model, prompt, max_new_tokens=16, max_len=config.max_position_embeddings))
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
+    assert theirs[:len(ours)] == ours  # ours stops before EOS, theirs after it
+
+
+def model_tokenizer_ids(path, text):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).encode(text).ids
+
+
+def test_untied_head_and_biases_export(tmp_path, tokenizer_path):
+    config = preset("tiny", vocab_size=600, attention_bias=True, tie_word_embeddings=False, num_key_value_heads=1)
+    model = Llama(config)
+    model.init_weights(seed=3)
+    export_model(model, config, tokenizer_path, tmp_path / "hf", dtype="fp32")
+    assert hf_model_config(tmp_path / "hf") == config
+    ids = torch.randint(0, 600, (1, 30), generator=torch.Generator().manual_seed(1))
+    _, logits = hf_logits(tmp_path / "hf", ids)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_export_import_export_is_byte_identical(exported, tmp_path):
+    config = hf_model_config(exported)
+    model, weights = Llama(config), HFWeights(exported, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(weights(name))
+    export_model(model, config, exported / "tokenizer.json", tmp_path / "again", max_shard_bytes=100_000)
+    names = sorted(p.name for p in exported.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "again").iterdir())
+    for name in names:
+        assert (exported / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
+def test_training_starts_from_an_hf_folder(base_config, base_run, exported, packed_data, tmp_path):
+    from pytrain.data.dataset import PackedDataset
+
+    run_dir = tmp_path / "continued"
+    train(base_config, f"train.run_dir={run_dir}", f"model.init_from={exported}", "train.steps=1",
+          "schedule.warmup_steps=0", "train.eval_every=0", "logging.sample_every=0")
+    # the first step's loss is measured before its update: the imported model's loss on the first batch
+    model, _, _ = load_model_for_inference(base_run)
+    batch = PackedDataset(packed_data, 64, split="train", seed=0).next_batch(8)
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["labels"]).item()
+    assert losses(run_dir)[1] == pytest.approx(expected, rel=1e-5)
+    assert f"weights from {exported} (model.init_from)" in (run_dir / "train.log").read_text()
+    assert f"init_from: {exported}" in (run_dir / "config.yaml").read_text()
+
+
+def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
+    with pytest.raises(PytrainError, match="no such folder"):
+        hf_model_config(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PytrainError, match="config.json: missing"):
+        hf_model_config(tmp_path / "empty")
+
+    def edited(name, **changes):
+        folder = tmp_path / name
+        shutil.copytree(exported, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    with pytest.raises(PytrainError, match="model_type is 'gpt2'"):
+        hf_model_config(edited("gpt2", model_type="gpt2"))
+    with pytest.raises(PytrainError, match="RoPE scaling 'llama3' is not supported"):
+        hf_model_config(edited("llama3", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}))
+    with pytest.raises(PytrainError, match="hidden_act='gelu' is not supported"):
+        hf_model_config(edited("gelu", hidden_act="gelu"))
+    wider = edited("wider", hidden_size=128, head_dim=32)
+    with pytest.raises(PytrainError, match=r"model.embed_tokens.weight has shape \[600, 64\], config.json implies \[600, 128\]"):
+        weights = HFWeights(wider, hf_model_config(wider))
+        for name in weights.shapes:
+            weights(name)
+    untied = edited("untied", tie_word_embeddings=False)
+    with pytest.raises(PytrainError, match="missing tensor lm_head.weight"):
+        HFWeights(untied, hf_model_config(untied))
+    with pytest.raises(PytrainError, match="model.hidden_size=128 conflicts with model.init_from"):
+        resolve_model(ModelSection(init_from=str(exported), hidden_size=128), data_vocab_size=600)
+    assert resolve_model(ModelSection(init_from=str(exported), rope_theta=5e5), 600).rope_theta == 5e5
+
+
+def test_export_refuses_to_overwrite(base_run, exported, capsys):
+    assert main(["export", "--run", str(base_run), "--out", str(exported)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--run", str(base_run), "--out", str(exported.parent / "x"), "--max-shard-size", "lots"]) == 2
+    assert "expected a size like 5GB or 200MB" in capsys.readouterr().err
+    assert [parse_size(s) for s in ("5GB", "200mb", "1.5 KB", "1000")] == [5 * 10**9, 200 * 10**6, 1500, 1000]
