@@ -189,6 +189,118 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="override config values")
 
 
+# ----------------------------------------------------------------------------- generate
+def _run_generate(args) -> int:
+    from pytrain.generate import Sampling, run_generate
+
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    run_generate(args.run, step=args.step, prompt=args.prompt, interactive=args.interactive,
+                 max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, use_cache=args.cache,
+                 device=args.device)
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = _command(
+        sub, "generate", "continue a prompt with a trained run's model (KV cache, streamed to stdout)",
+        '  pytrain generate --run runs/demo --prompt "The "\n'
+        '  pytrain generate --run runs/demo --step 400 --prompt "def " --temperature 0   # greedy\n'
+        "  pytrain generate --run runs/demo --interactive --top-k 20 --max-new-tokens 200",
+        _run_generate,
+    )
+    p.add_argument("--run", required=True, help="a run directory written by `pytrain train`")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--prompt", default=None, help='text to continue ("" starts a new document)')
+    p.add_argument("--interactive", action="store_true", help="read prompts from the terminal until Ctrl-D")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (stops at EOS)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=0.95,
+                   help="sample among the most likely tokens holding this probability (1: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="KV cache (linear time); --no-cache re-runs the whole sequence per token")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+
+
+# ----------------------------------------------------------------------------- export
+def _run_export(args) -> int:
+    from pytrain.export import export_run, parse_size
+
+    out = export_run(args.run, args.out, step=args.step, dtype=args.dtype,
+                     max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
+    print(f"wrote {out} (LlamaForCausalLM); load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
+          f"or continue training from it with model.init_from={out}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = _command(
+        sub, "export", "export a run's checkpoint as a Hugging Face LlamaForCausalLM folder (safetensors)",
+        "  pytrain export --run runs/demo --out hf-model/\n"
+        "  pytrain export --run runs/big --step 4000 --out hf-model/ --dtype bf16 --max-shard-size 2GB\n"
+        "  pytrain train --config run.yaml model.init_from=hf-model/   # continue training from a folder",
+        _run_export,
+    )
+    p.add_argument("--run", required=True, help="a run directory written by `pytrain train`")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist unless --overwrite)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the stored weights")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="split model.safetensors into shards of at most this size (e.g. 500MB, 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder when done")
+
+
+# ----------------------------------------------------------------------------- plot / env
+def _run_plot(args) -> int:
+    from pytrain.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.run, args.out)}")
+    return 0
+
+
+def _run_env(args) -> int:
+    from pytrain.env import print_report
+
+    print_report()
+    return 0
+
+
+def _add_plot_env(sub) -> None:
+    p = _command(
+        sub, "plot", "plot loss, validation loss, learning rate and tokens/s of one or more runs (PNG)",
+        "  pytrain plot --run runs/demo\n  pytrain plot --run runs/a --run runs/b --out compare.png",
+        _run_plot,
+    )
+    p.add_argument("--run", action="append", required=True, metavar="DIR",
+                   help="a run directory (repeat to overlay runs)")
+    p.add_argument("--out", default=None, help="PNG to write (default: plot.png in the first run directory)")
+
+    _command(sub, "env", "report Python, torch, CUDA/GPU, triton, the native extension and which kernels run",
+             "  pytrain env", _run_env)
+
+
+# ----------------------------------------------------------------------------- demo
+def _run_demo(args) -> int:
+    from pytrain.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, small=args.small, overwrite=args.overwrite)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = _command(
+        sub, "demo", "the whole pipeline on the standard library's docs: corpus, tokenizer, pack, train, "
+                     "samples, export (no downloads; minutes on a laptop CPU, faster on a GPU)",
+        "  pytrain demo\n  pytrain demo --out runs/demo2 --steps 2000\n  pytrain demo --small --out /tmp/d   # seconds",
+        _run_demo,
+    )
+    p.add_argument("--out", default="runs/demo", help="the run directory to create")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 600, or 12 with --small)")
+    p.add_argument("--small", action="store_true", help="a reduced corpus, vocabulary and model run (for tests)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -202,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_inspect_verify(sub)
     _add_train(sub)
+    _add_generate(sub)
+    _add_export(sub)
+    _add_plot_env(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""`pytrain plot`: one PNG of a run's curves, or several runs overlaid.
+
+Rows: against optimizer steps, then against training tokens. Columns: training loss (solid) with
+validation loss (dots), learning rate, training tokens/s. Everything comes from each run's
+metrics.jsonl; matplotlib (the `plot` extra) is imported only here, without pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pytrain.errors import PytrainError
+from pytrain.fsutil import atomic_file
+
+
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(training rows, evaluation rows) of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise PytrainError(f"{path}: not found; --run takes a directory written by `pytrain train`")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise PytrainError(f"{path}:{number}: not JSON ({error.msg})") from None
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
+    """Write the PNG (default: the first run's plot.png) and return its path."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import EngFormatter
+    except ImportError:
+        raise PytrainError("pytrain plot needs matplotlib: pip install 'pytrain[plot]'") from None
+    if not run_dirs:
+        raise PytrainError("pass at least one --run DIR")
+    runs = [(_label(run, run_dirs), *read_metrics(run)) for run in run_dirs]
+    if not any(train or val for _, train, val in runs):
+        raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
+
+    figure = Figure(figsize=(15, 8), layout="constrained")
+    axes = figure.subplots(2, 3)
+    for row, (x_key, x_label) in enumerate((("step", "step"), ("tokens", "tokens"))):
+        loss_ax, lr_ax, speed_ax = axes[row]
+        for index, (label, train, val) in enumerate(runs):
+            color = f"C{index % 10}"
+            if train:
+                xs = [r[x_key] for r in train]
+                loss_ax.plot(xs, [r["loss"] for r in train], color=color, label=f"{label} train")
+                lr_ax.plot(xs, [r["lr"] for r in train], color=color, label=label)
+                speed_ax.plot(xs, [r["tokens_per_s"] for r in train], color=color, label=label)
+            if val:
+                loss_ax.plot([r[x_key] for r in val], [r["val_loss"] for r in val], "o--", color=color,
+                             markersize=4, label=f"{label} val")
+        for ax, title in ((loss_ax, "loss"), (lr_ax, "learning rate"), (speed_ax, "training tokens/s")):
+            ax.set_title(f"{title} vs {x_label}")
+            ax.set_xlabel(x_label)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_formatter(EngFormatter())
+        speed_ax.yaxis.set_major_formatter(EngFormatter())
+        loss_ax.legend(fontsize="small")
+    with atomic_file(out) as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    return out
+
+
+def _label(run: str, runs: list[str]) -> str:
+    """The run directory's name, or its whole path when two runs share a name."""
+    name = Path(run).name or str(run)
+    return name if sum(Path(r).name == name for r in runs) == 1 else str(run)
