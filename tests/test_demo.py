@@ -1,0 +1,32 @@
+"""`pytrain demo` end to end at the reduced size: every stage's output lands in one run directory that the
+other commands accept, and the summary names them and the next commands."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+from pytrain.cli import main
+
+
+def test_demo_small_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--small", "--steps", "8", "--out", out, env={"OMP_NUM_THREADS": "1"})
+    for stage in range(1, 7):
+        assert f"[{stage}/6]" in proc.stdout
+    assert "step 8/8" in proc.stderr and "eval step 8" in proc.stderr  # live progress and evaluation
+    assert proc.stdout.count(" -> ") == 3  # the samples
+    assert f"pytrain generate --run {out}" in proc.stdout and f"pytrain plot --run {out}" in proc.stdout
+    assert f"pytrain inspect {out}/data" in proc.stdout
+
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["tokens"] > 0 and manifest["splits"]["val"]["documents"] > 0
+    assert (out / "checkpoints" / "latest").read_text() == "step_8"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 8 and "val_loss" in rows[-1]
+    hf_config = json.loads((out / "hf" / "config.json").read_text())
+    assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 384
+    assert (out / "hf" / "model.safetensors").is_file() and (out / "hf" / "tokenizer.json").is_file()
+
+    assert main(["demo", "--small", "--out", str(out)]) == 2  # an existing run is kept unless --overwrite
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
