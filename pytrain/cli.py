@@ -57,7 +57,9 @@ def _run_tokenizer_train(args) -> int:
 
 
 def _add_tokenizer(sub) -> None:
-    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
+                         description="examples:\n  pytrain tokenizer train corpus.jsonl --vocab-size 32000 --out tokenizer.json",
+                         formatter_class=_Formatter)
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="{train}")
     p = _command(
         tok_sub, "train", "train a byte-level BPE tokenizer (HF tokenizers) from raw documents",
@@ -80,8 +82,6 @@ def _add_tokenizer(sub) -> None:
 def _run_pack(args) -> int:
     from pytrain.data.pack import PackOptions, pack
 
-    if args.val_docs is not None and args.val_fraction is not None:
-        raise PytrainError("pass --val-docs or --val-fraction, not both")
     options = PackOptions(
         format=args.format, field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
         append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except PytrainError as error:
         print(f"pytrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # unreadable input, read-only output folder, full disk, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"pytrain {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pytrain: interrupted", file=sys.stderr)

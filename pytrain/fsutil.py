@@ -1,7 +1,9 @@
 """Crash-safe outputs: write under a temporary name, rename into place when complete.
 
 A reader never sees a half-written file or directory under its final name: a crash
-leaves only `*.tmp-*` debris, which readers ignore and the next run cleans up.
+leaves only hidden `.NAME.tmp-*` debris, which every reader refuses (delete it by hand).
+Temporary names get the permissions the final ones would have had (umask applied), not
+the owner-only modes `tempfile` uses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,6 +40,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb"):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -51,18 +60,23 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, overwrite: bool = False):
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False, replaceable=lambda path: True):
     """Yield a temporary directory next to `final`; rename it to `final` on success.
 
-    With `overwrite`, an existing `final` is replaced only once the new one is complete.
+    With `overwrite`, an existing `final` directory for which `replaceable(final)` holds is
+    replaced, and only once the new one is complete; anything else is refused.
     """
-    final = Path(final)
-    if final.exists() and not overwrite:
-        from pytrain.errors import PytrainError
+    from pytrain.errors import PytrainError
 
-        raise PytrainError(f"{final}: already exists; choose another --out or pass --overwrite")
+    final = Path(final)
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise PytrainError(f"{final}: already exists; choose another --out or pass --overwrite")
+        if not final.is_dir() or not replaceable(final):
+            raise PytrainError(f"{final}: exists and is not an output of this command; refusing to replace it even with --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():

@@ -42,6 +42,7 @@ def _output_bytes(out):
     files = ["train/tokens.bin", "train/index.idx", "val/tokens.bin", "val/index.idx"]
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.pop("created_unix")
+    manifest.pop("options")  # records --batch-mb, which is allowed to differ
     return [(out / f).read_bytes() for f in files], manifest
 
 
@@ -49,12 +50,12 @@ def test_identical_output_for_1_2_4_threads(tmp_path, tokenizer_path, documents)
     corpus = tmp_path / "mixed.jsonl"
     write_jsonl(corpus, mixed_documents(documents, 3_000_000, seed=1))
     outputs = []
-    for threads in (1, 2, 4):
-        out = tmp_path / f"t{threads}"
+    for threads, batch_mb in ((1, 1), (2, 1), (4, 1), (2, 8)):
+        out = tmp_path / f"t{threads}-{batch_mb}"
         run_cli("pack", corpus, "--tokenizer", tokenizer_path, "--out", out, "--threads", threads,
-                "--batch-mb", 1, "--val-fraction", 0.05)
+                "--batch-mb", batch_mb, "--val-fraction", 0.05)
         outputs.append(_output_bytes(out))
-    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
 
 
 def test_every_input_kind_gives_the_same_tokens(tmp_path, tokenizer_path, documents):
@@ -218,8 +219,7 @@ def test_killed_pack_leaves_nothing_a_reader_accepts(tmp_path, tokenizer_path, d
                              "--out", str(out), "--batch-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*/train/tokens.bin")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the pack finished before it could be killed; use a larger corpus"
@@ -229,3 +229,72 @@ def test_killed_pack_leaves_nothing_a_reader_accepts(tmp_path, tokenizer_path, d
     for debris in tmp_path.glob(".out.tmp-*"):
         with pytest.raises(PytrainError, match="no manifest.json"):
             fmt.read_manifest(debris)
+
+
+def test_overwrite_only_replaces_an_earlier_pack(tmp_path, corpus_jsonl, tokenizer_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    proc = run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", precious, "--overwrite", check=False)
+    assert proc.returncode == 2 and "refusing to replace it" in proc.stderr
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", tmp_path / "afile", "--overwrite", check=False)
+    assert proc.returncode == 2 and (tmp_path / "afile").read_text() == "x"
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, corpus_jsonl, tokenizer_path):
+    out = tmp_path / "out"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, env={})
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_truncated_gzip_empty_input_and_typed_paths(tmp_path, tokenizer_path):
+    payload = "".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(3000))
+    (tmp_path / "t.jsonl.gz").write_bytes(gzip.compress(payload.encode())[:-500])
+    proc = run_cli("pack", tmp_path / "t.jsonl.gz", "--tokenizer", tokenizer_path, "--out", tmp_path / "o1", check=False)
+    assert proc.returncode == 2 and "corrupt or truncated gzip" in proc.stderr
+    (tmp_path / "empty.jsonl").write_text("")
+    proc = run_cli("pack", tmp_path / "empty.jsonl", "--tokenizer", tokenizer_path, "--out", tmp_path / "o2", check=False)
+    assert proc.returncode == 2 and "no documents left to pack" in proc.stderr
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a string", "another"], "n": [1, 2]}), tmp_path / "p.parquet")
+    proc = run_cli("pack", tmp_path / "p.parquet", "--field", "n", "--tokenizer", tokenizer_path, "--out", tmp_path / "o3", check=False)
+    assert proc.returncode == 2 and "p.parquet:row 0: field .n is a int, not a string" in proc.stderr
+    proc = run_cli("pack", tmp_path / "p.parquet", "--jq", ".text[0]", "--tokenizer", tokenizer_path, "--out", tmp_path / "o4", check=False)
+    assert proc.returncode == 2 and "missing or null field .text[0]" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "100000"], "--threads must be between 0"),
+    (["--val-docs", "1000000"], "--val-docs 1000000 holds out all"),
+    (["--jq", ".m[99999999999999999999].c"], "is too large"),
+])
+def test_out_of_range_options(tmp_path, corpus_jsonl, tokenizer_path, args, message):
+    proc = run_cli("pack", corpus_jsonl, *args, "--tokenizer", tokenizer_path, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_tokenizer_with_id_gaps_and_a_template_post_processor(tmp_path, tokenizer_path):
+    from tokenizers import processors
+
+    spec = json.loads(tokenizer_path.read_text())
+    spec["model"]["vocab"]["<|begin_of_text|>"] = 1000  # ids 600..999 unused: 601 tokens, largest id 1000
+    spec["added_tokens"].append({"id": 1000, "content": "<|begin_of_text|>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 1000)])
+    tok.save(str(tmp_path / "llama-style.json"))
+    (tmp_path / "c.jsonl").write_text('{"text": "hello world"}\n')
+    out = tmp_path / "out"
+    run_cli("pack", tmp_path / "c.jsonl", "--bos", "--tokenizer", tmp_path / "llama-style.json", "--out", out)
+    manifest = fmt.read_manifest(out)
+    assert manifest["vocab_size"] == 1001 and manifest["bos_id"] == 1000
+    ids = fmt.open_split(out, "train").document(0).tolist()
+    assert ids[0] == 1000 and ids.count(1000) == 1 and ids[-1] == 0  # one BOS (ours, not the template's), EOS last
+    run_cli("verify", out)

@@ -27,9 +27,10 @@ FORMAT_VERSION = 1
 INDEX_MAGIC = b"PYTRIDX\0"
 INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, version, token width, docs, tokens
 MANIFEST = "manifest.json"
+REQUIRED_KEYS = ("dtype", "vocab_size", "eos_id", "bos_id", "append_eos", "prepend_bos", "tokenizer", "splits")
+SPLIT_KEYS = ("documents", "tokens", "tokens_sha256", "index_sha256")
 TOKENIZER = "tokenizer.json"
 REJECTS = "rejects.jsonl"
-SPLITS = ("train", "val")
 
 
 def dtype_for_vocab(max_token_id: int) -> np.dtype:
@@ -102,6 +103,11 @@ def read_manifest(root: str | Path) -> dict:
         raise PytrainError(
             f"{path}: format version {manifest.get('format_version')}, this pytrain reads {FORMAT_VERSION}; re-pack"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    missing += [f"splits.{name}.{key}" for name, split in manifest.get("splits", {}).items()
+                for key in SPLIT_KEYS if key not in split]
+    if missing:
+        raise PytrainError(f"{path}: manifest lacks {', '.join(missing)}; it was edited or is damaged, re-pack")
     return manifest
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import queue
-import shutil
+import sys
 import threading
 import time
 from collections import deque
@@ -29,7 +29,7 @@ from pytrain import __version__
 from pytrain.data import format as fmt
 from pytrain.data.sources import DocBatch, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
-    BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, load_tokenizer, max_token_id, special_token_id,
+    BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_directory
@@ -69,8 +69,9 @@ class PackOptions:
             raise PytrainError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.val_docs and self.val_fraction:
             raise PytrainError("pass --val-docs or --val-fraction, not both")
-        if self.threads < 0:
-            raise PytrainError(f"--threads must be >= 0, not {self.threads}")
+        cores = os.cpu_count() or 1
+        if not 0 <= self.threads <= 8 * cores:
+            raise PytrainError(f"--threads must be between 0 (all cores) and {8 * cores} (8 per core), not {self.threads}")
 
 
 class SplitWriter:
@@ -106,9 +107,13 @@ class SplitWriter:
         self.documents += len(lengths)
 
     def close(self) -> dict:
+        """Finish both files and make them durable before the directory is renamed into place."""
+        os.fsync(self._tokens.fileno())
         self._tokens.close()
         self._index.seek(0)
         self._index.write(fmt.index_header(self.dtype.itemsize, self.documents, self.tokens))
+        self._index.flush()
+        os.fsync(self._index.fileno())
         self._index.close()
         info = {
             "documents": self.documents,
@@ -117,6 +122,7 @@ class SplitWriter:
             "index_sha256": file_sha256(self.index_file),
         }
         if self._mask is not None:
+            os.fsync(self._mask.fileno())
             self._mask.close()
             info["mask_sha256"] = self._mask_hash.hexdigest()
         return info
@@ -247,11 +253,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     options = options or PackOptions()
     options.validate()
     if options.threads:
-        os.environ.setdefault("RAYON_NUM_THREADS", str(options.threads))
-    tokenizer_path = Path(tokenizer)
-    tok = load_tokenizer(tokenizer_path)
-    if tokenizer_path.is_dir():
-        tokenizer_path = tokenizer_path / "tokenizer.json"
+        # Sizes the tokenizer's thread pool, which is created on its first parallel call.
+        os.environ["RAYON_NUM_THREADS"] = str(options.threads)
+    tok, tokenizer_bytes, tokenizer_path = read_tokenizer(tokenizer)
     eos_id = special_token_id(tok, options.eos_token, EOS_CANDIDATES, "EOS", tokenizer_path)
     bos_id = special_token_id(tok, options.bos_token, BOS_CANDIDATES, "BOS", tokenizer_path)
     if options.append_eos and eos_id is None:
@@ -270,7 +274,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     started = time.perf_counter()
     bar = ProgressBar(sources.total_bytes, enabled=options.progress)
 
-    with atomic_directory(out, overwrite=options.overwrite) as tmp:
+    with atomic_directory(out, overwrite=options.overwrite, replaceable=_is_packed_or_empty) as tmp:
         train = SplitWriter(tmp, "train", dtype, with_mask=chat)
         val = SplitWriter(tmp, "val", dtype, with_mask=chat) if (options.val_docs or options.val_fraction) else None
         router = SplitRouter(train, val, options.val_docs, options.val_fraction)
@@ -339,16 +343,22 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         if val is not None:
             splits["val"] = val.close()
         if splits["train"]["documents"] == 0:
+            if router.seen and options.val_docs:
+                raise PytrainError(f"--val-docs {options.val_docs} holds out all {router.seen} documents, "
+                                   "leaving none to train on; lower it")
             raise PytrainError(f"no documents left to pack from {', '.join(map(str, inputs))} "
                                f"({sources.empty_documents} empty, {sum(sources.rejected.values())} rejected)")
-        shutil.copyfile(tokenizer_path, tmp / fmt.TOKENIZER)
+        if val is not None and splits["val"]["documents"] == 0:
+            print(f"warning: the validation split is empty ({router.seen} documents, --val-fraction "
+                  f"{options.val_fraction}); raise it for a usable validation set", file=sys.stderr)
+        (tmp / fmt.TOKENIZER).write_bytes(tokenizer_bytes)
         manifest = {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
             "pytrain_version": __version__,
             "created_unix": time.time(),
             "dtype": dtype.name,
-            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "vocab_size": vocab_size(tok),
             "max_token_id": top_id,
             "eos_id": eos_id,
             "bos_id": bos_id,
@@ -357,7 +367,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "loss_mask": chat,
             "prepend_bos": options.prepend_bos,
             "tokenizer": {"file": fmt.TOKENIZER, "source": str(tokenizer_path.resolve()),
-                          "sha256": file_sha256(tokenizer_path)},
+                          "sha256": hashlib.sha256(tokenizer_bytes).hexdigest()},
             "field": describe_path(field_path),
             "txt_split": options.txt_split,
             "sources": sources.per_source,
@@ -372,8 +382,15 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
             handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
     _print_summary(Path(out), manifest, sources.total_bytes, time.perf_counter() - started)
     return manifest
+
+
+def _is_packed_or_empty(path: Path) -> bool:
+    """What --overwrite may replace: an earlier pack, or an empty directory."""
+    return (path / fmt.MANIFEST).exists() or not any(path.iterdir())
 
 
 def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) -> None:

@@ -48,6 +48,8 @@ def parse_field_path(field_name: str | None = "text", jq: str | None = None, cha
         if match is None:
             raise PytrainError(f"--jq {jq!r}: cannot parse at character {pos + 1}; use a path like .meta.body or .messages[0].content")
         key, quoted, index = match.groups()
+        if index is not None and int(index) >= 1 << 31:
+            raise PytrainError(f"--jq {jq!r}: index {index} is too large")
         path.append(key if key is not None else json.loads(f'"{quoted}"') if quoted is not None else int(index))
         pos = match.end()
     if not path:
@@ -259,13 +261,17 @@ class Sources:
         """Follow `field_path` (a tail of self.field_path) into `value`; add the document or reject it."""
         walked = len(self.field_path) - len(field_path)
         for depth, key in enumerate(field_path, start=walked + 1):
-            try:
-                value = value[key]
-            except (KeyError, IndexError, TypeError):
-                value = None
+            # An index step needs a list and a key step an object, as in the native JSON extractor.
+            if isinstance(key, int):
+                value = value[key] if isinstance(value, list) and key < len(value) else None
+            else:
+                value = value.get(key) if isinstance(value, dict) else None
             if value is None:
-                batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"missing field {describe_path(self.field_path[:depth])}", raw))
+                batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"missing or null field {describe_path(self.field_path[:depth])}", raw))
                 return
+        if value is None:
+            batch.rejects.append(self._reject(path, where, MISSING_FIELD, f"field {describe_path(self.field_path)} is null", raw))
+            return
         if self.chat_eos_token is not None:
             try:
                 turns = chat.messages_to_turns(value) if not isinstance(value, str) else chat.text_to_turns(value, self.chat_eos_token)

@@ -15,20 +15,37 @@ EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>"
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
 
 
-def load_tokenizer(path: str | Path):
-    """Load a tokenizer.json with a one-line error for a missing or unreadable file."""
+def tokenizer_file(path: str | Path) -> Path:
+    """A tokenizer.json path, or a folder holding one (a dataset, run or HF export)."""
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def read_tokenizer(path: str | Path):
+    """(Tokenizer, the exact bytes it was built from, the file's path), with one-line errors.
+
+    Callers that record or copy the tokenizer use these bytes, so a file replaced while
+    they run cannot make the record disagree with what was used.
+    """
     from tokenizers import Tokenizer
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.exists():
-        raise PytrainError(f"{path}: no such tokenizer file; train one with `pytrain tokenizer train`")
+    path = tokenizer_file(path)
     try:
-        return Tokenizer.from_file(str(path))
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PytrainError(f"{path}: no such tokenizer file; train one with `pytrain tokenizer train`") from None
+    except OSError as error:
+        raise PytrainError(f"{path}: cannot read the tokenizer ({error.strerror})") from None
+    try:
+        return Tokenizer.from_str(raw.decode("utf-8")), raw, path
     except Exception as error:  # tokenizers raises a bare Exception for parse errors
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PytrainError(f"{path}: not a valid tokenizer.json ({first_line})") from None
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer.json (or a folder holding one) with a one-line error for a bad file."""
+    return read_tokenizer(path)[0]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -42,6 +59,11 @@ def file_sha256(path: str | Path) -> str:
 def max_token_id(tokenizer) -> int:
     """Largest id the tokenizer can emit, added tokens included."""
     return max(tokenizer.get_vocab(with_added_tokens=True).values())
+
+
+def vocab_size(tokenizer) -> int:
+    """Rows an embedding needs: the token count, or more when the ids have gaps."""
+    return max(tokenizer.get_vocab_size(with_added_tokens=True), max_token_id(tokenizer) + 1)
 
 
 def special_token_id(tokenizer, explicit: str | None, candidates: tuple[str, ...], role: str, path) -> int | None:
@@ -70,6 +92,8 @@ def train_tokenizer(
     from pytrain.fsutil import atomic_write_text
 
     out = Path(out)
+    if out.is_dir() or str(out).endswith("/"):
+        out = out / "tokenizer.json"
     if out.exists() and not overwrite:
         raise PytrainError(f"{out}: already exists; choose another --out or pass --overwrite")
     specials = [eos_token] + [t for t in special_tokens if t != eos_token]
@@ -81,13 +105,15 @@ def train_tokenizer(
         )
     sources = open_sources(inputs, parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line)
 
+    used = 0
+
     def documents():
-        seen = 0
+        nonlocal used
         for batch in sources.batches():
             for text in batch.texts:
-                if max_documents is not None and seen >= max_documents:
+                if max_documents is not None and used >= max_documents:
                     return
-                seen += 1
+                used += 1
                 yield text
 
     tokenizer = Tokenizer(models.BPE())
@@ -98,9 +124,12 @@ def train_tokenizer(
         initial_alphabet=alphabet, show_progress=False,
     )
     tokenizer.train_from_iterator(documents(), trainer=trainer)
-    if sources.documents == 0:
+    if used == 0:
         raise PytrainError(f"no documents found in {', '.join(map(str, inputs))}; nothing to train on")
     atomic_write_text(out, tokenizer.to_str(pretty=True))
     print(f"wrote {out}: {tokenizer.get_vocab_size()} tokens (EOS {eos_token!r} = id "
-          f"{tokenizer.token_to_id(eos_token)}) from {sources.documents} documents")
+          f"{tokenizer.token_to_id(eos_token)}) from {used} documents")
+    if tokenizer.get_vocab_size() < vocab_size:
+        print(f"note: asked for {vocab_size} tokens, but the input only supports {tokenizer.get_vocab_size()} "
+              f"merges with --min-frequency {min_frequency}; give it more text for a larger vocabulary")
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.tokenizer import file_sha256
+from pytrain.data.tokenizer import file_sha256, tokenizer_file
 from pytrain.errors import PytrainError
 
 _CHUNK_TOKENS = 1 << 24
@@ -68,7 +68,7 @@ def verify_dataset(root, tokenizer=None) -> None:
     elif file_sha256(copy) != packed_with:
         problems.append(f"{copy}: differs from the tokenizer the data was packed with")
     if tokenizer is not None:
-        given = Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer)
+        given = tokenizer_file(tokenizer)
         if not given.exists():
             problems.append(f"{given}: no such tokenizer file")
         elif file_sha256(given) != packed_with:
