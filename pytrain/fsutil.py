@@ -60,11 +60,12 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, overwrite: bool = False, replaceable=lambda path: True):
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False, replaceable=lambda path: not any(path.iterdir())):
     """Yield a temporary directory next to `final`; rename it to `final` on success.
 
-    With `overwrite`, an existing `final` directory for which `replaceable(final)` holds is
-    replaced, and only once the new one is complete; anything else is refused.
+    With `overwrite`, an existing `final` directory for which `replaceable(final)` holds (by
+    default: it is empty) is replaced, and only once the new one is complete; anything else is
+    refused, so a mistyped --out never deletes a user's folder.
     """
     from pytrain.errors import PytrainError
 
