@@ -100,6 +100,10 @@ bool FieldExtractor::value(int depth, size_t level) {
             return true;
         }
         default:
+            if (non_finite_number()) {
+                reach(level, Kind::kNumber);
+                return true;
+            }
             if (*p_ == '-' || is_digit(*p_)) {
                 if (!number()) return false;
                 reach(level, Kind::kNumber);
@@ -198,6 +202,19 @@ bool FieldExtractor::string(std::string* decoded, Shape* shape) {
             return fail(at, std::string("invalid escape '\\") + static_cast<char>(at[1]) + "'");
         case StringError::kInvalidUnicodeEscape:
             return fail(at, "invalid \\u escape, expected 4 hex digits");
+    }
+    return false;
+}
+
+// NaN, Infinity and -Infinity are not RFC 8259 but Python's json reads them and json.dumps
+// writes them by default, so a corpus dumped from Python may hold them in any numeric field.
+bool FieldExtractor::non_finite_number() {
+    for (const char* word : {"NaN", "Infinity", "-Infinity"}) {
+        const size_t n = std::strlen(word);
+        if (static_cast<size_t>(end_ - p_) >= n && std::memcmp(p_, word, n) == 0) {
+            p_ += n;
+            return true;
+        }
     }
     return false;
 }

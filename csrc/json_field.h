@@ -65,6 +65,7 @@ class FieldExtractor {
     bool array(int depth, size_t level);
     bool string(std::string* decoded, Shape* shape);
     bool number();
+    bool non_finite_number();
     bool literal(Kind& kind);
     void skip_whitespace();
     void reach(size_t level, Kind kind, const Text& text = Text{});
