@@ -202,6 +202,7 @@ class Sources:
                         batch, line = self._json_chunk(path, chunk, line)
                     finally:
                         chunk.release()
+                    _drop_pages(mapped, pos, end)
                     yield batch
                     pos = end
             finally:
@@ -325,6 +326,17 @@ class Sources:
             batch.nbytes = input_bytes(path) * table.num_rows // total
             row += table.num_rows
             yield batch
+
+
+def _drop_pages(mapped: mmap.mmap, start: int, end: int) -> None:
+    """Unmap the pages of a window already decoded (its texts are copies), so resident memory
+    stays at a few windows instead of growing with the file."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    first = start - start % mmap.PAGESIZE
+    last = end - end % mmap.PAGESIZE
+    if last > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _line_aligned_end(buffer, start: int, want: int, size: int) -> int:
