@@ -203,8 +203,8 @@ def _run_generate(args) -> int:
 def _add_generate(sub) -> None:
     p = _command(
         sub, "generate", "continue a prompt with a trained run's model (KV cache, streamed to stdout)",
-        '  pytrain generate --run runs/demo --prompt "The "\n'
-        '  pytrain generate --run runs/demo --step 400 --prompt "def " --temperature 0   # greedy\n'
+        '  pytrain generate --run runs/demo --prompt "Return the"\n'
+        '  pytrain generate --run runs/my-run --step 400 --prompt "def " --temperature 0   # greedy\n'
         "  pytrain generate --run runs/demo --interactive --top-k 20 --max-new-tokens 200",
         _run_generate,
     )
@@ -296,7 +296,7 @@ def _add_demo(sub) -> None:
         _run_demo,
     )
     p.add_argument("--out", default="runs/demo", help="the run directory to create")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 600, or 12 with --small)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 1000, or 12 with --small)")
     p.add_argument("--small", action="store_true", help="a reduced corpus, vocabulary and model run (for tests)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
