@@ -1,0 +1,404 @@
+"""Time `pytrain pack` against the tokenizer alone and a `datasets` pipeline on the same JSONL.
+
+    python benchmarks/gpt2_tokenizer.py --fetch          # once: GPT-2's tokenizer.json, offline
+    python benchmarks/bench_pack.py --mb 200              # table + goal checks + results/bench_pack.json
+
+Every method runs in its own fresh subprocess, so its peak RSS (ru_maxrss from os.wait4: the
+largest single process of its tree) is its own; a sampler also sums RSS over the whole process
+tree every 50 ms, which is what counts for `datasets.map(num_proc=N)` workers. Methods:
+
+  pytrain    the whole CLI command, `python -m pytrain pack ...`; wall time includes interpreter
+             start-up and imports.
+  bare       the ceiling: a child loads every text (json.loads per line) and times ONLY
+             `Tokenizer.encode_batch_fast(texts, add_special_tokens=False)`, either in ~8 MB batches
+             like pack's or in one call over everything; the faster of the two is the ceiling.
+  datasets   `load_dataset("json")` + batched `.map(num_proc=N)` with the same tokenizer.json (EOS
+             appended like pack) + all ids written to a uint16 numpy memmap; the pipeline's wall time
+             in the child (its imports excluded, which favours it). Each of the N workers encodes on
+             one thread (RAYON_NUM_THREADS=1): N threads in all, and faster than N x N in our trials.
+  index      `_native.index_lines` over an mmap of the corpus at 1 and N threads, median of 5.
+  memory     pytrain pack again on the corpus repeated --mem-scale times.
+
+The page cache is warm for every method (the corpus was just written or read). Token rates
+count the tokenizer's tokens (no EOS) for every method, so they compare directly. pytrain and
+bare run --repeat times, interleaved, and the fastest run of each is reported (noise only adds
+time). On a shared machine the `other s` column shows how much CPU other processes took during
+each run, and the CPU-time ratios are printed next to the wall-time ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pytrain.data import format as fmt
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+EOS = "<|endoftext|>"
+GOAL_VS_BARE = 1.15
+GOAL_VS_DATASETS = 1.8
+GOAL_INDEX_GBPS = 1.0
+GOAL_MEMORY_GROWTH = 1.5  # "a 10x larger file must not need 10x the memory": we ask for flat (<= 1.5x)
+
+
+# ----------------------------------------------------------------------------- children
+def _texts(corpus: str) -> list[str]:
+    with open(corpus, encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle]
+
+
+def child_bare(args) -> dict:
+    """Encode every text; time only the encode calls. Dumps the first docs' ids for the parent's check."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(args.tokenizer)
+    texts = _texts(args.corpus)
+    batches, current, size = [], [], 0
+    for text in texts:
+        current.append(text)
+        size += len(text)
+        if args.batch_mb and size >= args.batch_mb << 20:
+            batches.append(current)
+            current, size = [], 0
+    batches.append(current)
+    seconds, cpu, tokens = 0.0, 0.0, 0
+    for i, batch in enumerate(batches):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
+        seconds += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+        tokens += sum(map(len, encodings))
+        if i == 0 and args.dump:
+            prefix = [e.ids for e in encodings[:args.prefix_docs]]
+            np.savez(args.dump, ids=np.concatenate(prefix).astype(np.int64), lengths=np.array(list(map(len, prefix))))
+        del encodings
+    return {"seconds": seconds, "cpu": cpu, "tokens": tokens, "documents": len(texts), "batches": len(batches)}
+
+
+def _cpu_with_children() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_TOKENIZER = None
+
+
+def _encode_for_map(batch, tokenizer_path: str, eos_id: int):
+    """datasets.map function: each worker process loads the tokenizer once."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from tokenizers import Tokenizer
+
+        _TOKENIZER = Tokenizer.from_file(tokenizer_path)
+    encodings = _TOKENIZER.encode_batch_fast(batch["text"], add_special_tokens=False)
+    return {"input_ids": [e.ids + [eos_id] for e in encodings]}
+
+
+def child_datasets(args) -> dict:
+    import datasets
+    from tokenizers import Tokenizer
+
+    datasets.disable_progress_bars()
+    eos_id = Tokenizer.from_file(args.tokenizer).token_to_id(EOS)
+    started, cpu_started = time.perf_counter(), _cpu_with_children()
+    ds = datasets.load_dataset("json", data_files=args.corpus, cache_dir=args.cache_dir, split="train")
+    ds = ds.map(_encode_for_map, batched=True, num_proc=args.threads, remove_columns=ds.column_names,
+                fn_kwargs={"tokenizer_path": args.tokenizer, "eos_id": eos_id})
+    column = ds.data.column("input_ids")
+    total = sum(len(chunk.flatten()) for chunk in column.chunks)
+    out = np.memmap(args.dump, dtype=np.uint16, mode="w+", shape=(total,))
+    pos = 0
+    for chunk in column.chunks:
+        values = chunk.flatten().to_numpy()
+        out[pos:pos + len(values)] = values
+        pos += len(values)
+    out.flush()
+    del out
+    return {"seconds": time.perf_counter() - started, "cpu": _cpu_with_children() - cpu_started,
+            "tokens_with_eos": total, "documents": len(ds)}
+
+
+# ----------------------------------------------------------------------------- parent
+def _tree_rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon) summed over `pid` and its descendants, in kB; (0, 0) once it is gone."""
+    rss = anon = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return rss, anon
+
+
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has been busy since boot, steal included (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(max_wait: float, busy_fraction: float = 0.15) -> float:
+    """Wait up to `max_wait` s for one second in which the machine is < `busy_fraction` busy; returns the wait."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_wait:
+        before = machine_busy_s()
+        time.sleep(1.0)
+        if machine_busy_s() - before < busy_fraction * os.cpu_count():
+            break
+    return time.perf_counter() - started
+
+
+def run_child(cmd: list[str], env: dict, label: str, quiet_wait: float = 0.0) -> dict:
+    """Run `cmd`: wall time from spawn to exit, CPU and ru_maxrss via os.wait4, sampled tree RSS, and the
+    CPU-seconds other processes took meanwhile (contention). Parses its last stdout line as JSON if it is one."""
+    waited = wait_until_quiet(quiet_wait)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        busy_before = machine_busy_s()
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=err, text=True)
+        peak = {"rss": 0, "anon": 0}
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.05):
+                rss, anon = _tree_rss_kb(proc.pid)
+                peak["rss"], peak["anon"] = max(peak["rss"], rss), max(peak["anon"], anon)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        busy = machine_busy_s() - busy_before
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    result = {"wall_s": wall, "cpu_s": cpu, "other_cpu_s": max(0.0, busy - cpu), "waited_for_quiet_s": waited,
+              "ru_maxrss_mb": usage.ru_maxrss / 1024,
+              "tree_rss_peak_mb": peak["rss"] / 1024, "tree_anon_peak_mb": peak["anon"] / 1024}
+    lines = stdout.strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        result.update(json.loads(lines[-1]))
+    return result
+
+
+def build_corpus(work: Path, mb: int) -> Path:
+    """~mb MB of JSONL from the stdlib corpus, cached by size (the generator is seeded)."""
+    from pytrain.data.corpus import mixed_documents, stdlib_documents, write_jsonl
+
+    path = work / f"corpus-{mb}mb.jsonl"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        write_jsonl(partial, mixed_documents(stdlib_documents(), mb * 1_000_000))
+        partial.rename(path)
+    return path
+
+
+def repeat_file(path: Path, times: int) -> Path:
+    target = path.with_name(f"{path.stem}-x{times}.jsonl")
+    if not target.exists():
+        partial = target.with_suffix(".partial")
+        with open(partial, "wb") as out:
+            for _ in range(times):
+                with open(path, "rb") as source:
+                    shutil.copyfileobj(source, out, 16 << 20)
+        partial.rename(target)
+    return target
+
+
+def index_gbps(corpus: Path, threads: int, runs: int = 5) -> float:
+    from pytrain import _native
+
+    with open(corpus, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        _native.index_lines(view, threads)  # fault the pages in
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            _native.index_lines(view, threads)
+            times.append(time.perf_counter() - started)
+        view.release()
+    return corpus.stat().st_size / statistics.median(times) / 1e9
+
+
+def run_pack(corpus: Path, args, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "pytrain", "pack", str(corpus), "--tokenizer", str(args.tokenizer),
+           "--out", str(out), "--threads", str(args.threads), "--overwrite", "--no-progress"]
+    result = run_child(cmd, {"RAYON_NUM_THREADS": str(args.threads)}, "pytrain pack", args.wait_quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    result.update(documents=train["documents"], tokens_with_eos=train["tokens"])
+    result["tokens"] = train["tokens"] - train["documents"] if manifest["append_eos"] else train["tokens"]
+    return result
+
+
+def timed_part(run: dict) -> dict:
+    """Take the child's own timing of its measured part as the wall time; keep the whole child's as child_wall_s."""
+    return {**run, "child_wall_s": run["wall_s"], "wall_s": run["seconds"], "child_cpu_s": run["cpu_s"], "cpu_s": run["cpu"]}
+
+
+def fastest_run(runs: list[dict]) -> dict:
+    """The fastest run, with every run's wall: on a shared machine noise only ever adds time."""
+    return {**min(runs, key=lambda r: r["wall_s"]), "walls_s": [r["wall_s"] for r in runs]}
+
+
+def measure(args, corpus: Path, tmp: Path) -> dict:
+    """Run every method; returns the per-method results plus the correctness checks."""
+    n, wait = args.threads, args.wait_quiet
+    child = [sys.executable, __file__, "--corpus", str(corpus), "--tokenizer", str(args.tokenizer), "--threads", str(n)]
+    rayon = {"RAYON_NUM_THREADS": str(n)}
+    bare_cmd = child + ["--child", "bare", "--batch-mb", "8", "--dump", str(tmp / "prefix.npz"), "--prefix-docs", str(args.prefix_docs)]
+    pytrain_runs, bare_runs = [], []
+    for _ in range(args.repeat):  # interleaved, so drift hits both alike
+        pytrain_runs.append(run_pack(corpus, args, tmp / "packed"))
+        bare_runs.append(timed_part(run_child(bare_cmd, rayon, "bare", wait)))
+    bare = {"8 MB batches": fastest_run(bare_runs),
+            "one call": timed_part(run_child(child + ["--child", "bare", "--batch-mb", "0"], rayon, "bare", wait))}
+
+    # pytrain's first documents must be exactly the tokenizer's ids + EOS
+    prefix = np.load(tmp / "prefix.npz")
+    eos_id = json.loads((tmp / "packed" / "manifest.json").read_text())["eos_id"]
+    pieces = np.split(prefix["ids"], np.cumsum(prefix["lengths"])[:-1])
+    expected = np.concatenate([np.append(p, eos_id) for p in pieces])
+    packed = np.fromfile(fmt.tokens_path(tmp / "packed", "train"), dtype=np.uint16, count=len(expected))
+    shutil.rmtree(tmp / "packed")
+
+    print("datasets pipeline ...", flush=True)
+    data = run_child(child + ["--child", "datasets", "--dump", str(tmp / "datasets.bin"), "--cache-dir", str(tmp / "hf-cache")],
+                     {"RAYON_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}, "datasets", wait)
+    data = timed_part(data)
+    data["tokens"] = data["tokens_with_eos"] - data["documents"]
+    from_datasets = np.fromfile(tmp / "datasets.bin", dtype=np.uint16, count=len(expected))
+    shutil.rmtree(tmp / "hf-cache")
+    (tmp / "datasets.bin").unlink()
+
+    results = {"pytrain": fastest_run(pytrain_runs), "bare": bare, "datasets": data,
+               "paired_ratios": [p["wall_s"] / b["wall_s"] for p, b in zip(pytrain_runs, bare_runs)],
+               "index_gbps": {t: index_gbps(corpus, t) for t in sorted({1, n})},
+               "prefix_docs": len(pieces),
+               "prefix_equal": {"pytrain": bool(np.array_equal(packed, expected)),
+                                "datasets": bool(np.array_equal(from_datasets, expected))}}
+    if not args.quick:
+        big_corpus = repeat_file(corpus, args.mem_scale)
+        print(f"pytrain pack on {big_corpus.name} ({big_corpus.stat().st_size / 1e9:.2f} GB) ...", flush=True)
+        results["pytrain_big"] = run_pack(big_corpus, args, tmp / "packed-big")
+    return results
+
+
+def report(args, results: dict) -> dict:
+    """Print the table and goal checks; returns the goals."""
+    n, pytrain, bare, data = args.threads, results["pytrain"], results["bare"], results["datasets"]
+    ceiling_name = min(bare, key=lambda k: bare[k]["wall_s"])
+    ceiling = bare[ceiling_name]["wall_s"]
+    rows = [("pytrain pack (whole CLI)", pytrain)] + [(f"bare tokenizer, {k}", r) for k, r in bare.items()]
+    rows.append((f"datasets map(num_proc={n}) + memmap", data))
+    if "pytrain_big" in results:
+        rows.append((f"pytrain pack, {args.mem_scale}x corpus", results["pytrain_big"]))
+    print(f"\n{'method':36} {'wall s':>8} {'tokens':>12} {'tokens/s':>10} {'x bare':>7} {'cpu s':>7} {'other s':>8} "
+          f"{'maxrss MB':>10} {'tree RSS':>9} {'anon MB':>8}")
+    for name, r in rows:
+        print(f"{name:36} {r['wall_s']:8.2f} {r['tokens']:12,} {r['tokens'] / r['wall_s']:10,.0f} {r['wall_s'] / ceiling:7.2f} "
+              f"{r['cpu_s']:7.1f} {r['other_cpu_s']:8.1f} {r['ru_maxrss_mb']:10.0f} {r['tree_rss_peak_mb']:9.0f} "
+              f"{r['tree_anon_peak_mb']:8.0f}")
+    print(f"wall: pytrain from spawn to exit; bare: the encode calls only (ceiling = {ceiling_name}); datasets: the "
+          f"pipeline, imports excluded.\ncpu s: CPU time of that same span (datasets: workers included). other s: "
+          f"CPU-seconds other processes used while the child ran (~0 on a quiet machine).\nmaxrss: os.wait4 "
+          f"ru_maxrss; tree RSS / anon: sampled peaks over the process tree.")
+    index = results["index_gbps"]
+    print("index_lines: " + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.2f} GB/s" for t, g in index.items()))
+    counts_ok = pytrain["tokens"] == data["tokens"] == bare["8 MB batches"]["tokens"] == bare["one call"]["tokens"]
+    prefix_ok = all(results["prefix_equal"].values())
+    print(f"token counts equal: {counts_ok} (pytrain {pytrain['tokens']:,} + {pytrain['documents']:,} EOS, bare "
+          f"{bare['one call']['tokens']:,}, datasets {data['tokens']:,}); first {results['prefix_docs']} documents "
+          f"identical to the tokenizer's ids + EOS: {results['prefix_equal']}")
+    print(f"pytrain / bare = {pytrain['wall_s'] / ceiling:.3f} (back-to-back pairs: "
+          f"{', '.join(f'{r:.3f}' for r in results['paired_ratios'])}); datasets / pytrain = "
+          f"{data['wall_s'] / pytrain['wall_s']:.2f}")
+    print(f"CPU-seconds instead of wall (less sensitive to other load): pytrain / bare = "
+          f"{pytrain['cpu_s'] / bare[ceiling_name]['cpu_s']:.3f}, datasets / pytrain = {data['cpu_s'] / pytrain['cpu_s']:.2f}")
+    goals = {
+        f"pytrain within {GOAL_VS_BARE}x of bare tokenizer": pytrain["wall_s"] <= GOAL_VS_BARE * ceiling,
+        f"pytrain >= {GOAL_VS_DATASETS}x faster than datasets": data["wall_s"] >= GOAL_VS_DATASETS * pytrain["wall_s"],
+        f"index_lines > {GOAL_INDEX_GBPS} GB/s at {n} threads": index[n] > GOAL_INDEX_GBPS,
+        "same tokens from every method": counts_ok and prefix_ok,
+    }
+    if "pytrain_big" in results:
+        big = results["pytrain_big"]
+        growth = big["ru_maxrss_mb"] / pytrain["ru_maxrss_mb"]
+        print(f"peak RSS: 1x {pytrain['ru_maxrss_mb']:.0f} MB, {args.mem_scale}x {big['ru_maxrss_mb']:.0f} MB (x{growth:.2f}); "
+              f"anonymous only: {pytrain['tree_anon_peak_mb']:.0f} MB, {big['tree_anon_peak_mb']:.0f} MB")
+        goals[f"{args.mem_scale}x corpus peak RSS <= {GOAL_MEMORY_GROWTH}x the 1x one"] = growth <= GOAL_MEMORY_GROWTH
+    for name, ok in goals.items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    return goals
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=200, help="corpus size in MB of text")
+    parser.add_argument("--tokenizer", type=Path, default=RESULTS / "gpt2-tokenizer.json")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="N for every method")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of pytrain and bare (batched); the fastest is reported")
+    parser.add_argument("--mem-scale", type=int, default=10, help="pack a corpus this many times larger (memory check)")
+    parser.add_argument("--quick", action="store_true", help="skip the larger-corpus memory run")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="before each run, wait up to S seconds for the machine to go idle (shared machines)")
+    parser.add_argument("--work", type=Path, default=RESULTS / "bench_pack_work", help="corpora are cached here")
+    parser.add_argument("--json", type=Path, default=RESULTS / "bench_pack.json")
+    parser.add_argument("--prefix-docs", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["bare", "datasets"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-mb", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--dump", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        args.tokenizer = str(args.tokenizer)
+        print(json.dumps((child_bare if args.child == "bare" else child_datasets)(args)))
+        return 0
+
+    if not args.tokenizer.exists():
+        raise SystemExit(f"{args.tokenizer}: missing; run `python benchmarks/gpt2_tokenizer.py --fetch` first")
+    args.work.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus(args.work, args.mb)
+    print(f"corpus {corpus} ({corpus.stat().st_size / 1e6:.1f} MB), tokenizer {args.tokenizer}, threads {args.threads}",
+          flush=True)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        results = measure(args, corpus, Path(tmp))
+    goals = report(args, results)
+    results.update(corpus_bytes=corpus.stat().st_size, threads=args.threads, goals=goals,
+                   index_gbps={str(t): g for t, g in results["index_gbps"].items()})
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0 if all(goals.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
