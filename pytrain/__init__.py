@@ -4,12 +4,9 @@ The top-level package imports nothing heavy (no torch, no datasets) so that
 `pytrain pack` and `pytrain --help` start fast; each command imports what it needs.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("pytrain")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+source"
+# The one place the version lives: pyproject.toml reads it from here at build time
+# (scikit-build-core's regex provider), and nothing pays for importlib.metadata at start-up.
+__version__ = "0.1.0"
 
 from pytrain.errors import PytrainError
 
