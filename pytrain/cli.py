@@ -14,7 +14,12 @@ from pytrain.errors import PytrainError
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Examples kept as written; defaults shown, except None/False, which say nothing useful."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _command(sub, name: str, help: str, examples: str, handler):

@@ -59,9 +59,11 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     if steps <= 0:
         raise PytrainError(f"--steps must be positive, got {steps}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise PytrainError(f"{out}: already exists; pass --overwrite to replace it, or choose another --out")
+        if not (out / "corpus.jsonl").exists() or not (out / "data").is_dir():
+            raise PytrainError(f"{out}: exists and is not a demo run directory; refusing to delete it even with --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
