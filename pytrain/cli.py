@@ -127,7 +127,7 @@ def _add_pack(sub) -> None:
                    help="hold out the last N documents as the validation split")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",
                    help="hold out an evenly spread fraction F of documents as the validation split")
-    p.add_argument("--batch-mb", type=int, default=8,
+    p.add_argument("--batch-mb", type=int, default=2,
                    help="input bytes per tokenizer batch (bounds memory, whatever the input size)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only on a terminal)")

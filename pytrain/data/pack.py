@@ -52,7 +52,7 @@ class PackOptions:
     threads: int = 0
     val_docs: int = 0
     val_fraction: float = 0.0
-    batch_bytes: int = 8 << 20
+    batch_bytes: int = 2 << 20  # as fast as 8 MB in bench_pack, half the peak memory
     overwrite: bool = False
     progress: bool | None = None
 

@@ -100,7 +100,7 @@ def input_bytes(path: Path) -> int:
 class Sources:
     """All inputs of one run, read in order; counts what was taken and what was rejected."""
 
-    def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=8 << 20, threads=0,
+    def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=2 << 20, threads=0,
                  chat_eos_token: str | None = None):
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
