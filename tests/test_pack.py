@@ -298,3 +298,26 @@ def test_tokenizer_with_id_gaps_and_a_template_post_processor(tmp_path, tokenize
     ids = fmt.open_split(out, "train").document(0).tolist()
     assert ids[0] == 1000 and ids.count(1000) == 1 and ids[-1] == 0  # one BOS (ours, not the template's), EOS last
     run_cli("verify", out)
+
+
+def _peak_rss_mb(args) -> float:
+    """Peak resident memory of one `pytrain pack` child, from the kernel's accounting (os.wait4)."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "pytrain", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()
+    return usage.ru_maxrss / 1024
+
+
+def test_memory_stays_bounded_when_the_input_grows_10x(tmp_path, tokenizer_path, documents):
+    small = tmp_path / "small.jsonl"
+    write_jsonl(small, mixed_documents(documents, 2_000_000, seed=3))
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as handle:
+        for _ in range(10):
+            handle.write(small.read_bytes())
+    rss = [_peak_rss_mb(["pack", corpus, "--tokenizer", tokenizer_path, "--out", tmp_path / corpus.stem, "--batch-mb", 1])
+           for corpus in (small, big)]
+    assert rss[1] < 1.3 * rss[0], f"peak RSS {rss[0]:.0f} MB for 1x, {rss[1]:.0f} MB for 10x"
