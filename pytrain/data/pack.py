@@ -363,7 +363,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "pytrain_version": __version__,
             "created_unix": time.time(),
             "dtype": dtype.name,
-            "vocab_size": vocab_size(tok),
+            "vocab_size": vocab_size(tok, top_id),
             "max_token_id": top_id,
             "eos_id": eos_id,
             "bos_id": bos_id,

@@ -61,9 +61,9 @@ def max_token_id(tokenizer) -> int:
     return max(tokenizer.get_vocab(with_added_tokens=True).values())
 
 
-def vocab_size(tokenizer) -> int:
-    """Rows an embedding needs: the token count, or more when the ids have gaps."""
-    return max(tokenizer.get_vocab_size(with_added_tokens=True), max_token_id(tokenizer) + 1)
+def vocab_size(tokenizer, top_id: int) -> int:
+    """Rows an embedding needs, given the largest id: the token count, or more when ids have gaps."""
+    return max(tokenizer.get_vocab_size(with_added_tokens=True), top_id + 1)
 
 
 def special_token_id(tokenizer, explicit: str | None, candidates: tuple[str, ...], role: str, path) -> int | None:
