@@ -126,7 +126,9 @@ class Sources:
         for path, kind in zip(self.paths, self.kinds):
             stat = path.stat()
             before = self.documents
-            yield from readers[kind](path)
+            for batch in readers[kind](path):
+                self.documents += len(batch.texts)
+                yield batch
             self.per_source.append({
                 "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
                 "mtime": stat.st_mtime, "documents": self.documents - before,
@@ -160,17 +162,15 @@ class Sources:
             self.empty_documents += int(np.count_nonzero(status == EMPTY_TEXT))
             batch.texts = [t for t in texts if t is not None]
             for i in np.flatnonzero((status >= BAD_JSON) & (status <= NOT_STRING)):
-                raw = bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n").decode("utf-8", "replace")
+                raw = _raw_line(chunk, starts, i)
                 batch.rejects.append(self._reject(path, f"{first_line + i}", int(status[i]), reasons[i], raw))
-        self.documents += len(batch.texts)
         return batch, first_line + n_lines
 
     def _chat_json_chunk(self, path: Path, chunk, starts, first_line: int) -> tuple[DocBatch, int]:
         """Conversations are nested objects, so lines go through Python's json (chat data is small)."""
         batch = DocBatch(str(path), [], len(chunk))
         for i in range(len(starts) - 1):
-            raw = bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n")
-            text = raw.decode("utf-8", "replace")
+            text = _raw_line(chunk, starts, i)
             where = f"{first_line + i}"
             if not text.strip():
                 self.blank_lines += 1
@@ -181,7 +181,6 @@ class Sources:
                 batch.rejects.append(self._reject(path, where, BAD_JSON, f"invalid JSON at column {error.colno}: {error.msg}", text))
                 continue
             self._accept(path, where, value, self.field_path, batch, text)
-        self.documents += len(batch.texts)
         return batch, first_line + len(starts) - 1
 
     def _jsonl(self, path: Path) -> Iterator[DocBatch]:
@@ -235,7 +234,6 @@ class Sources:
             text = path.read_bytes().decode("utf-8", "replace")
             batch = DocBatch(str(path), [], input_bytes(path))
             self._accept(path, "1", text, [], batch, None)
-            self.documents += len(batch.texts)
             yield batch
             return
         carry = b""
@@ -252,7 +250,6 @@ class Sources:
                     text = piece.decode("utf-8", "replace").strip()
                     if text:
                         self._accept(path, "paragraph", text, [], batch, None)
-                self.documents += len(batch.texts)
                 yield batch
                 if not block:
                     return
@@ -291,7 +288,6 @@ class Sources:
         batch = DocBatch(str(path), [], 0)
         for i, value in enumerate(values):
             self._accept(path, f"row {first_row + i}", value, self.field_path[1:], batch, None)
-        self.documents += len(batch.texts)
         return batch
 
     def _column_name(self, path: Path, names) -> str:
@@ -326,6 +322,11 @@ class Sources:
             batch.nbytes = input_bytes(path) * table.num_rows // total
             row += table.num_rows
             yield batch
+
+
+def _raw_line(chunk, starts, i: int) -> str:
+    """Line i of a window as text, without its line ending (invalid UTF-8 replaced)."""
+    return bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n").decode("utf-8", "replace")
 
 
 def _drop_pages(mapped: mmap.mmap, start: int, end: int) -> None:
