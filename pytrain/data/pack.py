@@ -27,7 +27,7 @@ import numpy as np
 
 from pytrain import __version__
 from pytrain.data import format as fmt
-from pytrain.data.sources import DocBatch, describe_path, open_sources, parse_field_path
+from pytrain.data.sources import describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )

@@ -46,7 +46,7 @@ def _check_split(root: Path, split: str, manifest: dict) -> list[str]:
             problems.append(f"{fmt.tokens_path(root, split)}: {len(wrong)} documents do not end with EOS "
                             f"(id {manifest['eos_id']}), first is document {wrong[0]}")
     if data.mask is not None:
-        if hashlib.sha256(memoryview(np.ascontiguousarray(data.mask))).hexdigest() != expected.get("mask_sha256"):
+        if file_sha256(fmt.mask_path(root, split)) != expected.get("mask_sha256"):
             problems.append(f"{fmt.mask_path(root, split)}: checksum mismatch; the loss mask was modified after packing")
     if manifest["prepend_bos"]:
         wrong = np.flatnonzero(np.asarray(data.tokens[offsets[:-1]]) != manifest["bos_id"])
