@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pytrain import __version__, ops
 from pytrain.config import RunConfig, activation_checkpoint_every, resolve_model, warmup_steps, with_resolved_model
 from pytrain.data.tokenizer import file_sha256
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_write_text
+from pytrain.fsutil import atomic_file, atomic_write_text
 from pytrain.train import checkpoint as ckpt
 from pytrain.train.distributed import Distributed, broadcast_object, init_distributed, shutdown
 from pytrain.train.evaluate import Evaluator
@@ -129,9 +128,8 @@ class _Run:
         atomic_write_text(self.run_dir / "config.yaml", self.resolved.to_yaml())
         source = Path(self.config.data.path) / "tokenizer.json"
         if source.is_file():
-            tmp = self.run_dir / ".tokenizer.json.tmp"
-            shutil.copyfile(source, tmp)
-            tmp.replace(self.run_dir / "tokenizer.json")
+            with atomic_file(self.run_dir / "tokenizer.json") as handle:
+                handle.write(source.read_bytes())
 
     def _build_model(self) -> torch.nn.Module:
         train, init_from = self.config.train, self.config.model.init_from
