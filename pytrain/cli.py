@@ -333,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     except PytrainError as error:
         print(f"pytrain {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pytrain inspect data/ | head`: the reader left, which is not an error
+        return 0
+    except ImportError as error:
+        if not (error.name or "").startswith("pytrain"):
+            raise
+        print(f"pytrain {args.command}: error: {error}", file=sys.stderr)  # says what to run (source checkout)
+        return 2
     except OSError as error:  # unreadable input, read-only output folder, full disk, ...
         where = f"{error.filename}: " if error.filename else ""
         print(f"pytrain {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
@@ -340,8 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pytrain: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from pytrain import __version__
+from pytrain import __version__, _source_tree
 
 OPS = ("rms_norm", "apply_rope", "linear_cross_entropy")
 OPTIONAL = ("tokenizers", "numpy", "datasets", "safetensors", "transformers", "matplotlib", "tensorboard", "wandb")
@@ -63,8 +63,7 @@ def report() -> list[tuple[str, str]]:
     triton, triton_error = _try_import("triton")
     lines.append(("triton", triton.__version__ if triton else f"unavailable ({triton_error})"))
     native, native_error = _try_import("pytrain._native")
-    lines.append(("native extension", native.__file__ if native else
-                  f"unavailable ({native_error}): reinstall with `pip install .` (pack and datasets need it)"))
+    lines.append(("native extension", native.__file__ if native else _native_problem(native_error)))
     kernels, kernels_error = _try_import("pytrain.kernels") if triton else (None, "triton is not importable")
     lines.append(("kernels", _kernel_choice(cuda, kernels is not None, kernels_error)))
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -72,6 +71,13 @@ def report() -> list[tuple[str, str]]:
     for package in OPTIONAL:
         lines.append((package, _version(package)))
     return lines
+
+
+def _native_problem(error: str) -> str:
+    """The import error says what to run when this is a source checkout; an installed copy lacks its build."""
+    if _source_tree.is_source_checkout():
+        return f"unavailable: {error.split(': ', 1)[-1]}"
+    return f"unavailable ({error}): this installed pytrain lacks its build; reinstall it with `pip install .`"
 
 
 def _kernel_choice(cuda: bool, kernels_ok: bool, kernels_error: str | None) -> str:
