@@ -175,9 +175,11 @@ def _run_train(args) -> int:
     from pytrain.config import load_config
 
     config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    from pathlib import Path
+
     from pytrain.train import train
 
-    train(config)
+    train(config, config_source=str(Path(args.config).resolve()))
     return 0
 
 

@@ -15,38 +15,35 @@ Torch-free, so a bad config fails before any heavy import.
 
 from __future__ import annotations
 
-import copy
 import json
+import math
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 from pytrain.errors import PytrainError, did_you_mean
 from pytrain.model.config import PRESETS, ModelConfig
 
 
-@dataclass
-class ModelSection:
-    """A preset, then any field set here replaces the preset's (vocab_size: null = the tokenizer's).
+def _model_section():
+    """The `model:` section: a preset, init_from, then every ModelConfig field as an optional override
+    (derived from ModelConfig, so a model field is declared once)."""
+    overrides = [(f.name, typing.get_type_hints(ModelConfig)[f.name] | None, field(default=None))
+                 for f in fields(ModelConfig)]
+    section = make_dataclass("ModelSection", [("preset", str, field(default="125m")),
+                                              ("init_from", typing.Optional[str], field(default=None)),
+                                              *overrides])
+    section.__doc__ = """A preset, then any field set here replaces the preset's (vocab_size: null = the tokenizer's).
 
     init_from: a Hugging Face Llama folder (e.g. from `pytrain export`) to continue training from: its
     config.json replaces the preset and its weights the random initialisation; shape fields set here
     must agree with it, the others (max_position_embeddings, rope_theta, ...) may change.
     """
-    preset: str = "125m"
-    init_from: str | None = None
-    vocab_size: int | None = None
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    max_position_embeddings: int | None = None
-    rms_norm_eps: float | None = None
-    rope_theta: float | None = None
-    attention_bias: bool | None = None
-    tie_word_embeddings: bool | None = None
-    initializer_range: float | None = None
+    section.__module__ = __name__
+    return section
+
+
+ModelSection = _model_section()
 
 
 @dataclass
@@ -55,6 +52,7 @@ class DataSection:
     seq_len: int | None = None        # null: the model's max_position_embeddings
     document_masking: bool = False    # attend within documents only, positions restart per document
     shuffle: bool = True
+    verify: str = "full"              # before the first step: full (checksums too) | quick (structure, ids) | none
 
 
 @dataclass
@@ -101,6 +99,7 @@ class CheckpointSection:
     keep_last_k: int = 3              # 0 keeps all
     resume: str = "auto"              # auto (this run's latest, if any) | none | a run or checkpoint directory
     resume_step: int | None = None    # null: the latest
+    resume_other_config: bool = False  # continue a run directory that another config file created
 
 
 @dataclass
@@ -138,6 +137,7 @@ class RunConfig:
 
 CHOICES = {
     "schedule.name": ("cosine", "linear", "constant", "wsd"),
+    "data.verify": ("full", "quick", "none"),
     "train.dtype": ("auto", "bf16", "fp32"),
     "train.reduce_dtype": ("fp32", "bf16"),
     "train.kernels": ("auto", "triton", "torch"),
@@ -168,11 +168,11 @@ def _read(path: Path) -> dict:
         raise PytrainError(f"{path}: config file not found") from None
     try:
         if path.suffix == ".json":
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=_unique_keys_object)
         else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+            raw = _yaml_unique_keys(text)
+    except PytrainError as error:
+        raise PytrainError(f"{path}: {error}") from None
     except Exception as error:  # yaml/json syntax errors: one line naming the file
         detail = " ".join(str(error).split())
         raise PytrainError(f"{path}: cannot parse config: {detail}") from None
@@ -181,6 +181,33 @@ def _read(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise PytrainError(f"{path}: a config is a mapping of sections (model, data, ...), got {type(raw).__name__}")
     return raw
+
+
+def _unique_keys_object(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise PytrainError(f'key "{duplicated[0]}" appears twice in one object; merge the two into one')
+    return dict(pairs)
+
+
+def _yaml_unique_keys(text: str):
+    """yaml.safe_load, but a key given twice in one mapping is an error (YAML would keep only the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise PytrainError(f'line {key_node.start_mark.line + 1}: key "{key}" appears twice in one '
+                                       f"mapping (first on line {seen[key]}); YAML would silently keep only the "
+                                       "last: merge them into one")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _build(raw: dict, where: str) -> RunConfig:
@@ -264,14 +291,17 @@ def _coerce(value, tp, key: str, where: str):
                 return int(number)
         raise _type_error(value, "an integer", key, where)
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise _type_error(value, "a number", key, where)
+        if number is None or not math.isfinite(number):
+            raise _type_error(value, "a finite number", key, where)
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -303,6 +333,8 @@ def _validate(config: RunConfig) -> None:
         value = getattr(getattr(config, section), key)
         if value is not None and (value < 0 or (value == 0 and dotted in positive)):
             raise PytrainError(f"{dotted} must be {'positive' if dotted in positive else '>= 0'}, got {value}")
+    if not 0 <= config.train.seed < 2**32:
+        raise PytrainError(f"train.seed must be an integer in [0, 2^32), got {config.train.seed}")
     if config.optim.lr <= 0:
         raise PytrainError(f"optim.lr must be positive, got {config.optim.lr}")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
@@ -324,43 +356,3 @@ def activation_checkpoint_every(train: TrainSection) -> int:
         return value
     raise PytrainError(f'train.activation_checkpointing must be "none", "full" or k >= 0 (every k-th block), '
                        f"got {value!r}")
-
-
-def warmup_steps(config: RunConfig) -> int:
-    if config.schedule.warmup_steps is not None:
-        return config.schedule.warmup_steps
-    return round(0.02 * config.train.steps)
-
-
-# Fields that fix the weights' shapes: with model.init_from they must be the folder's.
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "attention_bias", "tie_word_embeddings")
-
-
-def resolve_model(section: ModelSection, data_vocab_size: int) -> ModelConfig:
-    """The preset (or init_from's config.json) with this section's fields applied; vocab_size defaults to the
-    data's tokenizer's."""
-    from pytrain.model.config import preset
-
-    chosen = {k: v for k, v in asdict(section).items() if k not in ("preset", "init_from") and v is not None}
-    if section.init_from:
-        from pytrain.export import hf_model_config
-
-        base = hf_model_config(section.init_from)
-        for key in SHAPE_FIELDS:
-            if key in chosen and chosen[key] != getattr(base, key):
-                raise PytrainError(f"model.{key}={chosen[key]} conflicts with model.init_from {section.init_from} "
-                                   f"({key}={getattr(base, key)}); remove it from the model section")
-        model = replace(base, **chosen)
-    else:
-        model = preset(section.preset, **{"vocab_size": data_vocab_size, **chosen})
-    if model.vocab_size < data_vocab_size:
-        raise PytrainError(f"model.vocab_size ({model.vocab_size}) is smaller than the dataset's tokenizer "
-                           f"vocabulary ({data_vocab_size})")
-    return model
-
-
-def with_resolved_model(config: RunConfig, model: ModelConfig) -> RunConfig:
-    """A deep copy whose model section lists every field of `model` (what the run directory records)."""
-    return replace(copy.deepcopy(config), model=ModelSection(preset=config.model.preset,
-                                                              init_from=config.model.init_from, **model.to_dict()))

@@ -127,13 +127,13 @@ def _last_eval(out: Path) -> dict | None:
 def _print_samples(out: Path, max_new_tokens: int, device: str) -> None:
     import torch
 
-    from pytrain.data.tokenizer import EOS_CANDIDATES, load_tokenizer, special_token_id
     from pytrain.generate import Sampling, generate_tokens, prompt_ids
-    from pytrain.train.checkpoint import load_model_for_inference
+    from pytrain.train.run_dir import RunDir
 
-    model, model_config, tokenizer_path = load_model_for_inference(out, device=device)
-    tokenizer = load_tokenizer(tokenizer_path)
-    eos_id = special_token_id(tokenizer, None, EOS_CANDIDATES, "EOS", tokenizer_path)
+    run = RunDir(out)
+    model, model_config = run.load_model(device=device)
+    tokenizer = run.tokenizer()
+    eos_id = run.eos_id(tokenizer)
     generator = torch.Generator(device=device).manual_seed(0)
     for prompt in PROMPTS:
         new = list(generate_tokens(model, prompt_ids(tokenizer, prompt, eos_id), max_new_tokens=max_new_tokens,

@@ -121,10 +121,11 @@ def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype
 
 def export_run(run_dir, out, *, step: int | None = None, **options) -> Path:
     """`pytrain export`: a run's checkpoint (latest, or `step`) as a Hugging Face folder."""
-    from pytrain.train.checkpoint import load_model_for_inference
+    from pytrain.train.run_dir import RunDir
 
-    model, model_config, tokenizer_path = load_model_for_inference(run_dir, step)
-    return export_model(model, model_config, tokenizer_path, out, **options)
+    run = RunDir(run_dir)
+    model, model_config = run.load_model(step)
+    return export_model(model, model_config, run.tokenizer_file, out, **options)
 
 
 def _hf_tensors(model, dtype: str) -> dict:

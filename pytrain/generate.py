@@ -96,8 +96,7 @@ def prompt_ids(tokenizer, text: str, eos_id: int | None) -> list[int]:
 def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interactive: bool, max_new_tokens: int,
                  sampling: Sampling, seed: int, use_cache: bool, device: str) -> None:
     """Load a run's checkpoint and stream completions of `prompt`, or of each prompt typed at `> `."""
-    from pytrain.data.tokenizer import EOS_CANDIDATES, load_tokenizer, special_token_id
-    from pytrain.train.checkpoint import load_model_for_inference
+    from pytrain.train.run_dir import RunDir
 
     if prompt is None and not interactive:
         raise PytrainError("pass --prompt TEXT, or --interactive for a prompt loop")
@@ -105,9 +104,10 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise PytrainError("--device cuda: no CUDA device is available; use --device cpu")
-    model, model_config, tokenizer_path = load_model_for_inference(run_dir, step, device=device)
-    tokenizer = load_tokenizer(tokenizer_path)
-    eos_id = special_token_id(tokenizer, None, EOS_CANDIDATES, "EOS", tokenizer_path)
+    run = RunDir(run_dir)
+    model, model_config = run.load_model(step, device=device)
+    tokenizer = run.tokenizer()
+    eos_id = run.eos_id(tokenizer)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
 

@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
+import pytrain
 from pytrain.data.corpus import stdlib_documents
+
+# Subprocesses (the CLI, torchrun workers, helper scripts run by path) import the same pytrain as these
+# tests: the source checkout when the tests run from it (`python -m pytest tests`), else the installed one.
+if pytrain._source_tree.is_source_checkout():
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pytrain._source_tree.ROOT),
+                                                             os.environ.get("PYTHONPATH")]))
 
 
 def run_cli(*args, check=True, env=None, cwd=None) -> subprocess.CompletedProcess:

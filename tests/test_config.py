@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pytrain.config import load_config, resolve_model, with_resolved_model
+from pytrain.config import load_config
+from pytrain.train.resolve import resolve_model, resolve_run
 from pytrain.errors import PytrainError
 
 MINIMAL = """\
@@ -98,8 +99,9 @@ def test_model_resolution(minimal):
     config = load_config(minimal, ["model.hidden_size=128"])
     model = resolve_model(config.model, data_vocab_size=600)
     assert model.vocab_size == 600 and model.hidden_size == 128 and model.num_hidden_layers == 2
-    resolved = with_resolved_model(config, model)
+    resolved = resolve_run(config, data_vocab_size=600, world_size=1, device_type="cpu").config
     assert resolved.model.vocab_size == 600 and resolved.model.rope_theta == 10000.0
+    assert config.model.vocab_size is None  # the user's config is never mutated
     with pytest.raises(PytrainError, match="smaller than the dataset's tokenizer vocabulary"):
         resolve_model(load_config(minimal, ["model.vocab_size=100"]).model, data_vocab_size=600)
 

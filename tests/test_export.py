@@ -12,7 +12,8 @@ import torch
 
 from _train_fixtures import base_config, base_run, losses, packed_data, train  # noqa: F401
 from pytrain.cli import main
-from pytrain.config import ModelSection, resolve_model
+from pytrain.config import ModelSection
+from pytrain.train.resolve import resolve_model
 from pytrain.errors import PytrainError
 from pytrain.export import HFWeights, export_model, hf_model_config, parse_size
 from pytrain.generate import generate_tokens

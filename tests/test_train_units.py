@@ -9,7 +9,7 @@ from pytrain.config import OptimSection
 from pytrain.errors import PytrainError
 from pytrain.model import Llama, preset
 from pytrain.train.checkpoint import find_checkpoint, latest_checkpoint, list_checkpoints
-from pytrain.train.loop import _batch_geometry
+from pytrain.train.resolve import batch_geometry
 from pytrain.train.metrics import mfu, peak_tflops_for
 from pytrain.train.optim import build_optimizer
 from pytrain.train.schedule import lr_at
@@ -46,13 +46,13 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert decayed.isdisjoint(kept) and len(decayed | kept) == len(names)
 
 
-def test_batch_geometry():
-    assert _batch_geometry(32, None, 4) == (8, 1)
-    assert _batch_geometry(32, 2, 4) == (2, 4)
+def testbatch_geometry():
+    assert batch_geometry(32, None, 4) == (8, 1)
+    assert batch_geometry(32, 2, 4) == (2, 4)
     with pytest.raises(PytrainError, match="divisible by the number of ranks"):
-        _batch_geometry(30, None, 4)
+        batch_geometry(30, None, 4)
     with pytest.raises(PytrainError, match="multiple of train.micro_batch_size"):
-        _batch_geometry(32, 3, 2)
+        batch_geometry(32, 3, 2)
 
 
 def test_peak_table_and_mfu():
@@ -70,6 +70,7 @@ def _fake_checkpoint(root, step):
     path.mkdir(parents=True)
     (path / ".metadata").write_bytes(b"")
     (path / "train_state.json").write_text("{}")
+    (path / "checksums.json").write_text("{}")  # complete = all three exist; their contents are checked on use
     return path
 
 

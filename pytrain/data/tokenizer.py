@@ -6,10 +6,10 @@ tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pytrain.errors import PytrainError
+from pytrain.fsutil import file_sha256  # noqa: F401  (re-exported for the data modules)
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
@@ -46,14 +46,6 @@ def read_tokenizer(path: str | Path):
 def load_tokenizer(path: str | Path):
     """Load a tokenizer.json (or a folder holding one) with a one-line error for a bad file."""
     return read_tokenizer(path)[0]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def max_token_id(tokenizer) -> int:

@@ -3,7 +3,7 @@
 `train(config)` runs or resumes a run; `load_model_for_inference(run_dir, step)` loads its weights.
 """
 
-from pytrain.train.checkpoint import load_model_for_inference
+from pytrain.train.run_dir import load_model_for_inference
 from pytrain.train.loop import train
 
 __all__ = ["load_model_for_inference", "train"]

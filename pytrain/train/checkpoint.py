@@ -1,16 +1,21 @@
-"""Sharded checkpoints with `torch.distributed.checkpoint` (DCP), written atomically.
+"""Sharded checkpoints with `torch.distributed.checkpoint` (DCP): written atomically, checksummed, loaded safely.
 
     RUN/checkpoints/step_N/          one complete checkpoint
         .metadata, __*_*.distcp      DCP: model and optimizer state, sharded, any rank count reads it
         rng_rank{r}.pt               rank r's RNG states (torch CPU, CUDA, python)
         train_state.json             step, tokens, data position, model config, batch shape
+        checksums.json               size and sha256 of every file above, written last
     RUN/checkpoints/latest           the name of the newest complete checkpoint, e.g. "step_400"
 
-Every rank writes into `.tmp-step_N/`; once all have finished, rank 0 writes train_state.json, renames
-the directory to `step_N` and then rewrites `latest` (each a single atomic rename). A crash at any
-moment leaves the previous checkpoint and pointer intact, plus `.tmp-*` debris that the next run
-removes. Old checkpoints are renamed away before being deleted, so a half-deleted one is never
-mistaken for a complete one.
+Every rank writes into `.tmp-step_N/` and hashes the files it wrote (while they are in the page cache);
+rank 0 gathers the hashes, writes train_state.json and checksums.json, renames the directory to `step_N`
+and then rewrites `latest` (each a single atomic rename). A crash at any moment leaves the previous
+checkpoint and pointer intact, plus `.tmp-*` debris that the next run removes. Old checkpoints are
+renamed away before being deleted, so a half-deleted one is never mistaken for a complete one.
+
+Before a checkpoint is used its files are checked against checksums.json (on several ranks, each
+checks its share of the files), and DCP's pickled parts are read through pytrain.train.dcp_safe,
+so a corrupt or crafted checkpoint is refused with a one-line error instead of loaded.
 """
 
 from __future__ import annotations
@@ -19,22 +24,25 @@ import json
 import os
 import random
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_write_text
-from pytrain.train.distributed import Distributed, barrier
+from pytrain.fsutil import atomic_write_text, files_sha256
+from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader
+from pytrain.train.distributed import Distributed, all_gather_object, barrier
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
+CHECKSUMS = "checksums.json"
+CHECKSUMS_FORMAT = "pytrain-checkpoint-checksums"
 TMP_PREFIX = ".tmp-"
+_TRAIN_STATE_KEYS = {"step": int, "tokens": int, "world_size": int, "batch_size": int, "seq_len": int,
+                     "data": dict, "model_config": dict}
 
 
 def step_name(step: int) -> str:
@@ -42,7 +50,7 @@ def step_name(step: int) -> str:
 
 
 def _is_complete(path: Path) -> bool:
-    return (path / TRAIN_STATE).is_file() and (path / ".metadata").is_file()
+    return all((path / name).is_file() for name in (TRAIN_STATE, ".metadata", CHECKSUMS))
 
 
 def list_checkpoints(root: Path) -> dict[int, Path]:
@@ -60,11 +68,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint `latest` names, or the newest complete one when the pointer is missing or stale."""
     pointer = root / LATEST
     if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if _is_complete(named):
-            return named
+        name = pointer.read_text(errors="replace").strip()
+        if name.startswith("step_") and Path(name).name == name and _is_complete(root / name):
+            return root / name
     found = list_checkpoints(root)
     return found[max(found)] if found else None
+
+
+def checkpoints_root(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
 
 
 def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> Path:
@@ -74,7 +87,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> Path:
         if step is not None and path.name != step_name(step):
             raise PytrainError(f"{path} is the checkpoint of {path.name}, not step {step}")
         return path
-    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    root = checkpoints_root(path)
     if not root.is_dir():
         raise PytrainError(f"{path}: no such run or checkpoint directory")
     found = list_checkpoints(root)
@@ -85,7 +98,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> Path:
         return found[step]
     latest = latest_checkpoint(root)
     if latest is None:
-        raise PytrainError(f"{root}: no complete checkpoint to resume from")
+        raise PytrainError(f"{root}: no complete checkpoint")
     return latest
 
 
@@ -97,6 +110,83 @@ def remove_partial(root: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- integrity
+def read_checksums(path: Path) -> dict[str, dict]:
+    """checksums.json of checkpoint `path` as {file name: {"size", "sha256"}}, checked for shape."""
+    where = path / CHECKSUMS
+    try:
+        record = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise PytrainError(f"{where}: missing (an incomplete checkpoint, or one saved by pytrain < 0.2)") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise PytrainError(f"{where}: unreadable ({error})") from None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict):
+        raise PytrainError(f"{where}: not a pytrain checkpoint checksum list")
+    for name, entry in files.items():
+        if (Path(name).name != name or not isinstance(entry, dict) or not isinstance(entry.get("size"), int)
+                or not isinstance(entry.get("sha256"), str)):
+            raise PytrainError(f"{where}: malformed entry {name!r}")
+    for required in (".metadata", TRAIN_STATE):
+        if required not in files:
+            raise PytrainError(f"{where}: does not list {required}")
+    return files
+
+
+def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[str]:
+    """Problems found in checkpoint `path` (empty when intact): sizes first, then sha256 of this rank's
+    share of the files (every `world_size`-th file from `rank`), hashed in parallel."""
+    try:
+        files = read_checksums(path)
+    except PytrainError as error:
+        return [str(error)]
+    problems, to_hash = [], []
+    for i, (name, entry) in enumerate(sorted(files.items())):
+        if i % world_size != rank:
+            continue
+        file = path / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{file}: missing")
+            continue
+        if size != entry["size"]:
+            problems.append(f"{file}: {size} bytes, {entry['size']} when saved (truncated or replaced)")
+        else:
+            to_hash.append(file)
+    for file, digest in files_sha256(to_hash).items():
+        if digest != files[file.name]["sha256"]:
+            problems.append(f"{file}: sha256 differs from the one recorded at save time (the file is corrupt)")
+    return problems
+
+
+def verify_checkpoint_everywhere(path: Path, d: Distributed) -> list[str]:
+    """verify_checkpoint with the files split over the ranks; every rank gets every problem (a collective)."""
+    mine = verify_checkpoint(path, d.rank, d.world_size)
+    return sorted({problem for found in all_gather_object(mine) for problem in found})
+
+
+def _own_files(tmp: Path, d: Distributed) -> list[Path]:
+    """The files of a checkpoint this rank wrote: its DCP shards, its RNG state, and (rank 0) .metadata."""
+    own = [p for p in tmp.iterdir() if p.name.startswith(f"__{d.rank}_") and p.suffix == ".distcp"]
+    own.append(tmp / f"rng_rank{d.rank}.pt")
+    if d.is_main:
+        own.append(tmp / ".metadata")
+    return own
+
+
+def _describe(error: BaseException) -> str:
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException: {rank: exception}
+    if isinstance(failures, dict) and failures:
+        rank, cause = next(iter(sorted(failures.items(), key=lambda item: item[0])))
+        error = getattr(cause, "exc", cause)
+        return f"rank {rank}: {_describe(error)}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}{f' ({error.filename})' if error.filename else ''}"
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+# ----------------------------------------------------------------------------- save
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -113,19 +203,43 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(root: Path, step: int, model, optimizer, train_state: dict, d: Distributed,
                     keep_last_k: int) -> Path:
-    """Write checkpoint `step` (a collective: every rank calls it) and return its directory."""
+    """Write checkpoint `step` (a collective: every rank calls it) and return its directory.
+
+    A failure on any rank (a full disk, a vanished mount) raises the same one-line PytrainError on every
+    rank, after removing the partial directory; the previous checkpoint and `latest` stay as they were.
+    """
     tmp = root / f"{TMP_PREFIX}{step_name(step)}"
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
-    torch.save(_rng_state(), tmp / f"rng_rank{d.rank}.pt")
-    barrier()
+    outcome: dict | str
+    try:
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+        rng_file = tmp / f"rng_rank{d.rank}.pt"
+        torch.save(_rng_state(), rng_file)
+        own = _own_files(tmp, d)
+        outcome = {p.name: {"size": p.stat().st_size, "sha256": digest} for p, digest in files_sha256(own).items()}
+    except Exception as error:  # DCP's CheckpointException, OSError: reported on every rank below
+        outcome = _describe(error)
+    outcomes = all_gather_object(outcome)
+    failed = [(rank, o) for rank, o in enumerate(outcomes) if isinstance(o, str)]
+    if failed:
+        if d.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        latest = latest_checkpoint(root)
+        raise PytrainError(f"saving checkpoint {step_name(step)} in {root} failed ({failed[0][1]}); "
+                           f"{f'the last complete checkpoint is {latest}' if latest else 'no checkpoint was kept'}")
     final = root / step_name(step)
     if d.is_main:
-        atomic_write_text(tmp / TRAIN_STATE, json.dumps(train_state, indent=1))
+        files = {name: entry for o in outcomes for name, entry in o.items()}
+        state_text = json.dumps(train_state, indent=1)
+        atomic_write_text(tmp / TRAIN_STATE, state_text)
+        files[TRAIN_STATE] = {"size": len(state_text.encode()),
+                              "sha256": files_sha256([tmp / TRAIN_STATE])[tmp / TRAIN_STATE]}
+        atomic_write_text(tmp / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "version": 1,
+                                                       "files": dict(sorted(files.items()))}, indent=1))
         if final.exists():  # the same step saved again (a resumed run ending where it started)
             _remove(final, root)
         os.replace(tmp, final)
@@ -143,53 +257,56 @@ def _remove(path: Path, root: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- load
 def read_train_state(path: Path) -> dict:
-    return json.loads((path / TRAIN_STATE).read_text())
-
-
-def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:
-    """Restore model, optimizer and (when the rank exists in the checkpoint) RNG; return the train state."""
-    state = read_train_state(path)
-    saved = state["model_config"]
-    if saved != model_config:
-        changed = ", ".join(f"{k}: {saved.get(k)} -> {model_config.get(k)}"
-                            for k in sorted(set(saved) | set(model_config)) if saved.get(k) != model_config.get(k))
-        raise PytrainError(f"{path}: the checkpoint's model differs from this config ({changed})")
-    model_state, optim_state = get_state_dict(model, optimizer)
-    loaded = {"model": model_state, "optim": optim_state}
-    dcp.load(loaded, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-    rng = path / f"rng_rank{d.rank}.pt"
-    if rng.is_file():  # absent when resuming on more ranks than saved: the caller re-seeds
-        _set_rng_state(torch.load(rng, weights_only=True))
-        state["rng_restored"] = True
+    """train_state.json of checkpoint `path`, checked for the keys and types a resume needs."""
+    where = path / TRAIN_STATE
+    try:
+        state = json.loads(where.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise PytrainError(f"{where}: unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise PytrainError(f"{where}: not a JSON object")
+    for key, kind in _TRAIN_STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise PytrainError(f"{where}: {key} is missing or not {kind.__name__}")
     return state
 
 
-def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None, device="cpu"):
-    """A trained model from a run directory (latest checkpoint, or `step`), unsharded, in eval mode.
+def model_config_changes(saved: dict, current: dict) -> str:
+    """'' when equal, else 'key: saved -> current, ...'."""
+    return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}"
+                     for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
 
-    Returns (model, model_config, tokenizer_path). Works in a plain process (no process group): DCP
-    reassembles the full weights from however many shards were written.
-    """
-    from pytrain.config import load_config
-    from pytrain.model import Llama, ModelConfig
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise PytrainError(f"{run_dir}: not a run directory (no config.yaml)")
-    section = load_config(config_path).model
-    model_config = ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from")})
-    path = find_checkpoint(run_dir, step)
-    with torch.device("meta"):
-        model = Llama(model_config)
-    model.to_empty(device=device)
-    if model_config.tie_word_embeddings:  # to_empty gave each module its own tensor: share them again
-        model.lm_head.weight = model.embed_tokens.weight
-    state = model.state_dict()
-    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        dcp.load({"model": state}, checkpoint_id=path, no_dist=not dist.is_initialized())
-    model.eval()
-    return model, model_config, run_dir / "tokenizer.json"
+def load_state(path: Path, state: dict, *, single_process: bool = False) -> None:
+    """Fill `state` (a DCP state dict) from checkpoint `path` through the safe reader and planner."""
+    try:
+        dcp.load(state, checkpoint_id=path, storage_reader=SafeReader(path), planner=SafeLoadPlanner(),
+                 no_dist=single_process)
+    except PytrainError:
+        raise
+    except Exception as error:  # a shape mismatch or unreadable shard the checksums could not catch
+        raise PytrainError(f"{path}: cannot load the checkpoint ({_describe(error)})") from None
+
+
+def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:
+    """Restore model, optimizer and (when the rank exists in the checkpoint) RNG; return the train state.
+
+    The caller has verified the checkpoint's files (verify_checkpoint_everywhere)."""
+    state = read_train_state(path)
+    changed = model_config_changes(state["model_config"], model_config)
+    if changed:
+        raise PytrainError(f"{path}: the checkpoint's model differs from this config ({changed})")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    loaded = {"model": model_state, "optim": optim_state}
+    load_state(path, loaded)
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    rng = path / f"rng_rank{d.rank}.pt"
+    if rng.is_file():  # absent when resuming on more ranks than saved: the caller re-seeds
+        try:
+            _set_rng_state(torch.load(rng, weights_only=True))
+        except Exception as error:
+            raise PytrainError(f"{rng}: unreadable RNG state ({_describe(error)})") from None
+        state["rng_restored"] = True
+    return state

@@ -82,3 +82,10 @@ def broadcast_object(obj, src: int = 0):
 
 def barrier() -> None:
     dist.barrier()
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (a collective)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

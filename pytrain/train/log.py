@@ -41,8 +41,10 @@ class RunLogger:
             progress = "bar" if self.stream.isatty() else "lines"
         self.bar, self.lines = progress == "bar", progress != "none"
         metrics = run_dir / "metrics.jsonl"
-        self._truncate_metrics(metrics, resume_step)
+        torn = self._truncate_metrics(metrics, resume_step)
         self._log = open(run_dir / "train.log", "a", encoding="utf-8")
+        if torn:
+            self.info(f"dropped {torn} unreadable row(s) from {metrics} (a write torn by a crash)")
         self._metrics = open(metrics, "a", encoding="utf-8")
         if logging.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -52,13 +54,26 @@ class RunLogger:
             self._wandb = self._init_wandb(run_dir, logging, config)
 
     @staticmethod
-    def _truncate_metrics(path: Path, resume_step: int) -> None:
+    def _truncate_metrics(path: Path, resume_step: int) -> int:
+        """Keep the rows up to `resume_step`; drop unreadable ones (a write torn by a crash). Returns how
+        many unreadable rows were dropped."""
         if not path.exists():
-            return
-        rows = path.read_text(encoding="utf-8").splitlines()
-        kept = [row for row in rows if row.strip() and json.loads(row)["step"] <= resume_step]
+            return 0
+        rows = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        kept, torn = [], 0
+        for row in rows:
+            if not row.strip():
+                continue
+            try:
+                step = json.loads(row)["step"]
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+                continue
+            if isinstance(step, int) and step <= resume_step:
+                kept.append(row)
         if len(kept) != len(rows):
             atomic_write_text(path, "".join(row + "\n" for row in kept))
+        return torn
 
     def _init_wandb(self, run_dir: Path, logging: LoggingSection, config: dict | None):
         if importlib.util.find_spec("wandb") is None:

@@ -7,6 +7,7 @@ A step whose loss or gradient norm is not finite stops the run before its update
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -15,27 +16,31 @@ from pathlib import Path
 import torch
 
 from pytrain import __version__, ops
-from pytrain.config import RunConfig, activation_checkpoint_every, resolve_model, warmup_steps, with_resolved_model
-from pytrain.data.tokenizer import file_sha256
+from pytrain.config import RunConfig
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_file, atomic_write_text
+from pytrain.fsutil import atomic_file, atomic_write_text, file_sha256
 from pytrain.train import checkpoint as ckpt
-from pytrain.train.distributed import Distributed, broadcast_object, init_distributed, shutdown
+from pytrain.train.distributed import Distributed, all_gather_object, broadcast_object, init_distributed, shutdown
 from pytrain.train.evaluate import Evaluator
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import device_peak_tflops, mfu, peak_memory_gib, reset_peak_memory
 from pytrain.train.optim import build_optimizer
 from pytrain.train.parallelize import build_model
+from pytrain.train.resolve import ResolvedRun, resolve_run
+from pytrain.train.run_dir import RunDir
 from pytrain.train.sample import sample_prompts
 from pytrain.train.schedule import lr_at
 from pytrain.train.step import forward_backward
 
 
-def train(config: RunConfig) -> Path:
-    """Run (or resume) the training described by `config`; return the run directory."""
+def train(config: RunConfig, config_source: str | None = None) -> Path:
+    """Run (or resume) the training described by `config`; return the run directory.
+
+    `config_source`: the config file's resolved path, recorded in a new run directory and compared on
+    resume (None for configs built in Python, e.g. by `pytrain demo`)."""
     d = init_distributed(config.train.device)
     try:
-        return _Run(config, d).run()
+        return _Run(config, d, config_source).run()
     finally:
         shutdown()
 
@@ -55,14 +60,17 @@ def _on_main(d: Distributed, fn):
 
 
 class _Run:
-    def __init__(self, config: RunConfig, d: Distributed):
-        self.config, self.d = config, d
+    def __init__(self, config: RunConfig, d: Distributed, config_source: str | None):
+        self.config, self.d, self.config_source = config, d, config_source
         self.run_dir = Path(config.train.run_dir)
-        self.ckpt_root = self.run_dir / ckpt.CHECKPOINTS
+        self.rundir = RunDir(self.run_dir)
+        self.ckpt_root = self.rundir.checkpoints
+        self.notes: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from pytrain.data.dataset import PackedDataset
+        """Check everything, then write: a refused start (a locked run, another config's run, a model or
+        tokenizer that does not match the checkpoint, corrupt data or checkpoints) changes no file."""
         from pytrain.data.format import read_manifest
 
         config, d, train = self.config, self.d, self.config.train
@@ -70,19 +78,101 @@ class _Run:
         torch.manual_seed(train.seed)
         random.seed(train.seed)
         manifest = read_manifest(config.data.path)
-        self.model_config = resolve_model(config.model, int(manifest["vocab_size"]))
-        self.seq_len = config.data.seq_len or self.model_config.max_position_embeddings
-        if self.seq_len > self.model_config.max_position_embeddings:
-            raise PytrainError(f"data.seq_len ({self.seq_len}) exceeds model.max_position_embeddings "
-                               f"({self.model_config.max_position_embeddings})")
-        self.micro, self.accumulation = _batch_geometry(train.batch_size, train.micro_batch_size, d.world_size)
-        self.warmup = warmup_steps(config)
-        self.resolved = with_resolved_model(config, self.model_config)
-        self.resolved.data.seq_len = self.seq_len
-        self.resolved.schedule.warmup_steps = self.warmup
+        r = resolve_run(config, int(manifest["vocab_size"]), d.world_size, d.device.type)
+        self.model_config, self.seq_len, self.warmup, self.dtype = r.model, r.seq_len, r.warmup_steps, r.dtype
+        self.micro, self.accumulation, self.resolved = r.micro_batch_size, r.accumulation, r.config
+        self.eos_id = manifest.get("eos_id")
+        self.data_tokenizer_sha = manifest.get("tokenizer", {}).get("sha256")
 
-        self.resume_from = _on_main(d, self._find_resume)
-        _on_main(d, self._prepare_run_dir)
+        self.resume_from = self._choose_checkpoint()
+        if self.resume_from is not None:
+            _on_main(d, self._check_resume_compatible)
+        self._verify_data()
+        self._open_data()
+        self.model = self._build_model(r)
+        self.optimizer = build_optimizer(self.model, config.optim, d.device)
+        self.step, self.tokens = 0, 0
+        self.resume_note = None
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
+        _on_main(d, self._write_run_files)
+        self.logger = RunLogger(self.run_dir, config.logging, enabled=d.is_main, total_steps=train.steps,
+                                resume_step=self.step, config=self.resolved.to_dict())
+
+    def _choose_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, verified on every rank (each checks its share of the files).
+
+        `checkpoint.resume: auto` takes the newest intact checkpoint of this run and notes the ones it
+        skipped; an explicit checkpoint (resume=DIR or resume_step) that fails its checks is refused."""
+        spec, step = self.config.checkpoint.resume, self.config.checkpoint.resume_step
+        candidates = [Path(p) for p in _on_main(self.d, self._resume_candidates)]
+        explicit = spec != "auto" or step is not None
+        for path in candidates:
+            problems = ckpt.verify_checkpoint_everywhere(path, self.d)
+            if not problems:
+                return path
+            if explicit:
+                raise PytrainError(f"refusing to resume from {path}: {problems[0]}"
+                                   + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+            self.notes.append(f"skipped checkpoint {path.name}: {problems[0]}")
+        if candidates:
+            raise PytrainError(f"{self.ckpt_root}: no intact checkpoint to resume from ({'; '.join(self.notes)}); "
+                               "`pytrain verify` lists the problems, or train in another train.run_dir")
+        return None
+
+    def _resume_candidates(self) -> list[str]:
+        """Rank 0 (it sees the files): checkpoints to try, best first."""
+        spec, step = self.config.checkpoint.resume, self.config.checkpoint.resume_step
+        existing = ckpt.list_checkpoints(self.ckpt_root)
+        if existing and spec != "none":
+            self.rundir.check_origin(self.config_source, self.config.checkpoint.resume_other_config)
+        if spec == "none":
+            if existing:
+                raise PytrainError(f"{self.run_dir} already has checkpoints (steps {', '.join(map(str, existing))}); "
+                                   "resume with checkpoint.resume=auto, or choose another train.run_dir")
+            return []
+        if spec == "auto":
+            if step is not None:
+                if not existing:
+                    raise PytrainError(f"checkpoint.resume_step={step}: {self.run_dir} has no checkpoints")
+                return [str(ckpt.find_checkpoint(self.run_dir, step))]
+            latest = ckpt.latest_checkpoint(self.ckpt_root)
+            newest_first = sorted(existing.items(), reverse=True)
+            return [str(latest)] * bool(latest) + [str(p) for _, p in newest_first if p != latest]
+        return [str(ckpt.find_checkpoint(spec, step))]
+
+    def _check_resume_compatible(self) -> None:
+        """Rank 0, before anything is written: the checkpoint's model and the run's tokenizer must match."""
+        state = ckpt.read_train_state(self.resume_from)
+        changed = ckpt.model_config_changes(state["model_config"], self.model_config.to_dict())
+        if changed:
+            raise PytrainError(f"cannot resume {self.resume_from}: its model differs from this config ({changed}); "
+                               "restore those settings, or train in another train.run_dir")
+        run_tokenizer = self.rundir.tokenizer_file
+        if run_tokenizer.is_file() and file_sha256(run_tokenizer) != self.data_tokenizer_sha:
+            raise PytrainError(f"cannot resume {self.run_dir}: data.path {self.config.data.path} was packed with "
+                               f"another tokenizer than the run's {run_tokenizer}; token ids would change meaning: "
+                               "pack the data with that tokenizer, or train in another train.run_dir")
+
+    def _verify_data(self) -> None:
+        """data.verify: check the pack before trusting it (one process per node reads its files)."""
+        from pytrain.data.verify import verify_pack
+
+        mode = self.config.data.verify
+        if mode == "none":
+            return
+        problems = verify_pack(self.config.data.path, mode) if self.d.local_rank == 0 else []
+        found = sorted({p for rank_problems in all_gather_object(problems) for p in rank_problems})
+        if found:
+            raise PytrainError(f"data.path {self.config.data.path} failed its {mode} check: {found[0]}"
+                               + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+                               + f"; `pytrain verify {self.config.data.path}` lists every problem "
+                               "(data.verify=none skips this check)")
+
+    def _open_data(self) -> None:
+        from pytrain.data.dataset import PackedDataset
+
+        config, d, train = self.config, self.d, self.config.train
         self.train_data = PackedDataset(config.data.path, self.seq_len, split="train", seed=train.seed,
                                         rank=d.rank, world_size=d.world_size, shuffle=config.data.shuffle)
         self.evaluator = None
@@ -93,55 +183,28 @@ class _Run:
             except PytrainError as error:
                 raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {error}") from None
             self.evaluator = Evaluator(val, self.micro, train.eval_max_batches, config.data.document_masking, d.device)
-        self.eos_id = manifest.get("eos_id")
-        self.data_tokenizer_sha = manifest.get("tokenizer", {}).get("sha256")
-        self.dtype = train.dtype if train.dtype != "auto" else ("bf16" if d.device.type == "cuda" else "fp32")
-        self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, config.optim, d.device)
-        self.step, self.tokens = 0, 0
-        self.resume_note = None
-        if self.resume_from is not None:
-            self._resume(Path(self.resume_from))
-        self.logger = RunLogger(self.run_dir, config.logging, enabled=d.is_main, total_steps=train.steps,
-                                resume_step=self.step, config=self.resolved.to_dict())
 
-    def _find_resume(self) -> str | None:
-        """Which checkpoint to start from, decided by rank 0 (it sees the files) for every rank."""
-        spec, step = self.config.checkpoint.resume, self.config.checkpoint.resume_step
-        existing = ckpt.list_checkpoints(self.ckpt_root)
-        if spec == "none":
-            if existing:
-                raise PytrainError(f"{self.run_dir} already has checkpoints (steps {', '.join(map(str, existing))}); "
-                                   "resume with checkpoint.resume=auto, or choose another train.run_dir")
-            return None
-        if spec == "auto":
-            if not existing:
-                if step is not None:
-                    raise PytrainError(f"checkpoint.resume_step={step}: {self.run_dir} has no checkpoints")
-                return None
-            return str(ckpt.find_checkpoint(self.run_dir, step))
-        return str(ckpt.find_checkpoint(spec, step))
-
-    def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _write_run_files(self) -> None:
+        """Rank 0, after every check has passed: the resolved config, the data's tokenizer, the run's origin."""
         ckpt.remove_partial(self.ckpt_root)
-        atomic_write_text(self.run_dir / "config.yaml", self.resolved.to_yaml())
+        atomic_write_text(self.rundir.config_file, self.resolved.to_yaml())
         source = Path(self.config.data.path) / "tokenizer.json"
         if source.is_file():
-            with atomic_file(self.run_dir / "tokenizer.json") as handle:
+            with atomic_file(self.rundir.tokenizer_file) as handle:
                 handle.write(source.read_bytes())
+        self.rundir.record_origin(self.config_source)
 
-    def _build_model(self) -> torch.nn.Module:
+    def _build_model(self, r: ResolvedRun) -> torch.nn.Module:
         train, init_from = self.config.train, self.config.model.init_from
         weights = None
         if init_from and self.resume_from is None:  # a resumed run takes its weights from the checkpoint
             from pytrain.export import HFWeights
 
             weights = HFWeights(init_from, self.model_config)
-        return build_model(self.model_config, self.d, dtype=self.dtype, reduce_dtype=train.reduce_dtype,
-                           ac_every=activation_checkpoint_every(train), compile=train.compile,
-                           cpu_offload=train.cpu_offload, hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size,
-                           seed=train.seed, initial_weights=weights)
+        return build_model(self.model_config, self.d, dtype=r.dtype, reduce_dtype=train.reduce_dtype,
+                           ac_every=r.ac_every, compile=train.compile, cpu_offload=train.cpu_offload,
+                           hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size, seed=train.seed,
+                           initial_weights=weights)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.d, self.model_config.to_dict())
@@ -169,6 +232,8 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for note in self.notes:
+            log(note)
         if self.resume_note:
             log(self.resume_note)
         elif config.model.init_from:
@@ -180,7 +245,13 @@ class _Run:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Path:
-        self._setup()
+        with contextlib.ExitStack() as held:
+            _on_main(self.d, lambda: held.enter_context(self.rundir.lock()) and None)
+            self._setup()
+            self._train()
+        return self.run_dir
+
+    def _train(self) -> None:
         try:
             self._describe()
             self._loop()
@@ -189,7 +260,6 @@ class _Run:
             raise
         finally:
             self.logger.close()
-        return self.run_dir
 
     def _loop(self) -> None:
         config = self.config
@@ -269,15 +339,3 @@ class _Run:
         path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state, self.d,
                                     self.config.checkpoint.keep_last_k)
         self.logger.info(f"saved checkpoint {path}")
-
-
-def _batch_geometry(batch_size: int, micro_batch_size: int | None, world: int) -> tuple[int, int]:
-    """(sequences per rank per forward, micro-batches per step) for a global batch on `world` ranks."""
-    if micro_batch_size is None:
-        if batch_size % world:
-            raise PytrainError(f"train.batch_size ({batch_size}) must be divisible by the number of ranks ({world})")
-        return batch_size // world, 1
-    if batch_size % (micro_batch_size * world):
-        raise PytrainError(f"train.batch_size ({batch_size}) must be a multiple of train.micro_batch_size "
-                           f"({micro_batch_size}) x ranks ({world})")
-    return micro_batch_size, batch_size // (micro_batch_size * world)

@@ -1,0 +1,169 @@
+"""A run directory: its layout, its lock, which config made it, and loading its trained model.
+
+    RUN/config.yaml        the resolved config of the latest (re)start
+    RUN/run.json           which config file created the run (a guard against two configs sharing a name)
+    RUN/tokenizer.json     the training data's tokenizer
+    RUN/train.log, RUN/metrics.jsonl, RUN/tensorboard/, RUN/checkpoints/ (pytrain.train.checkpoint)
+    RUN/.lock              held (flock) by the process training the run
+
+`pytrain generate`, `export`, `demo` and the trainer's samples all load through `RunDir`, so a
+checkpoint is always verified against its checksums before its weights are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from pytrain.errors import PytrainError
+from pytrain.fsutil import atomic_write_text
+
+CONFIG = "config.yaml"
+ORIGIN = "run.json"
+TOKENIZER = "tokenizer.json"
+LOCK = ".lock"
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_file = self.path / CONFIG
+        self.origin_file = self.path / ORIGIN
+        self.tokenizer_file = self.path / TOKENIZER
+        self.metrics_file = self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        from pytrain.train.checkpoint import CHECKPOINTS
+
+        return self.path / CHECKPOINTS
+
+    def require(self) -> None:
+        if not self.config_file.is_file():
+            raise PytrainError(f"{self.path}: not a run directory (no {CONFIG}); pass a folder written by "
+                               "`pytrain train` or `pytrain demo`")
+
+    # ------------------------------------------------------------------ which config made the run
+    def origin(self) -> str | None:
+        """The config file that created this run, or None (made in Python, or by an older pytrain)."""
+        try:
+            record = json.loads(self.origin_file.read_text())
+        except (OSError, ValueError):
+            return None
+        origin = record.get("config") if isinstance(record, dict) else None
+        return origin if isinstance(origin, str) else None
+
+    def record_origin(self, config_source: str | None) -> None:
+        if not self.origin_file.exists():
+            atomic_write_text(self.origin_file, json.dumps({"config": config_source, "created": time.time()}) + "\n")
+
+    def check_origin(self, config_source: str | None, allow_other: bool) -> None:
+        """Refuse to continue a run created by another config file, unless told to (or it is the run's own
+        config.yaml)."""
+        origin = self.origin()
+        if origin is None or config_source is None or allow_other:
+            return
+        if Path(config_source) in (Path(origin), self.config_file.resolve()):
+            return
+        raise PytrainError(f"{self.path} was created by {origin}, not {config_source}: give this config its own "
+                           f"train.run_dir, or set checkpoint.resume_other_config=true to continue that run with it")
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's lock while training it. flock dies with its process, so a crash never leaves the
+        run locked; a second trainer gets a one-line error naming the holder. A directory this call had to
+        create is removed again if the body raises before writing anything else into it."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise PytrainError(f"{self.path} is being trained by {holder}; wait for it to finish, or choose "
+                               "another train.run_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        except BaseException:
+            if created and {p.name for p in self.path.iterdir()} == {LOCK}:
+                os.unlink(self.path / LOCK)
+                os.rmdir(self.path)
+            raise
+        finally:
+            handle.close()  # releases the flock
+
+    # ------------------------------------------------------------------ the trained model
+    def model_config(self):
+        from pytrain.config import load_config
+        from pytrain.model import ModelConfig
+
+        self.require()
+        section = load_config(self.config_file).model
+        return ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from")})
+
+    def checkpoint(self, step: int | None = None) -> Path:
+        """The latest (or `step`'s) checkpoint, verified against its checksums."""
+        from pytrain.train.checkpoint import find_checkpoint, verify_checkpoint
+
+        self.require()
+        path = find_checkpoint(self.path, step)
+        problems = verify_checkpoint(path)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise PytrainError(f"refusing checkpoint {path}: {problems[0]}{more}; `pytrain verify {self.path}` "
+                               "lists the intact checkpoints (pass one with --step)")
+        return path
+
+    def load_model(self, step: int | None = None, device="cpu"):
+        """(model, model_config): the trained model from a verified checkpoint, unsharded, in eval mode.
+
+        Works in a plain process (no process group): DCP reassembles the full weights from however many
+        shards were written."""
+        import torch
+        import torch.distributed as dist
+
+        from pytrain.model import Llama
+        from pytrain.train.checkpoint import load_state
+
+        model_config = self.model_config()
+        path = self.checkpoint(step)
+        with torch.device("meta"):
+            model = Llama(model_config)
+        model.to_empty(device=device)
+        if model_config.tie_word_embeddings:  # to_empty gave each module its own tensor: share them again
+            model.lm_head.weight = model.embed_tokens.weight
+        with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            load_state(path, {"model": model.state_dict()}, single_process=not dist.is_initialized())
+        model.eval()
+        return model, model_config
+
+    def tokenizer(self):
+        from pytrain.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_file)
+
+    def eos_id(self, tokenizer) -> int | None:
+        from pytrain.data.tokenizer import EOS_CANDIDATES, special_token_id
+
+        return special_token_id(tokenizer, None, EOS_CANDIDATES, "EOS", self.tokenizer_file)
+
+
+def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None, device="cpu"):
+    """(model, model_config, tokenizer path) of a run: the Python entry point the README shows."""
+    run = RunDir(run_dir)
+    model, model_config = run.load_model(step, device)
+    return model, model_config, run.tokenizer_file
