@@ -143,6 +143,13 @@ def _run_inspect(args) -> int:
 
 
 def _run_verify(args) -> int:
+    from pathlib import Path
+
+    if not (Path(args.dir) / "manifest.json").exists() and (Path(args.dir) / "checkpoints").is_dir():
+        from pytrain.train.run_dir import verify_run
+
+        verify_run(args.dir)
+        return 0
     from pytrain.data.verify import verify_dataset
 
     verify_dataset(args.dir, tokenizer=args.tokenizer)
@@ -161,11 +168,11 @@ def _add_inspect_verify(sub) -> None:
     p.add_argument("--bins", type=int, default=12, help="histogram bins")
 
     p = _command(
-        sub, "verify", "check a packed dataset end to end; exit non-zero on any corruption",
-        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json",
+        sub, "verify", "check a packed dataset, or a run's checkpoints, end to end; exit non-zero on any corruption",
+        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json\n  pytrain verify runs/my-run   # checkpoints",
         _run_verify,
     )
-    p.add_argument("dir", help="a directory written by `pytrain pack`")
+    p.add_argument("dir", help="a directory written by `pytrain pack`, or a run directory of `pytrain train`")
     p.add_argument("--tokenizer", default=None,
                    help="also check the dataset was made with this tokenizer (default: the copy inside DIR)")
 

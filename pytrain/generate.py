@@ -8,6 +8,7 @@ sequence per token (quadratic, kept as the reference the cache is tested against
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,7 +27,7 @@ class Sampling:
     top_p: float = 0.95  # keep the smallest set of most likely tokens holding this probability; 1: all
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
             raise PytrainError(f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
         if self.top_k < 0:
             raise PytrainError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
@@ -100,6 +101,10 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
 
     if prompt is None and not interactive:
         raise PytrainError("pass --prompt TEXT, or --interactive for a prompt loop")
+    if prompt is not None:
+        _check_text(prompt, "--prompt")
+    if not 0 <= seed < 2**63:
+        raise PytrainError(f"--seed must be an integer in [0, 2^63), got {seed}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
@@ -139,4 +144,17 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
             except EOFError:
                 print(file=sys.stderr)
                 return
+            try:
+                _check_text(text, "the prompt")
+            except PytrainError as error:
+                print(f"error: {error}", file=sys.stderr)
+                continue
             complete(text)
+
+
+def _check_text(text: str, what: str) -> None:
+    """Command-line text arrives with undecodable bytes as lone surrogates: refuse it instead of failing later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PytrainError(f"{what} is not valid UTF-8 (byte {error.start}); pass UTF-8 text") from None

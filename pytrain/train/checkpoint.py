@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
-from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader
+from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
 from pytrain.train.distributed import Distributed, all_gather_object, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -176,11 +177,10 @@ def _own_files(tmp: Path, d: Distributed) -> list[Path]:
 
 
 def _describe(error: BaseException) -> str:
-    failures = getattr(error, "failures", None)  # DCP's CheckpointException: {rank: exception}
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
     if isinstance(failures, dict) and failures:
-        rank, cause = next(iter(sorted(failures.items(), key=lambda item: item[0])))
-        error = getattr(cause, "exc", cause)
-        return f"rank {rank}: {_describe(error)}"
+        rank, cause = min(failures.items(), key=lambda item: item[0])
+        return f"rank {rank}: {_describe(cause[0] if isinstance(cause, tuple) else cause)}"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}{f' ({error.filename})' if error.filename else ''}"
     return " ".join(str(error).split())[:300] or type(error).__name__
@@ -221,7 +221,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, train_state: dict, 
         torch.save(_rng_state(), rng_file)
         own = _own_files(tmp, d)
         outcome = {p.name: {"size": p.stat().st_size, "sha256": digest} for p, digest in files_sha256(own).items()}
-    except Exception as error:  # DCP's CheckpointException, OSError: reported on every rank below
+    except (Exception, CheckpointException) as error:  # a full disk, ...: reported on every rank below
         outcome = _describe(error)
     outcomes = all_gather_object(outcome)
     failed = [(rank, o) for rank, o in enumerate(outcomes) if isinstance(o, str)]
@@ -281,13 +281,14 @@ def model_config_changes(saved: dict, current: dict) -> str:
 
 def load_state(path: Path, state: dict, *, single_process: bool = False) -> None:
     """Fill `state` (a DCP state dict) from checkpoint `path` through the safe reader and planner."""
+    read_metadata(path / ".metadata")  # its own one-line errors, before DCP wraps them in its own
     try:
         dcp.load(state, checkpoint_id=path, storage_reader=SafeReader(path), planner=SafeLoadPlanner(),
                  no_dist=single_process)
     except PytrainError:
         raise
-    except Exception as error:  # a shape mismatch or unreadable shard the checksums could not catch
-        raise PytrainError(f"{path}: cannot load the checkpoint ({_describe(error)})") from None
+    except (Exception, CheckpointException) as error:  # e.g. a value dcp_safe refused, a shape mismatch
+        raise PytrainError(f"refusing checkpoint {path}: {_describe(error)}") from None
 
 
 def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:

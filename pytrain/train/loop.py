@@ -186,6 +186,7 @@ class _Run:
 
     def _write_run_files(self) -> None:
         """Rank 0, after every check has passed: the resolved config, the data's tokenizer, the run's origin."""
+        self.rundir.name_lock_holder()
         ckpt.remove_partial(self.ckpt_root)
         atomic_write_text(self.rundir.config_file, self.resolved.to_yaml())
         source = Path(self.config.data.path) / "tokenizer.json"

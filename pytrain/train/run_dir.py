@@ -37,6 +37,7 @@ class RunDir:
         self.origin_file = self.path / ORIGIN
         self.tokenizer_file = self.path / TOKENIZER
         self.metrics_file = self.path / "metrics.jsonl"
+        self._lock_handle = None
 
     @property
     def checkpoints(self) -> Path:
@@ -78,11 +79,13 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self):
         """Hold the run's lock while training it. flock dies with its process, so a crash never leaves the
-        run locked; a second trainer gets a one-line error naming the holder. A directory this call had to
-        create is removed again if the body raises before writing anything else into it."""
-        created = not self.path.exists()
+        run locked; a second trainer gets a one-line error naming the holder. If the body raises (a refused
+        start), a lock file or run directory this call created is removed again, so nothing changed."""
+        created_dir = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK, "a+")
+        lock_file = self.path / LOCK
+        created_lock = not lock_file.exists()
+        handle = open(lock_file, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,19 +94,26 @@ class RunDir:
             handle.close()
             raise PytrainError(f"{self.path} is being trained by {holder}; wait for it to finish, or choose "
                                "another train.run_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
+        self._lock_handle = handle
         try:
             yield
         except BaseException:
-            if created and {p.name for p in self.path.iterdir()} == {LOCK}:
-                os.unlink(self.path / LOCK)
-                os.rmdir(self.path)
+            if created_lock:
+                os.unlink(lock_file)
+                if created_dir and not any(self.path.iterdir()):
+                    os.rmdir(self.path)
             raise
         finally:
+            self._lock_handle = None
             handle.close()  # releases the flock
+
+    def name_lock_holder(self) -> None:
+        """Write who holds the lock into it (once the start is accepted), for a second trainer's message."""
+        self._lock_handle.seek(0)
+        self._lock_handle.truncate()
+        self._lock_handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._lock_handle.flush()
 
     # ------------------------------------------------------------------ the trained model
     def model_config(self):
@@ -167,3 +177,22 @@ def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None
     run = RunDir(run_dir)
     model, model_config = run.load_model(step, device)
     return model, model_config, run.tokenizer_file
+
+
+def verify_run(path: str | os.PathLike) -> None:
+    """`pytrain verify RUN_DIR`: check every checkpoint of a run against its checksums; print one line per
+    checkpoint, raise PytrainError listing the corrupt ones."""
+    from pytrain.train.checkpoint import list_checkpoints, verify_checkpoint
+
+    run = RunDir(path)
+    found = list_checkpoints(run.checkpoints)
+    if not found:
+        raise PytrainError(f"{run.path}: no complete checkpoint to verify")
+    bad = []
+    for step, checkpoint in found.items():
+        problems = verify_checkpoint(checkpoint)
+        print(f"{checkpoint}: {'OK' if not problems else 'CORRUPT: ' + '; '.join(problems)}")
+        bad += problems
+    if bad:
+        raise PytrainError(f"{run.path}: {len(bad)} problem(s) in its checkpoints (listed above); resume, "
+                           "generate and export use only the intact ones")
