@@ -33,13 +33,14 @@ def _command(sub, name: str, help: str, examples: str, handler):
     return parser
 
 
-def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that reads raw documents (tokenizer train, pack)."""
+def _add_input_options(parser: argparse.ArgumentParser, chat: bool) -> None:
+    """Options shared by every command that reads raw documents (tokenizer train, pack; `chat`: has --format)."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, or a datasets.save_to_disk folder")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--field", default=None,
-                       help="JSON/parquet/dataset field holding the document (default: text; messages for --format chat)")
+                       help="JSON/parquet/dataset field holding the document (default: text"
+                            + ("; messages for --format chat)" if chat else ")"))
     where.add_argument("--jq", dest="jq", default=None, metavar="PATH",
                        help="nested JSON path to the text, e.g. .meta.body or .messages[0].content")
     parser.add_argument("--txt-split", choices=["file", "paragraph"], default="file",
@@ -72,7 +73,7 @@ def _add_tokenizer(sub) -> None:
         "  pytrain tokenizer train books/*.txt --txt-split paragraph --vocab-size 8192 --out tok.json",
         _run_tokenizer_train,
     )
-    _add_input_options(p)
+    _add_input_options(p, chat=False)
     p.add_argument("--vocab-size", type=int, required=True, help="final vocabulary size, special tokens included")
     p.add_argument("--out", required=True, help="where to write tokenizer.json")
     p.add_argument("--eos-token", default="<|endoftext|>", help="end-of-document token (id 0)")
@@ -107,7 +108,7 @@ def _add_pack(sub) -> None:
         "  pytrain pack chats.jsonl --format chat --tokenizer tok.json --out sft/   # trains assistant turns only",
         _run_pack,
     )
-    _add_input_options(p)
+    _add_input_options(p, chat=True)
     p.add_argument("--format", choices=["text", "chat"], default="text",
                    help="plain documents, or conversations ({'messages': [...]} or 'User: ...\\n\\nAgent: ...<eos>' "
                         "text) packed with a loss mask that trains assistant turns only")

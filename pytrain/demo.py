@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import PytrainError
+from pytrain.fsutil import atomic_write_text
 from pytrain.progress import duration, human
 
 # No trailing spaces: byte-level BPE attaches a space to the word after it, so "The " ends unnaturally.
 PROMPTS = ("The", "Return the", "This module")
+SAMPLES = "samples.txt"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     from pytrain.data.pack import PackOptions, pack
     from pytrain.data.tokenizer import train_tokenizer
     from pytrain.export import export_run
+    from pytrain.plot import plot_runs
     from pytrain.train import train
 
     size = SMALL if small else DEFAULT
@@ -85,8 +88,9 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     train(_train_config(out, size, steps))
     val = _last_eval(out)
 
-    _stage(5, "samples (temperature 0.8, top-k 50, top-p 0.95)")
-    _print_samples(out, size.sample_tokens, device)
+    _stage(5, "samples (temperature 0.8, top-k 50, top-p 0.95) and the loss curve")
+    _write_samples(out, size.sample_tokens, device)
+    print(f"wrote {out / SAMPLES} and {plot_runs([str(out)])}")
 
     _stage(6, "export: a Hugging Face LlamaForCausalLM folder")
     export_run(out, out / "hf")
@@ -113,7 +117,8 @@ def _train_config(out: Path, size: DemoSize, steps: int):
     config.train.eval_every = max(1, steps // 4)
     config.train.eval_max_batches = 8
     config.train.run_dir = str(out.resolve())
-    config.checkpoint.every = 0  # the final step only
+    config.checkpoint.every = max(1, steps // 4)  # README: `generate --step 500` picks an earlier one
+    config.checkpoint.keep_last_k = 4
     config.logging.every = max(1, min(10, steps // 20))
     return config
 
@@ -124,7 +129,8 @@ def _last_eval(out: Path) -> dict | None:
     return evals[-1] if evals else None
 
 
-def _print_samples(out: Path, max_new_tokens: int, device: str) -> None:
+def _write_samples(out: Path, max_new_tokens: int, device: str) -> None:
+    """Print three completions and keep them in the run directory (samples.txt)."""
     import torch
 
     from pytrain.generate import Sampling, generate_tokens, prompt_ids
@@ -135,17 +141,24 @@ def _print_samples(out: Path, max_new_tokens: int, device: str) -> None:
     tokenizer = run.tokenizer()
     eos_id = run.eos_id(tokenizer)
     generator = torch.Generator(device=device).manual_seed(0)
+    lines = []
     for prompt in PROMPTS:
         new = list(generate_tokens(model, prompt_ids(tokenizer, prompt, eos_id), max_new_tokens=max_new_tokens,
                                    max_len=model_config.max_position_embeddings, sampling=Sampling(),
                                    eos_id=eos_id, generator=generator))
-        print(f"{prompt!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}")
+        lines.append(f"{prompt!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}")
+        print(lines[-1])
+    atomic_write_text(out / SAMPLES, "".join(line + "\n" for line in lines))
 
 
 def _summary(out: Path, seconds: float, documents: int, val: dict | None) -> None:
+    from pytrain.train.checkpoint import list_checkpoints
+
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     splits = manifest["splits"]
     checkpoint = (out / "checkpoints" / "latest").read_text().strip()
+    kept = list(list_checkpoints(out / "checkpoints"))
+    earlier = kept[max(0, len(kept) // 2 - 1)]
     score = f", validation loss {val['val_loss']:.3f} (perplexity {val['val_ppl']:.1f})" if val else ""
     print(f"\ndone in {duration(seconds)}. Made under {out}/:")
     for path, what in (
@@ -154,6 +167,7 @@ def _summary(out: Path, seconds: float, documents: int, val: dict | None) -> Non
                   f"val {human(splits['val']['tokens'])} tokens, tokenizer.json inside"),
         (f"checkpoints/{checkpoint}/", f"the trained model{score}"),
         ("config.yaml, train.log, metrics.jsonl", "the run's resolved config, log and metrics"),
+        ("plot.png, samples.txt", "the loss curves and the samples above"),
         ("hf/", "Hugging Face folder: AutoModelForCausalLM.from_pretrained(...) loads it"),
     ):
         print(f"  {path:<38} {what}")
@@ -161,7 +175,8 @@ def _summary(out: Path, seconds: float, documents: int, val: dict | None) -> Non
     for command in (
         f'pytrain generate --run {out} --prompt "Return the"',
         f"pytrain generate --run {out} --interactive",
-        f"pytrain plot --run {out}                  # writes {out}/plot.png (pip install 'pytrain[plot]')",
+        f'pytrain generate --run {out} --step {earlier} --prompt "def " --temperature 0   # an earlier checkpoint, greedy',
+        f"pytrain plot --run {out} --run runs/other   # overlay another run's curves",
         f"pytrain inspect {out}/data --doc 0",
         f"pytrain export --run {out} --out my-model  # what made {out}/hf",
     ):

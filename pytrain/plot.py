@@ -3,6 +3,7 @@
 Rows: against optimizer steps, then against training tokens. Columns: training loss (solid) with
 validation loss (dots), learning rate, training tokens/s. Everything comes from each run's
 metrics.jsonl; matplotlib (the `plot` extra) is imported only here, without pyplot's global state.
+Without matplotlib, the PNG holds the loss curves only, drawn by pytrain.chart (numpy and zlib).
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 
 def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     """Write the PNG (default: the first run's plot.png) and return its path."""
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import EngFormatter
-    except ImportError:
-        raise PytrainError("pytrain plot needs matplotlib: pip install 'pytrain[plot]'") from None
     if not run_dirs:
         raise PytrainError("pass at least one --run DIR")
     runs = [(_label(run, run_dirs), *read_metrics(run)) for run in run_dirs]
     if not any(train or val for _, train, val in runs):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import EngFormatter
+    except ImportError:
+        with atomic_file(out) as handle:
+            handle.write(_loss_chart(runs))
+        return out
 
     figure = Figure(figsize=(15, 8), layout="constrained")
     axes = figure.subplots(2, 3)
@@ -73,3 +76,18 @@ def _label(run: str, runs: list[str]) -> str:
     """The run directory's name, or its whole path when two runs share a name."""
     name = Path(run).name or str(run)
     return name if sum(Path(r).name == name for r in runs) == 1 else str(run)
+
+
+def _loss_chart(runs: list[tuple[str, list[dict], list[dict]]]) -> bytes:
+    """Without matplotlib: training and validation loss against steps, drawn by pytrain.chart."""
+    from pytrain.chart import COLORS, Series, line_chart
+
+    series = []
+    for index, (label, train, val) in enumerate(runs):
+        color = COLORS[index % len(COLORS)]
+        prefix = f"{label} " if len(runs) > 1 else ""
+        series.append(Series(f"{prefix}train", [r["step"] for r in train], [r["loss"] for r in train], color))
+        if val:
+            series.append(Series(f"{prefix}val", [r["step"] for r in val], [r["val_loss"] for r in val],
+                                 COLORS[(index + 3) % len(COLORS)], dotted=True))
+    return line_chart("loss", "step", series)

@@ -18,6 +18,13 @@ def test_demo_small_end_to_end(tmp_path, capsys):
     assert proc.stdout.count(" -> ") == 3  # the samples
     assert f"pytrain generate --run {out}" in proc.stdout and f"pytrain plot --run {out}" in proc.stdout
     assert f"pytrain inspect {out}/data" in proc.stdout
+    samples = [line for line in proc.stdout.splitlines() if " -> " in line]
+    assert (out / "samples.txt").read_text().splitlines() == samples
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # with or without matplotlib
+    earlier = f'pytrain generate --run {out} --step 4 --prompt "def " --temperature 0'
+    assert earlier in proc.stdout  # the summary's earlier-checkpoint example works as printed
+    assert run_cli("generate", "--run", out, "--step", "4", "--prompt", "def ", "--temperature", "0",
+                   "--max-new-tokens", "4").returncode == 0
 
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["tokens"] > 0 and manifest["splits"]["val"]["documents"] > 0

@@ -44,9 +44,24 @@ def test_plot_errors(tmp_path, monkeypatch):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0\n')
     with pytest.raises(PytrainError, match="metrics.jsonl:1: not JSON"):
         plot_runs([str(tmp_path)])
+
+
+def test_plot_without_matplotlib_draws_the_loss_curves(base_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    with pytest.raises(PytrainError, match=r"pip install 'pytrain\[plot\]'"):
-        plot_runs([str(tmp_path)])
+    shutil.copy(base_run / "metrics.jsonl", tmp_path / "metrics.jsonl")
+    out = plot_runs([str(tmp_path)])
+    assert png_size(out) == (900, 560)
+    import zlib
+
+    import numpy as np
+
+    data = out.read_bytes()
+    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+    pixels = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(560, 1 + 900 * 3)[:, 1:].reshape(560, 900, 3)
+    from pytrain.chart import COLORS
+
+    for color in (COLORS[0], COLORS[3]):  # the training curve and the validation points are drawn
+        assert (pixels == color).all(axis=-1).sum() > 50, color
 
 
 def test_env_reports_the_machine_and_the_kernel_choice(capsys):

@@ -20,6 +20,7 @@ from pytrain.config import RunConfig
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_file, atomic_write_text, file_sha256
 from pytrain.train import checkpoint as ckpt
+from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.distributed import Distributed, all_gather_object, broadcast_object, init_distributed, shutdown
 from pytrain.train.evaluate import Evaluator
 from pytrain.train.log import RunLogger
@@ -74,6 +75,7 @@ class _Run:
         from pytrain.data.format import read_manifest
 
         config, d, train = self.config, self.d, self.config.train
+        self.cpu_threads = CpuThreads(d.local_world_size) if d.device.type == "cpu" else None
         ops.set_backend(train.kernels)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
@@ -235,6 +237,7 @@ class _Run:
         log(f"MFU peak per device: {peak_note}")
         for note in self.notes:
             log(note)
+        self._adjust_cpu_threads()
         if self.resume_note:
             log(self.resume_note)
         elif config.model.init_from:
@@ -312,9 +315,15 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, tokens
 
+    def _adjust_cpu_threads(self) -> None:
+        note = self.cpu_threads.adjust() if self.cpu_threads else None
+        if note:
+            self.logger.info(note)
+
     def _log_step(self, loss: float, grad_norm: float, lr: float, tokens: int, train_s: float, wall_s: float,
                   total: int) -> None:
         """Throughput and MFU count training steps only; the ETA also counts evaluation, samples and saves."""
+        self._adjust_cpu_threads()
         tokens_per_s = tokens / max(train_s, 1e-9)
         wall_steps_per_s = tokens / max(wall_s, 1e-9) / (self.config.train.batch_size * self.seq_len)
         self.logger.log_step({
