@@ -48,14 +48,13 @@ SMALL = DemoSize(max_files=30, vocab_size=384, seq_len=64, batch_size=8, steps=1
 
 def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, overwrite: bool = False) -> Path:
     """Build corpus, tokenizer, packed data, a trained tiny model, samples and an HF export under `out`."""
-    import torch
-
     from pytrain.data.corpus import stdlib_documents, write_jsonl
     from pytrain.data.pack import PackOptions, pack
     from pytrain.data.tokenizer import train_tokenizer
     from pytrain.export import export_run
     from pytrain.plot import plot_runs
     from pytrain.train import train
+    from pytrain.train.distributed import pick_device
 
     size = SMALL if small else DEFAULT
     steps = size.steps if steps is None else steps
@@ -69,7 +68,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
             raise PytrainError(f"{out}: exists and is not a demo run directory; refusing to delete it even with --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     started = time.perf_counter()
 
     _stage(1, "corpus: the standard library's help topics and docstrings")

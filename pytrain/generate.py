@@ -97,6 +97,7 @@ def prompt_ids(tokenizer, text: str, eos_id: int | None) -> list[int]:
 def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interactive: bool, max_new_tokens: int,
                  sampling: Sampling, seed: int, use_cache: bool, device: str) -> None:
     """Load a run's checkpoint and stream completions of `prompt`, or of each prompt typed at `> `."""
+    from pytrain.train.distributed import pick_device
     from pytrain.train.run_dir import RunDir
 
     if prompt is None and not interactive:
@@ -105,10 +106,7 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
         _check_text(prompt, "--prompt")
     if not 0 <= seed < 2**63:
         raise PytrainError(f"--seed must be an integer in [0, 2^63), got {seed}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise PytrainError("--device cuda: no CUDA device is available; use --device cpu")
+    device = pick_device(device, "--device")
     run = RunDir(run_dir)
     model, model_config = run.load_model(step, device=device)
     tokenizer = run.tokenizer()

@@ -20,6 +20,13 @@ def duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def bar(fraction: float, width: int) -> str:
+    """`[#####.....]  42%`: the one bar drawing pack's progress and the trainer's."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = int(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}"
+
+
 class ProgressBar:
     """`update(done_bytes, docs, tokens)` redraws `[####....] 42% docs tokens MB/s ETA` on stderr."""
 
@@ -39,14 +46,10 @@ class ProgressBar:
             return
         self.last_draw = now
         elapsed = max(now - self.start, 1e-9)
-        fraction = min(1.0, done_bytes / self.total)
-        filled = int(fraction * self.width)
         rate = done_bytes / elapsed
         eta = (self.total - done_bytes) / rate if rate > 0 else 0.0
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction:4.0%} "
-            f"{human(docs)} docs {human(tokens)} tok {rate / 1e6:6.1f} MB/s ETA {duration(eta)}  "
-        )
+        self.stream.write(f"\r{bar(done_bytes / self.total, self.width)} "
+                          f"{human(docs)} docs {human(tokens)} tok {rate / 1e6:6.1f} MB/s ETA {duration(eta)}  ")
         self.stream.flush()
 
     def close(self) -> None:

@@ -151,8 +151,6 @@ def test_a_refused_resume_changes_no_file(base_run, base_config, tmp_path, corpu
     run = _copy_run(base_run, tmp_path)
     before = _snapshot(run)
     with pytest.raises(PytrainError, match="its model differs from this config .*hidden_size"):
-        from pytrain.cli import main as cli_main  # noqa: F401  (imported for the in-process runner)
-
         _train_raising(base_config, f"train.run_dir={run}", "train.steps=9", "model.hidden_size=128")
     assert _snapshot(run) == before
     # another data.path packed with another tokenizer: the run's tokenizer is never swapped

@@ -34,12 +34,19 @@ def _env_int(name: str, default: int) -> int:
     return default if value is None else int(value)
 
 
+def pick_device(requested: str = "auto", option: str = "train.device") -> str:
+    """The one device rule: auto is CUDA when available, else the CPU; cuda without a GPU is an error naming
+    the `option` that asked for it."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PytrainError(f"{option} is cuda but no CUDA device is available; set {option} to cpu or auto")
+    return requested
+
+
 def init_distributed(device: str = "auto") -> Distributed:
     """Join the torchrun process group (or make a one-rank one) and pick this rank's device."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PytrainError("train.device is cuda but no CUDA device is available; set train.device=cpu")
+    device = pick_device(device)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (_env_int("RANK", 0), _env_int("WORLD_SIZE", 1)) if launched else (0, 1)
     local_rank = _env_int("LOCAL_RANK", 0) if launched else 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pytrain.config import LoggingSection
 from pytrain.fsutil import atomic_write_text
-from pytrain.progress import duration, human
+from pytrain.progress import bar, duration, human
 
 BAR_WIDTH = 20
 
@@ -118,9 +118,7 @@ class RunLogger:
         self._log.write(f"{stamp} {text}\n")
         self._log.flush()
         if self.bar:
-            done = row["step"] / self.total_steps
-            filled = int(done * BAR_WIDTH)
-            self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%} {text}")
+            self.stream.write(f"\r\033[K{bar(row['step'] / self.total_steps, BAR_WIDTH)} {text}")
             self.stream.flush()
             self._bar_shown = True
         elif self.lines:

@@ -18,9 +18,9 @@ def sample_prompts(model: nn.Module, tokenizer_path, prompts: list[str], *, step
                    max_new_tokens: int, max_len: int, temperature: float, eos_id: int | None,
                    device: torch.device) -> list[tuple[str, str]]:
     """[(prompt, completion)] for each prompt; an empty prompt starts a fresh document (after EOS)."""
-    from tokenizers import Tokenizer
+    from pytrain.data.tokenizer import load_tokenizer
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer = load_tokenizer(tokenizer_path)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1_000_003 + step)
     sampling = Sampling(temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else GREEDY
