@@ -14,12 +14,12 @@ CPU cores; `small` is the reduced size the tests run.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import PytrainError
+from pytrain.fsutil import replace_output_directory, write_output_marker
 from pytrain.progress import duration, human
 
 # No trailing spaces: byte-level BPE attaches a space to the word after it, so "The " ends unnaturally.
@@ -62,9 +62,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise PytrainError(f"{out}: already exists; pass --overwrite to replace it, or choose another --out")
-        if not (out / "corpus.jsonl").exists() or not (out / "data").is_dir():
-            raise PytrainError(f"{out}: exists and is not a demo run directory; refusing to delete it even with --overwrite")
-        shutil.rmtree(out)
+        replace_output_directory(out, "demo")
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
@@ -91,6 +89,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     _stage(6, "export: a Hugging Face LlamaForCausalLM folder")
     export_run(out, out / "hf")
     print(f"wrote {out / 'hf'}")
+    write_output_marker(out, "demo")  # last: what a later --overwrite may replace
 
     _summary(out, time.perf_counter() - started, len(documents), val)
     return out

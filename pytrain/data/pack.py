@@ -280,7 +280,8 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     started = time.perf_counter()
     bar = ProgressBar(sources.total_bytes, enabled=options.progress)
 
-    with atomic_directory(out, overwrite=options.overwrite, replaceable=_is_packed_or_empty) as tmp:
+    with atomic_directory(out, overwrite=options.overwrite, command="pack", inputs=[*inputs, tokenizer_path],
+                          legacy_files=_legacy_pack_files) as tmp:
         train = SplitWriter(tmp, "train", dtype, with_mask=chat)
         val = SplitWriter(tmp, "val", dtype, with_mask=chat) if (options.val_docs or options.val_fraction) else None
         router = SplitRouter(train, val, options.val_docs, options.val_fraction)
@@ -393,9 +394,18 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     return manifest
 
 
-def _is_packed_or_empty(path: Path) -> bool:
-    """What --overwrite may replace: an earlier pack, or an empty directory."""
-    return (path / fmt.MANIFEST).exists() or not any(path.iterdir())
+def _legacy_pack_files(path: Path) -> set[str] | None:
+    """The files a pack written before output markers holds, recognised by its manifest; else None."""
+    try:
+        manifest = json.loads((path / fmt.MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != fmt.FORMAT_NAME:
+            return None
+        names = {fmt.MANIFEST, fmt.TOKENIZER} | ({fmt.REJECTS} if manifest.get("rejected") else set())
+        for split in manifest["splits"]:
+            names |= {f"{split}/tokens.bin", f"{split}/index.idx"} | ({f"{split}/mask.bin"} if manifest.get("loss_mask") else set())
+        return names
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) -> None:
