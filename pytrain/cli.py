@@ -145,7 +145,7 @@ def _run_inspect(args) -> int:
 def _run_verify(args) -> int:
     from pytrain.data.verify import verify_dataset
 
-    verify_dataset(args.dir, tokenizer=args.tokenizer)
+    verify_dataset(args.dir, tokenizer=args.tokenizer, mode=args.mode)
     return 0
 
 
@@ -162,12 +162,15 @@ def _add_inspect_verify(sub) -> None:
 
     p = _command(
         sub, "verify", "check a packed dataset end to end; exit non-zero on any corruption",
-        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json",
+        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json\n  pytrain verify data/ --mode quick",
         _run_verify,
     )
     p.add_argument("dir", help="a directory written by `pytrain pack`")
     p.add_argument("--tokenizer", default=None,
                    help="also check the dataset was made with this tokenizer (default: the copy inside DIR)")
+    p.add_argument("--mode", choices=["full", "quick"], default="full",
+                   help="full: everything, sha256 checksums included; quick: sizes, headers, offsets, counts, "
+                        "EOS/BOS placement and token-id range, without hashing")
 
 
 # ----------------------------------------------------------------------------- train
