@@ -27,7 +27,7 @@ import numpy as np
 
 from pytrain import __version__
 from pytrain.data import format as fmt
-from pytrain.data.sources import describe_path, open_sources, parse_field_path
+from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
@@ -53,6 +53,7 @@ class PackOptions:
     val_docs: int = 0
     val_fraction: float = 0.0
     batch_bytes: int = 2 << 20  # as fast as 8 MB in bench_pack, half the peak memory
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES  # larger documents are refused before the tokenizer
     overwrite: bool = False
     progress: bool | None = None
 
@@ -69,6 +70,10 @@ class PackOptions:
             raise PytrainError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.val_docs and self.val_fraction:
             raise PytrainError("pass --val-docs or --val-fraction, not both")
+        if not 1 << 16 <= self.batch_bytes <= 1 << 30:
+            raise PytrainError(f"--batch-mb must be between {2**-4:g} and 1024 (MB of input per batch), not {self.batch_bytes / 2**20:g}")
+        if not 1 << 10 <= self.max_doc_bytes <= 1 << 40:
+            raise PytrainError(f"--max-doc-mb must be between {2**-10:g} and {2**20} (MB), not {self.max_doc_bytes / 2**20:g}")
         cores = os.cpu_count() or 1
         if not 0 <= self.threads <= 8 * cores:
             raise PytrainError(f"--threads must be between 0 (all cores) and {8 * cores} (8 per core), not {self.threads}")
@@ -274,7 +279,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     field_path = parse_field_path(options.field, options.jq, chat=chat)
     sources = open_sources(
         inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
-        batch_bytes=options.batch_bytes, threads=options.threads,
+        batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
         chat_eos_token=tok.id_to_token(eos_id) if chat else None,
     )
     started = time.perf_counter()
@@ -383,7 +388,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "empty_documents": sources.empty_documents + progress["empty_after_tokenizing"],
             "blank_lines": sources.blank_lines,
             "rejected": dict(sorted(sources.rejected.items())),
-            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes")},
+            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes", "max_doc_bytes")},
         }
         with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
