@@ -156,7 +156,7 @@ def manifest_problems(manifest: dict) -> list[str]:
             continue
         problems += [f"splits.{name} lacks {key}" for key in SPLIT_KEYS if key not in split]
         problems += [f"splits.{name}.{key} is {split[key]!r}, expected an integer >= 0"
-                     for key in ("documents", "tokens") if key in split and not (_is_int(split[key]) and split[key] >= 0)]
+                     for key in ("documents", "tokens", "tokens_sum") if key in split and not (_is_int(split[key]) and split[key] >= 0)]
         hashes = [key for key in split if key.endswith("_sha256")]
         problems += [f"splits.{name}.{key} is not a sha256 hex digest" for key in hashes if not _is_sha256(split[key])]
         if manifest.get("loss_mask") is True and "mask_sha256" not in split:

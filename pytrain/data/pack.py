@@ -93,6 +93,7 @@ class SplitWriter:
         self._index.write(fmt.index_header(dtype.itemsize, 0, 0))  # rewritten on close
         self._index.write(np.zeros(1, dtype="<i8").tobytes())
         self._hash = hashlib.sha256()
+        self._sum = 0  # sum of the ids mod 2**64: a checksum `verify --mode quick` computes at memory speed
         self._mask = open(fmt.mask_path(root, split), "wb") if with_mask else None
         self._mask_hash = hashlib.sha256()
         self.documents = 0
@@ -103,6 +104,7 @@ class SplitWriter:
             return
         self._tokens.write(memoryview(tokens))
         self._hash.update(memoryview(tokens))
+        self._sum = (self._sum + int(tokens.sum(dtype=np.uint64))) % 2**64
         if self._mask is not None:
             self._mask.write(memoryview(mask))
             self._mask_hash.update(memoryview(mask))
@@ -124,6 +126,7 @@ class SplitWriter:
             "documents": self.documents,
             "tokens": self.tokens,
             "tokens_sha256": self._hash.hexdigest(),
+            "tokens_sum": self._sum,
             "index_sha256": file_sha256(self.index_file),
         }
         if self._mask is not None:
@@ -184,10 +187,15 @@ class SplitRouter:
 
 
 class _Stage(threading.Thread):
-    """A pipeline thread that hands its exception to whoever joins it."""
+    """A pipeline thread that hands its exception to whoever joins it.
+
+    Not a daemon: a daemon thread still inside the native extension when the interpreter shuts
+    down is killed by a forced unwind that aborts the process ("terminate called without an
+    active exception", seen when SIGTERM arrived while the stages started). Stages stop on
+    their own once the main thread has ended (see `failed` in `pack`)."""
 
     def __init__(self, name, target):
-        super().__init__(name=name, daemon=True)
+        super().__init__(name=name, daemon=False)
         self._target_fn = target
         self.error: BaseException | None = None
 
@@ -297,7 +305,8 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         progress = {"bytes": 0, "empty_after_tokenizing": 0}
 
         def failed() -> bool:
-            return stop.is_set() or reader.error is not None or writer.error is not None
+            return (stop.is_set() or reader.error is not None or writer.error is not None
+                    or not threading.main_thread().is_alive())
 
         def read():
             for batch in sources.batches():
@@ -327,9 +336,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
 
         reader = _Stage("pytrain-pack-reader", read)
         writer = _Stage("pytrain-pack-writer", write)
-        reader.start()
-        writer.start()
         try:
+            reader.start()
+            writer.start()
             while (batch := _get(texts_q, failed)) is not _DONE:
                 ids = _encode_documents(tok, batch.texts, chat) if batch.texts else []
                 if not _put(ids_q, (batch, ids), failed):
@@ -339,8 +348,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             stop.set()
             raise
         finally:
-            reader.join()
-            writer.join()
+            for stage in (reader, writer):
+                if stage.ident is not None:  # started (an interrupt may come before or while they start)
+                    stage.join()
         for stage in (reader, writer):
             if stage.error is not None:
                 raise stage.error

@@ -215,9 +215,10 @@ class Sources:
             size = os.fstat(handle.fileno()).st_size
 
             def read(n: int) -> bytes:
-                if os.fstat(handle.fileno()).st_size != size:
+                block = handle.read(n)
+                if os.fstat(handle.fileno()).st_size != size:  # after the read: what it returned may be cut short
                     raise _changed(path, size)
-                return handle.read(n)
+                return block
 
             yield from self._json_lines(path, read)
             if handle.tell() != size:

@@ -4,7 +4,8 @@ Two depths, one function (`verify_pack`) that `pytrain verify` and the trainer b
 
     quick   manifest shape and its claims against the files: sizes, index headers, offsets,
             split and document counts, EOS/BOS placement against append_eos/prepend_bos,
-            token ids < vocab_size and mask values (a streamed numpy max), the tokenizer copy
+            token ids < vocab_size, their sum against the manifest's tokens_sum and mask values
+            (a streamed numpy max and sum), the tokenizer copy
     full    quick, plus the sha256 of every token, index and mask file against the manifest
 
 Files are read in bounded chunks with ordinary reads (never a memory map that a shrinking file
@@ -32,10 +33,11 @@ _CHUNK_BYTES = 16 << 20
 _CHUNK_ENTRIES = 1 << 21  # index entries per chunk for the offset and EOS/BOS checks
 
 
-def _scan(path: Path, dtype: np.dtype | None, want_hash: bool) -> tuple[str | None, int]:
-    """(sha256 hex or None, largest value as `dtype` or -1) of a file, streamed in chunks."""
+def _scan(path: Path, dtype: np.dtype | None, want_hash: bool) -> tuple[str | None, int, int]:
+    """(sha256 hex or None, largest value or -1, sum of values mod 2**64) of a file read as
+    `dtype`, streamed in chunks."""
     digest = hashlib.sha256() if want_hash else None
-    top = -1
+    top, total = -1, 0
     buffer = bytearray(_CHUNK_BYTES)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
@@ -43,16 +45,21 @@ def _scan(path: Path, dtype: np.dtype | None, want_hash: bool) -> tuple[str | No
             if digest is not None:
                 digest.update(view[:n])
             if dtype is not None and n >= dtype.itemsize:
-                top = max(top, int(np.frombuffer(buffer, dtype=dtype, count=n // dtype.itemsize).max()))
-    return (digest.hexdigest() if digest is not None else None), top
+                values = np.frombuffer(buffer, dtype=dtype, count=n // dtype.itemsize)
+                top = max(top, int(values.max()))
+                total = (total + int(values.sum(dtype=np.uint64))) % 2**64
+    return (digest.hexdigest() if digest is not None else None), top, total
 
 
 def _check_tokens(root: Path, split: str, manifest: dict, full: bool) -> list[str]:
     path = fmt.tokens_path(root, split)
-    digest, top = _scan(path, np.dtype(manifest["dtype"]).newbyteorder("<"), full)
+    digest, top, total = _scan(path, np.dtype(manifest["dtype"]).newbyteorder("<"), full)
+    expected = manifest["splits"][split]
     problems = []
-    if full and digest != manifest["splits"][split]["tokens_sha256"]:
+    if full and digest != expected["tokens_sha256"]:
         problems.append(f"{path}: checksum mismatch; token data was modified after packing")
+    elif "tokens_sum" in expected and total != expected["tokens_sum"]:  # packs from before tokens_sum lack it
+        problems.append(f"{path}: the sum of its token ids differs from the manifest's; token data was modified after packing")
     if top >= manifest["vocab_size"]:
         problems.append(f"{path}: token id {top} >= vocab size {manifest['vocab_size']} (out of vocabulary)")
     return problems
@@ -67,7 +74,7 @@ def _check_index_hash(root: Path, split: str, manifest: dict) -> list[str]:
 
 def _check_mask(root: Path, split: str, manifest: dict, full: bool) -> list[str]:
     path = fmt.mask_path(root, split)
-    digest, top = _scan(path, np.dtype("u1"), full)
+    digest, top, _ = _scan(path, np.dtype("u1"), full)
     problems = []
     if full and digest != manifest["splits"][split]["mask_sha256"]:
         problems.append(f"{path}: checksum mismatch; the loss mask was modified after packing")
@@ -243,6 +250,8 @@ def verify_pack(root, mode: str = "full", tokenizer=None, threads: int | None = 
 def check_pack(root, mode: str = "full", tokenizer=None) -> None:
     """Raise PytrainError listing every problem verify_pack finds (the trainer's `data.verify`)."""
     problems = verify_pack(root, mode, tokenizer)
+    if len(problems) == 1:
+        raise PytrainError(problems[0])  # each problem names its file
     if problems:
         lines = "\n  ".join(problems)
         raise PytrainError(f"{root}: {len(problems)} problem(s) ({mode} verify):\n  {lines}")
