@@ -336,3 +336,37 @@ def test_default_max_doc_size_keeps_ordinary_documents(tmp_path, tokenizer_path)
     out = tmp_path / "out"
     pack_cli(corpus, tokenizer_path, out, check=True)
     assert int(np.asarray(fmt.open_split(out, "train").offsets)[-1]) > 0
+
+
+def test_demo_overwrite_refuses_a_folder_it_did_not_finish(tmp_path):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "corpus.jsonl").write_text('{"text": "mine"}\n')  # what the demo used to take as proof enough
+    (run / "thesis.tex").write_text("do not delete")
+    before = snapshot(run)
+    proc = run_cli("demo", "--small", "--out", run, "--overwrite", check=False)
+    assert_refused(proc, "refusing to replace it even with --overwrite", "no valid .pytrain-output.json")
+    assert snapshot(run) == before
+
+
+def test_export_overwrite_follows_the_same_rule(tmp_path, tokenizer_path):
+    from pytrain.export import export_model
+    from pytrain.model import Llama, preset
+
+    config = preset("tiny", vocab_size=600)
+    model = Llama(config)
+    model.init_weights(seed=0)
+    out = tmp_path / "hf"
+    export_model(model, config, tokenizer_path, out)
+    assert fsutil.read_output_marker(out)["command"] == "export"
+    (out / "README.md").write_text("my model card")
+    before = snapshot(out)
+    with pytest.raises(PytrainError, match="README.md, which pytrain did not write"):
+        export_model(model, config, tokenizer_path, out, overwrite=True)
+    with pytest.raises(PytrainError, match="holds this command's input"):
+        export_model(model, config, out / "tokenizer.json", out, overwrite=True)
+    assert snapshot(out) == before
+    (out / "README.md").unlink()
+    export_model(model, config, tokenizer_path, out, overwrite=True, dtype="bf16")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
