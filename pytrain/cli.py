@@ -13,6 +13,14 @@ from pytrain import __version__
 from pytrain.errors import PytrainError
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `finally`/cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples kept as written; defaults shown, except None/False, which say nothing useful."""
 
@@ -86,14 +94,22 @@ def _add_tokenizer(sub) -> None:
 
 # ----------------------------------------------------------------------------- pack
 def _run_pack(args) -> int:
+    import math
+    import signal
+
     from pytrain.data.pack import PackOptions, pack
 
+    for name, value in (("--batch-mb", args.batch_mb), ("--max-doc-mb", args.max_doc_mb)):
+        if value is not None and not math.isfinite(value):
+            raise PytrainError(f"{name} must be a number of MB, not {value}")
+    signal.signal(signal.SIGTERM, _terminate)  # clean the temporary output as Ctrl-C does
+    sizes = {"max_doc_bytes": int(args.max_doc_mb * 2**20)} if args.max_doc_mb is not None else {}
     options = PackOptions(
         format=args.format, field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
         append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
         threads=args.threads,
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
-        batch_bytes=args.batch_mb << 20, overwrite=args.overwrite, progress=args.progress,
+        batch_bytes=int(args.batch_mb * 2**20), overwrite=args.overwrite, progress=args.progress, **sizes,
     )
     pack(args.inputs, tokenizer=args.tokenizer, out=args.out, options=options)
     return 0
@@ -128,8 +144,12 @@ def _add_pack(sub) -> None:
                    help="hold out the last N documents as the validation split")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",
                    help="hold out an evenly spread fraction F of documents as the validation split")
-    p.add_argument("--batch-mb", type=int, default=2,
-                   help="input bytes per tokenizer batch (bounds memory, whatever the input size)")
+    p.add_argument("--batch-mb", type=float, default=2,
+                   help="MB of input per tokenizer batch (bounds memory, whatever the input size; 1 to 1024)")
+    p.add_argument("--max-doc-mb", type=float, default=None,
+                   help="(default 16) refuse a document (JSONL line, .txt file or paragraph, parquet/datasets cell) larger than "
+                        "this before it reaches the tokenizer, which needs ~150 bytes of memory per input byte; "
+                        "--on-bad-line decides: stop (error) or skip it as 'too_large'")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only on a terminal)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory when done")
@@ -153,7 +173,7 @@ def _run_verify(args) -> int:
         return 0
     from pytrain.data.verify import verify_dataset
 
-    verify_dataset(args.dir, tokenizer=args.tokenizer)
+    verify_dataset(args.dir, tokenizer=args.tokenizer, mode=args.mode)
     return 0
 
 
@@ -170,12 +190,16 @@ def _add_inspect_verify(sub) -> None:
 
     p = _command(
         sub, "verify", "check a packed dataset, or a run's checkpoints, end to end; exit non-zero on any corruption",
-        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json\n  pytrain verify runs/my-run   # checkpoints",
+        "  pytrain verify data/\n  pytrain verify data/ --tokenizer tokenizer.json\n  pytrain verify data/ --mode quick\n"
+        "  pytrain verify runs/my-run   # every checkpoint against its checksums",
         _run_verify,
     )
     p.add_argument("dir", help="a directory written by `pytrain pack`, or a run directory of `pytrain train`")
     p.add_argument("--tokenizer", default=None,
                    help="also check the dataset was made with this tokenizer (default: the copy inside DIR)")
+    p.add_argument("--mode", choices=["full", "quick"], default="full",
+                   help="full: everything, sha256 checksums included; quick: sizes, headers, offsets, counts, "
+                        "EOS/BOS placement and token-id range, without hashing")
 
 
 # ----------------------------------------------------------------------------- train
@@ -357,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pytrain: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"pytrain {args.command}: terminated (SIGTERM); nothing was left behind", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

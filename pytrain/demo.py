@@ -14,13 +14,15 @@ CPU cores; `small` is the reduced size the tests run.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_write_text
+from pytrain.fsutil import (OUTPUT_MARKER, atomic_write_text, read_output_marker, why_not_replaceable,
+                            write_output_marker)
 from pytrain.progress import duration, human
 
 # No trailing spaces: byte-level BPE attaches a space to the word after it, so "The " ends unnaturally.
@@ -61,13 +63,9 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     if steps <= 0:
         raise PytrainError(f"--steps must be positive, got {steps}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise PytrainError(f"{out}: already exists; pass --overwrite to replace it, or choose another --out")
-        if not (out / "corpus.jsonl").exists() or not (out / "data").is_dir():
-            raise PytrainError(f"{out}: exists and is not a demo run directory; refusing to delete it even with --overwrite")
-        shutil.rmtree(out)
+    _clear_earlier_demo(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    write_output_marker(out, "demo")  # first, listing nothing: a crash leaves a recognisable demo folder
     device = pick_device()
     started = time.perf_counter()
 
@@ -94,9 +92,58 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     _stage(6, "export: a Hugging Face LlamaForCausalLM folder")
     export_run(out, out / "hf")
     print(f"wrote {out / 'hf'}")
+    write_output_marker(out, "demo")  # last: what a later --overwrite may replace
 
     _summary(out, time.perf_counter() - started, len(documents), val)
     return out
+
+
+# Everything a demo folder can hold: what the demo writes, and what later commands on the run add.
+DEMO_ENTRIES = {"corpus.jsonl", "tokenizer.json", "data", "config.yaml", "run.json", ".lock", "checkpoints",
+                "train.log", "metrics.jsonl", "tensorboard", "wandb_id", SAMPLES, "plot.png", "hf", OUTPUT_MARKER}
+_CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*")
+
+
+def _clear_earlier_demo(out: Path, overwrite: bool) -> None:
+    """Make room for a demo in `out`: an absent or empty folder is used as is; a demo that crashed (its
+    marker lists fewer files than it holds) is started again; a finished one needs --overwrite. Only a
+    folder that is provably the demo's own is deleted (see _not_a_demo); anything else is refused."""
+    if not out.exists() or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        return
+    reason = _not_a_demo(out)
+    if reason:
+        raise PytrainError(f"{out}: already exists and {reason}, so the demo will not delete it; choose another --out")
+    finished = why_not_replaceable(out, "demo") is None
+    if finished and not overwrite:
+        raise PytrainError(f"{out}: already exists (a finished demo); pass --overwrite to replace it, or choose "
+                           "another --out")
+    if not finished:
+        print(f"{out}: an earlier demo did not finish; starting it again")
+    shutil.rmtree(out)
+
+
+def _not_a_demo(out: Path) -> str | None:
+    """Why `out` is not (only) a demo's run folder, or None: it carries the demo's marker, and holds nothing
+    but the demo's outputs (the pack and export checked by their own markers), checkpoints, and the hidden
+    temporary names pytrain's atomic writes leave after a crash."""
+    if out.is_symlink() or not out.is_dir():
+        return "is not a directory"
+    marker = read_output_marker(out)
+    if marker is None or marker.get("command") != "demo":
+        return f"has no demo {OUTPUT_MARKER}"
+    for entry in out.iterdir():
+        name = entry.name
+        if name.startswith(".") and ".tmp-" in name:
+            continue  # debris of an interrupted atomic write
+        if name not in DEMO_ENTRIES or entry.is_symlink():
+            return f"holds {name}, which the demo does not write"
+        if name in ("data", "hf") and why_not_replaceable(entry, "pack" if name == "data" else "export"):
+            return f"holds {name}/, which is not the demo's {'pack' if name == 'data' else 'export'}"
+        if name == "checkpoints":
+            odd = [p.name for p in entry.iterdir() if not _CHECKPOINT_ENTRY.fullmatch(p.name)]
+            if odd:
+                return f"holds checkpoints/{odd[0]}, which the trainer does not write"
+    return None
 
 
 def _stage(number: int, text: str) -> None:

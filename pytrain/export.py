@@ -80,11 +80,6 @@ def hf_config(model_config: ModelConfig, *, bos_id: int | None, eos_id: int | No
     }
 
 
-def _is_export_or_empty(path: Path) -> bool:
-    """What --overwrite may replace: an earlier Hugging Face export, or an empty directory."""
-    return (path / "config.json").exists() or not any(path.iterdir())
-
-
 def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype: str = "fp32",
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> Path:
     """Write `model` (an unsharded Llama) and its tokenizer as a Hugging Face folder at `out`, atomically."""
@@ -100,7 +95,7 @@ def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype
     bos_id = special_token_id(tokenizer, None, BOS_CANDIDATES, "BOS", tokenizer_path)
     pad_id = tokenizer.token_to_id("<pad>")
     tensors = _hf_tensors(model, dtype)
-    with atomic_directory(out, overwrite=overwrite, replaceable=_is_export_or_empty) as tmp:
+    with atomic_directory(out, overwrite=overwrite, command="export", inputs=[tokenizer_path]) as tmp:
         _write_safetensors(tensors, tmp, max_shard_bytes)
         config = hf_config(model_config, bos_id=bos_id, eos_id=eos_id, dtype=dtype)
         _write_json(tmp / CONFIG, config)

@@ -4,16 +4,34 @@ A reader never sees a half-written file or directory under its final name: a cra
 leaves only hidden `.NAME.tmp-*` debris, which every reader refuses (delete it by hand).
 Temporary names get the permissions the final ones would have had (umask applied), not
 the owner-only modes `tempfile` uses.
+
+Every output directory ends with `.pytrain-output.json`, written last: which command made it
+and the name and size of every file in it. `--overwrite` replaces a directory only when that
+marker is valid and the folder holds exactly those files (so a foreign file inside, or a
+folder pytrain never wrote, is refused), and never a folder that is, holds or lies inside one
+of the command's inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
+import json
 import os
+import sys
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
+
+from pytrain.errors import PytrainError
+
+OUTPUT_MARKER = ".pytrain-output.json"
+MARKER_FORMAT = "pytrain-output"
+MARKER_VERSION = 1
+_HASHED_BELOW = 1 << 20  # small files (manifests, configs) also get a sha256 in the marker
 
 
 def _umask() -> int:
@@ -60,37 +78,236 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
-@contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, overwrite: bool = False, replaceable=lambda path: not any(path.iterdir())):
-    """Yield a temporary directory next to `final`; rename it to `final` on success.
 
-    With `overwrite`, an existing `final` directory for which `replaceable(final)` holds (by
-    default: it is empty) is replaced, and only once the new one is complete; anything else is
-    refused, so a mistyped --out never deletes a user's folder.
+# ----------------------------------------------------------------------------- output marker
+def _listing(root: Path) -> tuple[dict[str, int], list[str]]:
+    """Regular files under `root` (relative POSIX path -> size), and every entry that is neither a
+    regular file nor a folder (symlinks, sockets, ...): those are foreign."""
+    files, odd = {}, []
+    for folder, dirs, names in os.walk(root):
+        base = Path(folder)
+        for name in dirs:
+            if (base / name).is_symlink():
+                odd.append((base / name).relative_to(root).as_posix())
+        for name in names:
+            path = base / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() or not path.is_file():
+                odd.append(rel)
+            else:
+                files[rel] = path.stat().st_size
+    return files, odd
+
+
+def write_output_marker(root: str | os.PathLike, command: str) -> None:
+    """Record (last) that pytrain's `command` wrote `root` and exactly which files it holds."""
+    from pytrain import __version__
+
+    root = Path(root)
+    files, odd = _listing(root)
+    files.pop(OUTPUT_MARKER, None)
+    entries = []
+    for rel, size in sorted(files.items()):
+        entry = {"path": rel, "size": size}
+        if size < _HASHED_BELOW:
+            entry["sha256"] = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+        entries.append(entry)
+    marker = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "command": command,
+              "pytrain_version": __version__, "files": entries}
+    atomic_write_text(root / OUTPUT_MARKER, json.dumps(marker, indent=1) + "\n")
+
+
+def read_output_marker(root: str | os.PathLike) -> dict | None:
+    """The marker's content when it is well formed, else None (absent, unreadable, foreign)."""
+    try:
+        marker = json.loads((Path(root) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or not isinstance(marker.get("files"), list):
+        return None
+    for entry in marker["files"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and type(entry.get("size")) is int):
+            return None
+    return marker
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _input_conflict(final: Path, inputs: Iterable) -> str | None:
+    target = final.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if _inside(source, target):
+            return f"it holds this command's input {given}"
+        if _inside(target, source):
+            return f"it lies inside this command's input {given}"
+    return None
+
+
+def why_not_replaceable(final: str | os.PathLike, command: str, inputs: Iterable = (),
+                        legacy_files: Callable[[Path], set[str] | None] | None = None) -> str | None:
+    """None when --overwrite may replace the directory `final`, else the reason it may not.
+
+    Replaceable: an empty folder, or one whose valid output marker, written by the same
+    `command`, lists exactly the files it holds, with their sizes. `legacy_files(final)` may recognise an
+    output written before markers existed and return the exact set of files it must hold.
+    Never a folder that is, holds or lies inside one of `inputs`.
     """
-    from pytrain.errors import PytrainError
-
     final = Path(final)
+    if final.is_symlink() or not final.is_dir():
+        return "it is not a directory"
+    conflict = _input_conflict(final, inputs)
+    if conflict:
+        return conflict
+    files, odd = _listing(final)
+    if odd:
+        return f"it holds {odd[0]}, which pytrain does not write"
+    if not files:
+        return None
+    marker = read_output_marker(final)
+    if marker is not None:
+        if marker.get("command") != command:
+            return f"it is the output of `pytrain {marker.get('command')}`, not of `pytrain {command}`"
+        expected = {entry["path"]: entry["size"] for entry in marker["files"]}
+        files.pop(OUTPUT_MARKER, None)
+    else:
+        names = legacy_files(final) if legacy_files else None
+        if names is None:
+            return f"it has no valid {OUTPUT_MARKER}, so pytrain did not write it"
+        expected = {name: files.get(name) for name in names}
+    foreign = sorted(set(files) - set(expected))
+    if foreign:
+        return f"it holds {foreign[0]}, which pytrain did not write there"
+    for name, size in sorted(expected.items()):
+        if name not in files:
+            return f"{name} is missing from it, so it is not the output pytrain wrote"
+        if size != files[name]:
+            return f"{name} changed size since pytrain wrote it"
+    return None
+
+
+# ----------------------------------------------------------------------------- atomic directory
+def _renameat2_exchange():
+    """libc's renameat2(..., RENAME_EXCHANGE) (Linux, glibc >= 2.28), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories; False where the system cannot (then the caller renames twice)."""
+    function = _renameat2_exchange()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot exchange
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
+def _old_name(final: Path, pid: int) -> Path:
+    return final.with_name(f".{final.name}.old-{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_interrupted_replace(final: str | os.PathLike) -> None:
+    """Undo an --overwrite swap killed between its two renames.
+
+    Without an atomic exchange, replacing `final` moves it to `.NAME.old-PID` and then the new
+    directory into place; a kill between the two leaves `final` missing. The next pytrain
+    command that writes or reads `final` calls this: the old directory is renamed back (it
+    was complete), or the error says exactly where it is.
+    """
+    final = Path(final)
+    if final.exists() or final.is_symlink() or not final.parent.is_dir():
+        return
+    stale = []
+    for candidate in final.parent.glob(f".{final.name}.old-*"):
+        pid = candidate.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and candidate.is_dir() and not _pid_alive(int(pid)):
+            stale.append(candidate)
+    if not stale:
+        return
+    if len(stale) > 1:
+        raise PytrainError(f"{final}: missing, and interrupted --overwrite runs left {', '.join(map(str, sorted(stale)))}; "
+                           f"rename the one to keep to {final}")
+    try:
+        os.replace(stale[0], final)
+    except OSError as error:
+        raise PytrainError(f"{final}: missing after an interrupted --overwrite; the previous output is in {stale[0]} "
+                           f"(could not rename it back: {error.strerror}); rename it to {final}") from None
+    _fsync_dir(final.parent)
+    print(f"pytrain: restored {final} from {stale[0].name}, left by an --overwrite that was killed mid-swap",
+          file=sys.stderr)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike, overwrite: bool = False, *, command: str, inputs: Iterable = (),
+                     legacy_files: Callable[[Path], set[str] | None] | None = None):
+    """Yield a temporary directory next to `final`; mark it as `command`'s output and rename it
+    to `final` on success.
+
+    An existing `final` is replaced only with `overwrite` and only if `why_not_replaceable`
+    accepts it (checked before any work starts), and only once the new one is complete: by an
+    atomic exchange where the system has one, else by two renames that
+    `recover_interrupted_replace` can undo. Anything else is a one-line refusal that changes nothing.
+    """
+    final = Path(final)
+    inputs = list(inputs)
+    recover_interrupted_replace(final)
     if final.exists() or final.is_symlink():
         if not overwrite:
             raise PytrainError(f"{final}: already exists; choose another --out or pass --overwrite")
-        if not final.is_dir() or not replaceable(final):
-            raise PytrainError(f"{final}: exists and is not an output of this command; refusing to replace it even with --overwrite")
+        reason = why_not_replaceable(final, command, inputs, legacy_files)
+        if reason:
+            raise PytrainError(f"{final}: refusing to replace it even with --overwrite: {reason}")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
+    old = _old_name(final, os.getpid())
     try:
         yield tmp
+        write_output_marker(tmp, command)
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            # Checked again: the folder may have changed while this command worked.
+            reason = why_not_replaceable(final, command, inputs, legacy_files)
+            if reason:
+                raise PytrainError(f"{final}: refusing to replace it even with --overwrite: {reason}")
+            if _exchange(tmp, final):
+                shutil.rmtree(tmp, ignore_errors=True)  # now the old output
+            else:
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():  # interrupted between the two renames
+            os.replace(old, final)
         raise
 
 

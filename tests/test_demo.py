@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli
+
 from pytrain.cli import main
+from pytrain.fsutil import write_output_marker
+
+
+def _crashed_demo(out):
+    """What a demo killed during its pack leaves: its marker (written first), the corpus, pack debris."""
+    out.mkdir(parents=True)
+    write_output_marker(out, "demo")
+    (out / "corpus.jsonl").write_text('{"text": "x"}\n')
+    (out / ".data.tmp-1234").mkdir()
+    return out
 
 
 def test_demo_small_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
+    out = _crashed_demo(tmp_path / "demo")  # the retry after a crash just works, without --overwrite
     proc = run_cli("demo", "--small", "--steps", "8", "--out", out, env={"OMP_NUM_THREADS": "1"})
+    assert f"{out}: an earlier demo did not finish; starting it again" in proc.stdout
     for stage in range(1, 7):
         assert f"[{stage}/6]" in proc.stdout
     assert "step 8/8" in proc.stderr and "eval step 8" in proc.stderr  # live progress and evaluation
@@ -35,5 +48,21 @@ def test_demo_small_end_to_end(tmp_path, capsys):
     assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 384
     assert (out / "hf" / "model.safetensors").is_file() and (out / "hf" / "tokenizer.json").is_file()
 
-    assert main(["demo", "--small", "--out", str(out)]) == 2  # an existing run is kept unless --overwrite
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["demo", "--small", "--out", str(out)]) == 2  # a finished run is kept unless --overwrite
+    assert "already exists (a finished demo); pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda out: (out / ".pytrain-output.json").unlink(), "has no demo .pytrain-output.json"),
+    (lambda out: (out / "notes.txt").write_text("mine"), "holds notes.txt, which the demo does not write"),
+    (lambda out: (out / "checkpoints").mkdir() or (out / "checkpoints" / "mine").write_text("x"),
+     "holds checkpoints/mine, which the trainer does not write"),
+])
+def test_demo_deletes_only_its_own_folder(tmp_path, capsys, damage, reason):
+    out = _crashed_demo(tmp_path / "demo")
+    damage(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        assert main(["demo", "--small", "--out", str(out), *extra]) == 2
+        assert f"{reason}, so the demo will not delete it" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

@@ -29,6 +29,7 @@ INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, version, token width, docs, to
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("dtype", "vocab_size", "eos_id", "bos_id", "append_eos", "prepend_bos", "tokenizer", "splits")
 SPLIT_KEYS = ("documents", "tokens", "tokens_sha256", "index_sha256")
+SPLITS = ("train", "val")
 TOKENIZER = "tokenizer.json"
 REJECTS = "rejects.jsonl"
 
@@ -85,9 +86,12 @@ def read_index_header(path: Path) -> IndexHeader:
     return IndexHeader(width, docs, tokens)
 
 
-def read_manifest(root: str | Path) -> dict:
-    """Load DIR/manifest.json, refusing directories that are not complete pytrain datasets."""
+def load_manifest_json(root: str | Path) -> dict:
+    """DIR/manifest.json parsed, refusing what is not a finished pytrain pack (no shape checks)."""
+    from pytrain.fsutil import recover_interrupted_replace
+
     root = Path(root)
+    recover_interrupted_replace(root)
     if not root.is_dir():
         raise PytrainError(f"{root}: no such dataset directory")
     path = root / MANIFEST
@@ -95,19 +99,77 @@ def read_manifest(root: str | Path) -> dict:
         raise PytrainError(f"{root}: no {MANIFEST}; the pack did not finish (or this is not a packed dataset), re-run `pytrain pack`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, ValueError) as error:
         raise PytrainError(f"{path}: unreadable manifest ({error}); re-run `pytrain pack`") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise PytrainError(f"{path}: not a pytrain manifest (format={manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PytrainError(f"{path}: not a pytrain manifest (format={found!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PytrainError(
             f"{path}: format version {manifest.get('format_version')}, this pytrain reads {FORMAT_VERSION}; re-pack"
         )
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    missing += [f"splits.{name}.{key}" for name, split in manifest.get("splits", {}).items()
-                for key in SPLIT_KEYS if key not in split]
-    if missing:
-        raise PytrainError(f"{path}: manifest lacks {', '.join(missing)}; it was edited or is damaged, re-pack")
+    return manifest
+
+
+def _is_int(value) -> bool:
+    return type(value) is int
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """Every way a manifest's shape is wrong (a missing key, a wrong type, an impossible value),
+    one message each, so that no reader indexes into an edited manifest and crashes."""
+    problems = [f"lacks {key}" for key in REQUIRED_KEYS if key not in manifest]
+
+    def check(key, ok, expected):
+        if key in manifest and not ok(manifest[key]):
+            problems.append(f"{key} is {manifest[key]!r}, expected {expected}")
+
+    check("dtype", lambda v: v in ("uint16", "uint32"), "'uint16' or 'uint32'")
+    check("vocab_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+    for key in ("eos_id", "bos_id"):
+        check(key, lambda v: v is None or (_is_int(v) and v >= 0), "a token id or null")
+    for key in ("append_eos", "prepend_bos", "loss_mask"):
+        check(key, lambda v: isinstance(v, bool), "true or false")
+    check("tokenizer", lambda v: isinstance(v, dict) and _is_sha256(v.get("sha256")), "an object with a sha256")
+    check("validation", lambda v: isinstance(v, dict) and _is_int(v.get("val_docs", 0)) and v.get("val_docs", 0) >= 0
+          and isinstance(v.get("val_fraction", 0.0), (int, float)) and 0 <= v.get("val_fraction", 0.0) < 1,
+          "an object with val_docs >= 0 and 0 <= val_fraction < 1")
+    if manifest.get("append_eos") is True and not _is_int(manifest.get("eos_id")):
+        problems.append("append_eos is true but eos_id is not a token id")
+    if manifest.get("prepend_bos") is True and not _is_int(manifest.get("bos_id")):
+        problems.append("prepend_bos is true but bos_id is not a token id")
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict):
+        return problems + [f"splits is {type(splits).__name__}, expected an object"]
+    if "splits" in manifest and "train" not in splits:
+        problems.append(f"splits has no 'train' (has: {', '.join(map(str, splits)) or 'none'})")
+    for name, split in splits.items():
+        if name not in SPLITS:
+            problems.append(f"splits.{name}: unknown split (pytrain writes {' and '.join(SPLITS)})")
+            continue
+        if not isinstance(split, dict):
+            problems.append(f"splits.{name} is {type(split).__name__}, expected an object")
+            continue
+        problems += [f"splits.{name} lacks {key}" for key in SPLIT_KEYS if key not in split]
+        problems += [f"splits.{name}.{key} is {split[key]!r}, expected an integer >= 0"
+                     for key in ("documents", "tokens", "tokens_sum") if key in split and not (_is_int(split[key]) and split[key] >= 0)]
+        hashes = [key for key in split if key.endswith("_sha256")]
+        problems += [f"splits.{name}.{key} is not a sha256 hex digest" for key in hashes if not _is_sha256(split[key])]
+        if manifest.get("loss_mask") is True and "mask_sha256" not in split:
+            problems.append(f"splits.{name} lacks mask_sha256 (loss_mask is true)")
+    return problems
+
+
+def read_manifest(root: str | Path) -> dict:
+    """Load DIR/manifest.json, refusing directories that are not complete pytrain datasets."""
+    manifest = load_manifest_json(root)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise PytrainError(f"{Path(root) / MANIFEST}: {'; '.join(problems)}; it was edited or is damaged, re-pack")
     return manifest
 
 

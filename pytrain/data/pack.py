@@ -27,7 +27,7 @@ import numpy as np
 
 from pytrain import __version__
 from pytrain.data import format as fmt
-from pytrain.data.sources import describe_path, open_sources, parse_field_path
+from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
@@ -53,6 +53,7 @@ class PackOptions:
     val_docs: int = 0
     val_fraction: float = 0.0
     batch_bytes: int = 2 << 20  # as fast as 8 MB in bench_pack, half the peak memory
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES  # larger documents are refused before the tokenizer
     overwrite: bool = False
     progress: bool | None = None
 
@@ -69,6 +70,10 @@ class PackOptions:
             raise PytrainError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.val_docs and self.val_fraction:
             raise PytrainError("pass --val-docs or --val-fraction, not both")
+        if not 1 << 16 <= self.batch_bytes <= 1 << 30:
+            raise PytrainError(f"--batch-mb must be between {2**-4:g} and 1024 (MB of input per batch), not {self.batch_bytes / 2**20:g}")
+        if not 1 << 10 <= self.max_doc_bytes <= 1 << 40:
+            raise PytrainError(f"--max-doc-mb must be between {2**-10:g} and {2**20} (MB), not {self.max_doc_bytes / 2**20:g}")
         cores = os.cpu_count() or 1
         if not 0 <= self.threads <= 8 * cores:
             raise PytrainError(f"--threads must be between 0 (all cores) and {8 * cores} (8 per core), not {self.threads}")
@@ -88,6 +93,7 @@ class SplitWriter:
         self._index.write(fmt.index_header(dtype.itemsize, 0, 0))  # rewritten on close
         self._index.write(np.zeros(1, dtype="<i8").tobytes())
         self._hash = hashlib.sha256()
+        self._sum = 0  # sum of the ids mod 2**64: a checksum `verify --mode quick` computes at memory speed
         self._mask = open(fmt.mask_path(root, split), "wb") if with_mask else None
         self._mask_hash = hashlib.sha256()
         self.documents = 0
@@ -98,6 +104,7 @@ class SplitWriter:
             return
         self._tokens.write(memoryview(tokens))
         self._hash.update(memoryview(tokens))
+        self._sum = (self._sum + int(tokens.sum(dtype=np.uint64))) % 2**64
         if self._mask is not None:
             self._mask.write(memoryview(mask))
             self._mask_hash.update(memoryview(mask))
@@ -119,6 +126,7 @@ class SplitWriter:
             "documents": self.documents,
             "tokens": self.tokens,
             "tokens_sha256": self._hash.hexdigest(),
+            "tokens_sum": self._sum,
             "index_sha256": file_sha256(self.index_file),
         }
         if self._mask is not None:
@@ -179,10 +187,15 @@ class SplitRouter:
 
 
 class _Stage(threading.Thread):
-    """A pipeline thread that hands its exception to whoever joins it."""
+    """A pipeline thread that hands its exception to whoever joins it.
+
+    Not a daemon: a daemon thread still inside the native extension when the interpreter shuts
+    down is killed by a forced unwind that aborts the process ("terminate called without an
+    active exception", seen when SIGTERM arrived while the stages started). Stages stop on
+    their own once the main thread has ended (see `failed` in `pack`)."""
 
     def __init__(self, name, target):
-        super().__init__(name=name, daemon=True)
+        super().__init__(name=name, daemon=False)
         self._target_fn = target
         self.error: BaseException | None = None
 
@@ -274,13 +287,14 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     field_path = parse_field_path(options.field, options.jq, chat=chat)
     sources = open_sources(
         inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
-        batch_bytes=options.batch_bytes, threads=options.threads,
+        batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
         chat_eos_token=tok.id_to_token(eos_id) if chat else None,
     )
     started = time.perf_counter()
     bar = ProgressBar(sources.total_bytes, enabled=options.progress)
 
-    with atomic_directory(out, overwrite=options.overwrite, replaceable=_is_packed_or_empty) as tmp:
+    with atomic_directory(out, overwrite=options.overwrite, command="pack", inputs=[*inputs, tokenizer_path],
+                          legacy_files=_legacy_pack_files) as tmp:
         train = SplitWriter(tmp, "train", dtype, with_mask=chat)
         val = SplitWriter(tmp, "val", dtype, with_mask=chat) if (options.val_docs or options.val_fraction) else None
         router = SplitRouter(train, val, options.val_docs, options.val_fraction)
@@ -291,7 +305,8 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
         progress = {"bytes": 0, "empty_after_tokenizing": 0}
 
         def failed() -> bool:
-            return stop.is_set() or reader.error is not None or writer.error is not None
+            return (stop.is_set() or reader.error is not None or writer.error is not None
+                    or not threading.main_thread().is_alive())
 
         def read():
             for batch in sources.batches():
@@ -321,9 +336,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
 
         reader = _Stage("pytrain-pack-reader", read)
         writer = _Stage("pytrain-pack-writer", write)
-        reader.start()
-        writer.start()
         try:
+            reader.start()
+            writer.start()
             while (batch := _get(texts_q, failed)) is not _DONE:
                 ids = _encode_documents(tok, batch.texts, chat) if batch.texts else []
                 if not _put(ids_q, (batch, ids), failed):
@@ -333,8 +348,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             stop.set()
             raise
         finally:
-            reader.join()
-            writer.join()
+            for stage in (reader, writer):
+                if stage.ident is not None:  # started (an interrupt may come before or while they start)
+                    stage.join()
         for stage in (reader, writer):
             if stage.error is not None:
                 raise stage.error
@@ -382,7 +398,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "empty_documents": sources.empty_documents + progress["empty_after_tokenizing"],
             "blank_lines": sources.blank_lines,
             "rejected": dict(sorted(sources.rejected.items())),
-            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes")},
+            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes", "max_doc_bytes")},
         }
         with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
@@ -393,9 +409,18 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     return manifest
 
 
-def _is_packed_or_empty(path: Path) -> bool:
-    """What --overwrite may replace: an earlier pack, or an empty directory."""
-    return (path / fmt.MANIFEST).exists() or not any(path.iterdir())
+def _legacy_pack_files(path: Path) -> set[str] | None:
+    """The files a pack written before output markers holds, recognised by its manifest; else None."""
+    try:
+        manifest = json.loads((path / fmt.MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != fmt.FORMAT_NAME:
+            return None
+        names = {fmt.MANIFEST, fmt.TOKENIZER} | ({fmt.REJECTS} if manifest.get("rejected") else set())
+        for split in manifest["splits"]:
+            names |= {f"{split}/tokens.bin", f"{split}/index.idx"} | ({f"{split}/mask.bin"} if manifest.get("loss_mask") else set())
+        return names
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) -> None:

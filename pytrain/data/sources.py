@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import mmap
 import os
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,15 @@ import numpy as np
 from pytrain.data import chat
 from pytrain.errors import PytrainError, did_you_mean
 
-OK, BLANK, BAD_JSON, MISSING_FIELD, NOT_STRING, EMPTY_TEXT, BAD_CONVERSATION = range(7)
+OK, BLANK, BAD_JSON, MISSING_FIELD, NOT_STRING, EMPTY_TEXT, BAD_CONVERSATION, TOO_LARGE = range(8)
 REASON_NAMES = {BAD_JSON: "bad_json", MISSING_FIELD: "missing_field", NOT_STRING: "not_a_string",
-                BAD_CONVERSATION: "bad_conversation"}
+                BAD_CONVERSATION: "bad_conversation", TOO_LARGE: "too_large"}
+# A document larger than this is refused before it reaches the tokenizer: HF tokenizers hold
+# ~150 bytes per input byte while encoding one text (ids, offsets, token strings; measured:
+# 16 MB -> 2.3 GB peak), so 16 MB keeps one document under ~2.5 GB. A whole book is ~1 MB.
+DEFAULT_MAX_DOC_BYTES = 16 << 20
 ROWS_PER_BATCH = 4096
-_PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]')
+_PATH_TOKEN = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\.?\["((?:[^"\\]|\\.)*)"\]|\.?\[(\d+)\]')
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 
@@ -50,7 +54,13 @@ def parse_field_path(field_name: str | None = "text", jq: str | None = None, cha
         key, quoted, index = match.groups()
         if index is not None and int(index) >= 1 << 31:
             raise PytrainError(f"--jq {jq!r}: index {index} is too large")
-        path.append(key if key is not None else json.loads(f'"{quoted}"') if quoted is not None else int(index))
+        if quoted is not None:
+            try:
+                key = json.loads(f'"{quoted}"')
+            except json.JSONDecodeError as error:
+                raise PytrainError(f"--jq {jq!r}: bad escape in [\"{quoted}\"] ({error.msg}); "
+                                   f"write keys as JSON strings, e.g. .[\"a b\"]") from None
+        path.append(key if key is not None else int(index))
         pos = match.end()
     if not path:
         raise PytrainError(f"--jq {jq!r}: empty path; use a path like .text")
@@ -101,7 +111,7 @@ class Sources:
     """All inputs of one run, read in order; counts what was taken and what was rejected."""
 
     def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=2 << 20, threads=0,
-                 chat_eos_token: str | None = None):
+                 chat_eos_token: str | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES):
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
             if not path.exists():
@@ -111,6 +121,7 @@ class Sources:
         self.txt_split = txt_split
         self.on_bad_line = on_bad_line
         self.batch_bytes = max(1 << 16, int(batch_bytes))
+        self.max_doc_bytes = int(max_doc_bytes)
         self.threads = threads
         self.chat_eos_token = chat_eos_token  # set: documents are conversations (see pytrain.data.chat)
         self.total_bytes = sum(input_bytes(p) for p in self.paths)
@@ -119,6 +130,8 @@ class Sources:
         self.blank_lines = 0
         self.rejected: Counter[str] = Counter()
         self.per_source: list[dict] = []
+        # Sizes when the command started: a bad line in a file that has changed since is the cut, not the data.
+        self._start_size = {path: path.stat().st_size for path in self.paths if path.is_file()}
 
     def batches(self) -> Iterator[DocBatch]:
         readers = {"jsonl": self._jsonl, "jsonl.gz": self._jsonl_gz, "txt": self._txt,
@@ -129,6 +142,8 @@ class Sources:
             for batch in readers[kind](path):
                 self.documents += len(batch.texts)
                 yield batch
+            if not path.is_dir() and path.stat().st_size != stat.st_size:
+                raise _changed(path, stat.st_size)
             self.per_source.append({
                 "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
                 "mtime": stat.st_mtime, "documents": self.documents - before,
@@ -136,8 +151,11 @@ class Sources:
 
     # ------------------------------------------------------------------ bad input
     def _reject(self, path: Path, where: str, reason_code: int, reason: str, raw: str | None) -> dict:
+        if path.is_file() and path.stat().st_size != self._start_size.get(path, path.stat().st_size):
+            raise _changed(path, self._start_size[path])  # the bad line is the cut, not the user's data
         if self.on_bad_line == "error":
-            raise PytrainError(f"{path}:{where}: {reason} (fix it, or pass --on-bad-line skip to skip such lines)")
+            fix = "raise --max-doc-mb" if reason_code == TOO_LARGE else "fix it"
+            raise PytrainError(f"{path}:{where}: {reason} ({fix}, or pass --on-bad-line skip to skip such lines)")
         name = REASON_NAMES[reason_code]
         self.rejected[name] += 1
         record = {"source": str(path), "location": where, "reason": name, "detail": reason}
@@ -146,6 +164,10 @@ class Sources:
         return record
 
     # ------------------------------------------------------------------ JSONL
+    def _too_large(self, path: Path, where: str, size: int, what: str = "document") -> dict:
+        return self._reject(path, where, TOO_LARGE,
+                            f"{what} of {_size(size)} is over the --max-doc-mb limit ({_size(self.max_doc_bytes)})", None)
+
     def _json_chunk(self, path: Path, chunk, first_line: int) -> tuple[DocBatch, int]:
         from pytrain import _native
 
@@ -155,6 +177,10 @@ class Sources:
         texts, status, reasons = _native.extract_json_field(chunk, starts, self.field_path, self.threads)
         n_lines = len(starts) - 1
         batch = DocBatch(str(path), [], len(chunk))
+        oversized = np.flatnonzero(np.diff(np.asarray(starts, dtype=np.int64)) > self.max_doc_bytes)
+        for i in oversized:  # the line bounds the document (its text is never longer than its JSON line)
+            batch.rejects.append(self._too_large(path, f"{first_line + i}", int(starts[i + 1] - starts[i]), "line"))
+            texts[i], status[i] = None, TOO_LARGE
         if not np.any(status):  # the common case: every line is a good document
             batch.texts = texts
         else:
@@ -170,8 +196,11 @@ class Sources:
         """Conversations are nested objects, so lines go through Python's json (chat data is small)."""
         batch = DocBatch(str(path), [], len(chunk))
         for i in range(len(starts) - 1):
-            text = _raw_line(chunk, starts, i)
             where = f"{first_line + i}"
+            if starts[i + 1] - starts[i] > self.max_doc_bytes:
+                batch.rejects.append(self._too_large(path, where, int(starts[i + 1] - starts[i]), "line"))
+                continue
+            text = _raw_line(chunk, starts, i)
             if not text.strip():
                 self.blank_lines += 1
                 continue
@@ -184,68 +213,90 @@ class Sources:
         return batch, first_line + len(starts) - 1
 
     def _jsonl(self, path: Path) -> Iterator[DocBatch]:
-        with open(path, "rb") as handle:
+        """Plain JSONL, read (not memory-mapped: a file truncated while being packed must give an
+        error naming it, not a SIGBUS), checking between windows that the file keeps its size."""
+        with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                return
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            if hasattr(mmap, "MADV_SEQUENTIAL"):
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)
-            try:
-                pos, line = 0, 1
-                while pos < size:
-                    end = _line_aligned_end(mapped, pos, self.batch_bytes, size)
-                    chunk = view[pos:end]
-                    try:
-                        batch, line = self._json_chunk(path, chunk, line)
-                    finally:
-                        chunk.release()
-                    _drop_pages(mapped, pos, end)
-                    yield batch
-                    pos = end
-            finally:
-                view.release()
-                mapped.close()
+
+            def read(n: int) -> bytes:
+                block = handle.read(n)
+                if os.fstat(handle.fileno()).st_size != size:  # after the read: what it returned may be cut short
+                    raise _changed(path, size)
+                return block
+
+            yield from self._json_lines(path, read)
+            if handle.tell() != size:
+                raise _changed(path, size)
 
     def _jsonl_gz(self, path: Path) -> Iterator[DocBatch]:
-        line, carry = 1, b""
+        position = [1]
         try:
             with gzip.open(path, "rb") as handle:
-                while True:
-                    block = handle.read(self.batch_bytes)
-                    data = carry + block
-                    if not block:
-                        if data:
-                            batch, line = self._json_chunk(path, memoryview(data), line)
-                            yield batch
-                        return
-                    cut = data.rfind(b"\n") + 1
-                    carry = data[cut:]
-                    if cut:
-                        batch, line = self._json_chunk(path, memoryview(data)[:cut], line)
-                        yield batch
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            raise PytrainError(f"{path}: corrupt or truncated gzip data near line {line} ({error})") from None
+                yield from self._json_lines(path, handle.read, position)
+        except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; a bad deflate block a zlib.error
+            raise PytrainError(f"{path}: corrupt or truncated gzip data near line {position[0]} ({error})") from None
+
+    def _json_lines(self, path: Path, read, position: list[int] | None = None) -> Iterator[DocBatch]:
+        """Windows of whole lines of about batch_bytes from `read(n)`; a line longer than
+        --max-doc-mb is rejected and skipped as it streams by, never held in memory.
+        `position[0]` follows the current line number (for error messages)."""
+        position = position if position is not None else [1]
+        line, pending, pending_bytes, skipping = 1, [], 0, False
+        while True:
+            block = read(self.batch_bytes)
+            if not block:
+                break
+            if skipping:  # inside an oversized line: drop bytes up to its newline
+                newline = block.find(b"\n")
+                if newline < 0:
+                    continue
+                block, skipping, line = block[newline + 1:], False, line + 1
+                position[0] = line
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                pending.append(block)
+                pending_bytes += len(block)
+                if pending_bytes > self.max_doc_bytes:
+                    batch = DocBatch(str(path), [], pending_bytes)
+                    batch.rejects.append(self._too_large(path, f"{line}", pending_bytes, "line (at least)"))
+                    yield batch
+                    pending, pending_bytes, skipping = [], 0, True
+                continue
+            window = b"".join([*pending, block[:cut]]) if pending else block[:cut]
+            pending, pending_bytes = [block[cut:]], len(block) - cut
+            batch, line = self._json_chunk(path, memoryview(window), line)
+            position[0] = line
+            yield batch
+        if pending_bytes and not skipping:
+            batch, line = self._json_chunk(path, memoryview(b"".join(pending)), line)
+            yield batch
 
     # ------------------------------------------------------------------ text
     def _txt(self, path: Path) -> Iterator[DocBatch]:
         if self.txt_split == "file":
-            text = path.read_bytes().decode("utf-8", "replace")
             batch = DocBatch(str(path), [], input_bytes(path))
-            self._accept(path, "1", text, [], batch, None)
+            if input_bytes(path) > self.max_doc_bytes:  # refused before it is read
+                batch.rejects.append(self._too_large(path, "1", input_bytes(path), "file"))
+            else:
+                self._accept(path, "1", path.read_bytes().decode("utf-8", "replace"), [], batch, None)
             yield batch
             return
-        carry = b""
+        carry, skipping = b"", False  # skipping: inside an oversized paragraph, dropped up to its end
         with open(path, "rb") as handle:
             while True:
                 block = handle.read(self.batch_bytes)
                 data = carry + block
+                batch = DocBatch(str(path), [], len(block))
+                if skipping:
+                    end = _PARAGRAPH_BREAK.search(data)
+                    data, skipping = (data[end.end():], False) if end else (_break_start(data), True)
                 pieces = _PARAGRAPH_BREAK.split(data)
                 carry = pieces.pop() if block else b""
                 if not block:
                     pieces.append(carry)
-                batch = DocBatch(str(path), [], len(block))
+                elif len(carry) > self.max_doc_bytes:  # a paragraph still growing: refuse it now
+                    batch.rejects.append(self._too_large(path, "paragraph", len(carry), "paragraph (at least)"))
+                    carry, skipping = b"", True
                 for piece in pieces:
                     text = piece.decode("utf-8", "replace").strip()
                     if text:
@@ -280,6 +331,8 @@ class Sources:
             batch.rejects.append(self._reject(path, where, NOT_STRING, f"field {describe_path(self.field_path)} is a {type(value).__name__}, not a string", raw))
         elif not value:
             self.empty_documents += 1
+        elif len(value) > self.max_doc_bytes // 4 and len(value.encode("utf-8", "replace")) > self.max_doc_bytes:
+            batch.rejects.append(self._too_large(path, where, len(value.encode("utf-8", "replace"))))
         else:
             batch.texts.append(value)
 
@@ -329,27 +382,20 @@ def _raw_line(chunk, starts, i: int) -> str:
     return bytes(chunk[starts[i]:starts[i + 1]]).rstrip(b"\r\n").decode("utf-8", "replace")
 
 
-def _drop_pages(mapped: mmap.mmap, start: int, end: int) -> None:
-    """Unmap the pages of a window already decoded (its texts are copies), so resident memory
-    stays at a few windows instead of growing with the file."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    first = start - start % mmap.PAGESIZE
-    last = end - end % mmap.PAGESIZE
-    if last > first:
-        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n} bytes"
 
 
-def _line_aligned_end(buffer, start: int, want: int, size: int) -> int:
-    """End of a batch: the last newline within `want` bytes, or the end of an overlong line."""
-    end = start + want
-    if end >= size:
-        return size
-    newline = buffer.rfind(b"\n", start, end)
-    if newline < 0:
-        newline = buffer.find(b"\n", end)
-        return size if newline < 0 else newline + 1
-    return newline + 1
+def _break_start(data: bytes) -> bytes:
+    """The tail of `data` that may begin a paragraph break completed by the next block."""
+    newline = data.rfind(b"\n")
+    return data[newline:] if newline >= 0 and not data[newline:].strip() else b""
+
+
+def _changed(path: Path, size: int) -> PytrainError:
+    now = path.stat().st_size if path.exists() else "no"
+    return PytrainError(f"{path}: changed while being packed ({size} bytes at the start, {now} bytes now); "
+                        "pack a file that nothing is writing to")
 
 
 def open_sources(paths, field_path, **options) -> Sources:
