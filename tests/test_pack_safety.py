@@ -343,7 +343,7 @@ def test_demo_overwrite_refuses_a_folder_it_did_not_finish(tmp_path):
     (run / "thesis.tex").write_text("do not delete")
     before = snapshot(run)
     proc = run_cli("demo", "--small", "--out", run, "--overwrite", check=False)
-    assert_refused(proc, "refusing to replace it even with --overwrite", "no valid .pytrain-output.json")
+    assert_refused(proc, "has no demo .pytrain-output.json, so the demo will not delete it")
     assert snapshot(run) == before
 
 
