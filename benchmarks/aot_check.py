@@ -25,13 +25,19 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+# what one SM holds, for the occupancy column: A100 (sm_80) and H100/H200 (sm_90)
+SM_LIMITS = {80: SimpleNamespace(regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                                 shared_memory_per_multiprocessor=164 * 1024),
+             90: SimpleNamespace(regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                                 shared_memory_per_multiprocessor=228 * 1024)}
 
 
 # ----------------------------------------------------------------------------- the cases
@@ -178,9 +184,9 @@ class Row:
     scalar_stores: int | None = None
     compile_s: float | None = None
     error: str | None = None
+    blocks_per_sm: int | None = None  # resident blocks per SM from registers, warps and shared memory
     jit_registers: int | None = None
     jit_spills: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _source(launch: Launch, backend):
@@ -200,10 +206,10 @@ def _variant(options, signature, constexprs, attrs) -> str:
     names = list(signature)
     consts = " ".join(f"{names[path[0]]}={value}" for path, value in constexprs.items())
     pointer = next((t for t in signature.values() if t.startswith("*")), "")
-    unaligned = [names[path[0]] for path, value in attrs.items()
-                 if signature[names[path[0]]] != "constexpr" and not value]
+    not_divisible = [names[path[0]] for path, value in attrs.items()  # by 16 (no alignment specialisation)
+                     if signature[names[path[0]]] != "constexpr" and not value]
     text = f"{pointer[1:]} {consts} warps={options.num_warps}"
-    return text + (f" not16={','.join(unaligned)}" if unaligned else "")
+    return text + (f" not16={','.join(not_divisible)}" if not_divisible else "")
 
 
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
@@ -247,9 +253,12 @@ def global_accesses(ptx: str) -> dict:
     return counts
 
 
-def compile_launches(cases_launches: list[tuple[Case, list[Launch]]], arch: int) -> list[Row]:
+def compile_launches(cases_launches: list[tuple[Case, list[Launch]]], arch: int, jit: bool) -> list[Row]:
+    """One row per launch: compiled for `arch` (once per distinct variant); `jit`: with the JIT's figures."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
+
+    from pytrain.kernels._common import blocks_per_sm
 
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
@@ -272,10 +281,12 @@ def compile_launches(cases_launches: list[tuple[Case, list[Launch]]], arch: int)
                 row.compile_s = time.perf_counter() - started
                 row.__dict__.update(ptxas_report(log), **global_accesses(compiled.asm["ptx"]))
                 row.shared_bytes, row.num_warps = compiled.metadata.shared, compiled.metadata.num_warps
+                if arch in SM_LIMITS:
+                    row.blocks_per_sm = blocks_per_sm(row.registers, row.num_warps, row.shared_bytes, SM_LIMITS[arch])
             except Exception as e:  # noqa: BLE001 -- a compile error is a result of the gate, reported per row
                 message = str(e).strip().splitlines()
                 row.error = f"{type(e).__name__}: {message[0] if message else ''}"[:200]
-            if launch.jit_kernel is not None:
+            if jit and launch.jit_kernel is not None:
                 launch.jit_kernel._init_handles()
                 row.jit_registers, row.jit_spills = launch.jit_kernel.n_regs, launch.jit_kernel.n_spills
             rows.append(row)
@@ -284,15 +295,16 @@ def compile_launches(cases_launches: list[tuple[Case, list[Launch]]], arch: int)
 
 # ----------------------------------------------------------------------------- reporting
 def table(rows: list[Row], jit: bool) -> str:
-    head = ["op", "configuration", "kernel", "variant", "regs", "spill B", "smem B", "ld v/s", "st v/s"]
+    head = ["op", "configuration", "kernel", "variant", "regs", "spill B", "smem B", "blocks/SM", "ld v/s", "st v/s"]
     head += ["JIT regs", "JIT spill"] if jit else []
     lines = [head]
     for r in rows:
         if r.error:
-            lines.append([r.op, r.config, r.kernel, r.variant, "ERROR", r.error, "", "", ""] + ([""] * 2 if jit else []))
+            lines.append([r.op, r.config, r.kernel, r.variant, "ERROR", r.error, "", "", "", ""] + ([""] * 2 if jit else []))
             continue
         line = [r.op, r.config, r.kernel.lstrip("_"), r.variant, str(r.registers), str(r.spill_bytes),
-                str(r.shared_bytes), f"{r.vector_loads}/{r.scalar_loads}", f"{r.vector_stores}/{r.scalar_stores}"]
+                str(r.shared_bytes), str(r.blocks_per_sm or ""), f"{r.vector_loads}/{r.scalar_loads}",
+                f"{r.vector_stores}/{r.scalar_stores}"]
         if jit:
             line += [str(r.jit_registers), str(r.jit_spills)]
         lines.append(line)
@@ -332,10 +344,7 @@ def main(argv=None) -> int:
     all_rows, failed = [], False
     for arch in args.arch:
         started = time.perf_counter()
-        rows = compile_launches(captured, arch)
-        if arch != jit_arch:
-            for r in rows:
-                r.jit_registers = r.jit_spills = None
+        rows = compile_launches(captured, arch, jit=arch == jit_arch)
         seconds = time.perf_counter() - started
         print(f"\n## sm_{arch} (triton {triton.__version__}, compiled in {seconds:.1f} s)\n")
         print(table(rows, jit=arch == jit_arch))

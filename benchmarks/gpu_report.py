@@ -44,13 +44,14 @@ def _aot_lines(aot: dict) -> list[str]:
     jit = any(r.get("jit_registers") is not None for r in rows)
     lines = [f"triton {aot['triton']}; {len(rows)} kernel launches; spills: "
              f"{sum(1 for r in rows if r.get('spill_bytes'))}; compile errors: {sum(1 for r in rows if r.get('error'))}",
-             "", "| arch | op | configuration | kernel | variant | regs | spill B | smem B | ld v/s | st v/s |"
+             "", "| arch | op | configuration | kernel | variant | regs | spill B | smem B | blocks/SM | ld v/s | st v/s |"
              + (" JIT regs | JIT spills |" if jit else ""),
-             "|---|---|---|---|---|---:|---:|---:|---|---|" + ("---:|---:|" if jit else "")]
+             "|---|---|---|---|---|---:|---:|---:|---:|---|---|" + ("---:|---:|" if jit else "")]
     for r in rows:
         cells = [f"sm_{r['arch']}", r["op"], r["config"], r["kernel"].lstrip("_"), r["variant"],
                  "ERROR" if r.get("error") else str(r["registers"]), str(r.get("spill_bytes") or 0),
-                 str(r.get("shared_bytes")), f"{r.get('vector_loads')}/{r.get('scalar_loads')}",
+                 str(r.get("shared_bytes")), str(r.get("blocks_per_sm") or ""),
+                 f"{r.get('vector_loads')}/{r.get('scalar_loads')}",
                  f"{r.get('vector_stores')}/{r.get('scalar_stores')}"]
         if jit:
             cells += [str(r.get("jit_registers") if r.get("jit_registers") is not None else ""),
