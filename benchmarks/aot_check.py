@@ -3,8 +3,9 @@
     python benchmarks/aot_check.py [--arch 80 90] [--ops rms_norm rope linear_ce] [--json PATH] [--jit]
 
 Runs the real launch wrappers (`kernels/*.py`'s `launch_*` functions, the bodies of the custom ops) on
-meta tensors at the benchmark shapes of `bench_kernels.py` plus the limits the wrappers accept (hidden
-sizes up to `MAX_HIDDEN`, fp32, the model's residual form, GPT-2's odd vocabulary). Each kernel launch
+meta tensors at the benchmark shapes of `bench_kernels.py`, the 125m and 1b presets' shapes, and the
+limits the wrappers accept (hidden sizes up to `MAX_HIDDEN`, fp32, the model's residual form, GPT-2's
+odd vocabulary). Each kernel launch
 is intercepted instead of run and handed to Triton's own argument binder, so signatures, constexprs and
 alignment specialisations are exactly those the JIT would use. Every distinct variant is compiled with
 `triton.compile` for each NVIDIA target (`GPUTarget("cuda", arch, 32)`), its PTX is run through the
@@ -99,37 +100,38 @@ def _linear_ce_case(tokens, hidden, vocab, dtype) -> Case:
 
 
 def cases() -> list[Case]:
-    """The benchmark shapes (from bench_kernels.py, so they cannot drift) and the limits the wrappers accept."""
+    """The benchmark shapes (from bench_kernels.py), the presets gpu_check.sh trains (125m, 1b; from the
+    model config), and the limits the wrappers accept: read from the code, so they cannot drift."""
     sys.path.insert(0, str(HERE))
     from bench_kernels import _op_benches
 
     from pytrain.kernels.rms_norm import MAX_HIDDEN
+    from pytrain.model import preset
 
     bf16, fp32 = torch.bfloat16, torch.float32
     benches = {b.name: b for b in _op_benches(quick=False)}
-    out = []
-    hiddens = sorted({s["hidden"] for s in benches["rms_norm"].shapes})
+    models = [preset(name) for name in ("125m", "1b")]
     tokens = max(s["tokens"] for s in benches["rms_norm"].shapes)
+    out = []
+    hiddens = sorted({s["hidden"] for s in benches["rms_norm"].shapes} | {m.hidden_size for m in models})
     for hidden in hiddens:  # as benchmarked, and as the model calls it (residual form)
         out += [_rms_norm_case(tokens, hidden, bf16, False, False), _rms_norm_case(tokens, hidden, bf16, True, False)]
     hidden = hiddens[-1] * 2
     while hidden <= MAX_HIDDEN:  # larger rows, up to the largest the wrapper accepts
         out.append(_rms_norm_case(tokens // 4, hidden, bf16, True, False))
         hidden *= 2
-    hidden = hiddens[0]
+    hidden = 2048
     while hidden <= MAX_HIDDEN:  # the most registers: fp32, gemma, residual gradient
         out.append(_rms_norm_case(tokens // 4, hidden, fp32, True, True))
         hidden *= 2
     for s in benches["rope"].shapes[:1]:
         shape = (s["tokens"], s["seq"], s["q_heads"], s["kv_heads"], s["head_dim"])
         out += [_rope_case(*shape, bf16, False), _rope_case(*shape, bf16, True), _rope_case(*shape, fp32, True)]
-    out.append(_rope_case(4096, 4096, 12, 12, 64, bf16, True))  # the 125m preset's heads
-    seen = set()
-    for s in benches["linear_ce"].shapes:
-        key = (s["hidden"], s["vocab"])
-        if key not in seen:
-            seen.add(key)
-            out.append(_linear_ce_case(4096, s["hidden"], s["vocab"], bf16))
+    for m in models:
+        out.append(_rope_case(4096, 2048, m.num_attention_heads, m.num_key_value_heads, m.head_dim, bf16, True))
+    ce_shapes = dict.fromkeys([(s["hidden"], s["vocab"]) for s in benches["linear_ce"].shapes]
+                              + [(m.hidden_size, m.vocab_size) for m in models])
+    out += [_linear_ce_case(4096, hidden, vocab, bf16) for hidden, vocab in ce_shapes]
     out += [_linear_ce_case(4096, 768, 50257, bf16),  # GPT-2's odd vocabulary
             _linear_ce_case(1024, 768, 50257, fp32)]
     return out
