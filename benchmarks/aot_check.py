@@ -302,7 +302,7 @@ def table(rows: list[Row], jit: bool) -> str:
     lines = [head]
     for r in rows:
         if r.error:
-            lines.append([r.op, r.config, r.kernel, r.variant, "ERROR", r.error, "", "", "", ""] + ([""] * 2 if jit else []))
+            lines.append([r.op, r.config, r.kernel, r.variant, "ERROR", r.error] + [""] * (len(head) - 6))
             continue
         line = [r.op, r.config, r.kernel.lstrip("_"), r.variant, str(r.registers), str(r.spill_bytes),
                 str(r.shared_bytes), str(r.blocks_per_sm or ""), f"{r.vector_loads}/{r.scalar_loads}",

@@ -42,8 +42,8 @@ def _tests(out: Path) -> dict | None:
 def _aot_lines(aot: dict) -> list[str]:
     rows = aot["rows"]
     jit = any(r.get("jit_registers") is not None for r in rows)
-    lines = [f"triton {aot['triton']}; {len(rows)} kernel launches; spills: "
-             f"{sum(1 for r in rows if r.get('spill_bytes'))}; compile errors: {sum(1 for r in rows if r.get('error'))}",
+    spills, errors = sum(1 for r in rows if r.get("spill_bytes")), sum(1 for r in rows if r.get("error"))
+    lines = [f"triton {aot['triton']}; {len(rows)} kernel launches; spills: {spills}; compile errors: {errors}",
              "", "| arch | op | configuration | kernel | variant | regs | spill B | smem B | blocks/SM | ld v/s | st v/s |"
              + (" JIT regs | JIT spills |" if jit else ""),
              "|---|---|---|---|---|---:|---:|---:|---:|---|---|" + ("---:|---:|" if jit else "")]
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     aot = _load(out / "aot.json")
     trains = {p.stem: rep for p in sorted(out.glob("train_*.json")) if (rep := _load(p))}
     kernels = _load(out / "kernels" / "kernels.json")
-    attention = {p.name: _load(p) for p in sorted((out / "attention").glob("*.json"))} if (out / "attention").is_dir() else {}
+    attention = {p.name: _load(p) for p in sorted((out / "attention").glob("*.json"))}
 
     title = "gpu_check.sh dry run (CPU, tiny sizes: plumbing only, no performance figures)" if args.dry_run \
         else "gpu_check.sh results"
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         lines += ["", "## bench_kernels.py --quick", "", f"{kernels['meta']['device']}: copy "
                   f"{kernels['meta']['copy_gbps']:.0f} GB/s, bf16 matmul {kernels['meta']['matmul_tflops']:.0f} "
                   "TFLOP/s; full tables in kernels/kernels.md", "",
-                  "| op | shape | provider | mode | ms | GB/s | peak MiB | note |", "|---|---|---|---|---:|---:|---:|---|"]
+                  "| op | shape | provider | mode | ms | GB/s | peak MiB | note |",
+                  "|---|---|---|---|---:|---:|---:|---|"]
         for r in kernels["records"]:
             lines.append(f"| {r['op']} | {r['shape']} | {r['provider']} | {r['mode']} | "
                          f"{'' if r['ms'] is None else format(r['ms'], '.3f')} | "

@@ -33,7 +33,8 @@ def resident_programs(kernel, args: tuple, kwargs: dict, device: torch.device, w
     if device.type != "cuda":
         return max(1, min(4, work_items))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (kernel, index, tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor)), tuple(sorted(kwargs.items())))
+    dtypes = tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor))
+    key = (kernel, index, dtypes, tuple(sorted(kwargs.items())))
     if key not in _BLOCKS_PER_SM:
         compiled = kernel.warmup(*args, grid=(1,), **kwargs)
         compiled._init_handles()  # loads the binary: n_regs as the driver reports it

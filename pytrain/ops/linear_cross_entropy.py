@@ -5,9 +5,10 @@ set), lse = logsumexp(z), label y and smoothing eps over V classes:
 
     loss = (1 - eps) * (lse - z_y) + eps * (lse - mean(z)) + z_loss * lse**2
 
-Rows whose label is `ignore_index` contribute 0 and no gradient. Any other label must be in [0, V):
-the kernel makes the loss NaN otherwise; `set_checks(True)` / PYTRAIN_CHECK_INPUTS=1 names the label. "mean" divides by the number of
-non-ignored labels (0 when there are none, not NaN); the count stays on the device (no host sync).
+Rows whose label is `ignore_index` contribute 0 and no gradient; any other label must be in [0, V)
+(the kernel makes the loss NaN otherwise; `set_checks(True)` / PYTRAIN_CHECK_INPUTS=1 names the
+label). "mean" divides by the number of non-ignored labels (0 when there are none, not NaN); the
+count stays on the device (no host sync).
 The matmul runs in hidden's dtype (a weight of another dtype, e.g. fp32 master weights under
 autocast, is cast for it; its gradient comes back in its own dtype). Losses are fp32 (fp64 for fp64
 inputs).
