@@ -26,6 +26,7 @@ from torch.library import custom_op
 CHUNK_BYTES = 512 * 2**20  # logits buffer budget: 2048 tokens x 128256 vocab in bf16
 MIN_CHUNK = 256
 MAX_BLOCK = 8192  # vocab columns per step of the row loops
+ROW_ALIGN = 64  # the logits buffer's row stride is a multiple of this many elements (see _logits_buffer)
 
 
 @triton.jit
@@ -39,6 +40,9 @@ def _capped(z, softcap, HAS_SOFTCAP: tl.constexpr):
 def _ce_rows_kernel(LOGITS, stride_row, LABELS, LOSS, ZLOSS, SCALE, scale_stride, n_cols, ignore_index,
                     label_smoothing, z_loss, softcap, HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     BLOCK: tl.constexpr):
+    """One row of logits per program. Loads and stores cover the whole padded row (`stride_row`
+    columns, a multiple of ROW_ALIGN, so they stay 16-byte vectors for any vocabulary); columns from
+    n_cols on are padding, left out of every sum and overwritten with junk by the gradient pass."""
     row = tl.program_id(0).to(tl.int64)
     ptr = LOGITS + row * stride_row
     label = tl.load(LABELS + row)
@@ -49,16 +53,19 @@ def _ce_rows_kernel(LOGITS, stride_row, LABELS, LOSS, ZLOSS, SCALE, scale_stride
         z_label = 0.0
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = cols < n_cols
-            z = _capped(tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
+            in_vocab = cols < n_cols
+            z = _capped(tl.load(ptr + cols, mask=cols < stride_row, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
+            z = tl.where(in_vocab, z, -float("inf"))  # padding may hold anything, NaN included
             z_label += tl.sum(tl.where(cols == label, z, 0.0))
-            z_sum += tl.sum(tl.where(mask, z, 0.0))
-            z = tl.where(mask, z, -float("inf"))
+            z_sum += tl.sum(tl.where(in_vocab, z, 0.0))
             m_new = tl.maximum(m, tl.max(z, axis=0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new))
             m = m_new
         lse = m + tl.log(s)
         ce = (1.0 - label_smoothing) * (lse - z_label) + label_smoothing * (lse - z_sum / n_cols)
+        # a label outside the vocabulary makes the loss NaN rather than silently dropping its term: the
+        # trainer's one host sync per step stops on it (PYTRAIN_CHECK_INPUTS=1 names the label)
+        ce = tl.where((label >= 0) & (label < n_cols), ce, float("nan"))
         z_term = z_loss * lse * lse
         tl.store(LOSS + row, ce + z_term)
         tl.store(ZLOSS + row, z_term)
@@ -69,20 +76,20 @@ def _ce_rows_kernel(LOGITS, stride_row, LABELS, LOSS, ZLOSS, SCALE, scale_stride
             uniform = scale * label_smoothing / n_cols
             for start in range(0, n_cols, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
-                mask = cols < n_cols
-                z = _capped(tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
+                in_row = cols < stride_row
+                z = _capped(tl.load(ptr + cols, mask=in_row, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
                 g = tl.exp(z - lse) * p_coef - uniform - tl.where(cols == label, scale * (1.0 - label_smoothing), 0.0)
                 if HAS_SOFTCAP:
                     t = z / softcap
                     g = g * (1.0 - t * t)
-                tl.store(ptr + cols, g.to(LOGITS.dtype.element_ty), mask=mask)
+                tl.store(ptr + cols, g.to(LOGITS.dtype.element_ty), mask=in_row)
     else:
         tl.store(LOSS + row, 0.0)
         tl.store(ZLOSS + row, 0.0)
         if COMPUTE_GRAD:
             for start in range(0, n_cols, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
-                tl.store(ptr + cols, tl.zeros([BLOCK], dtype=LOGITS.dtype.element_ty), mask=cols < n_cols)
+                tl.store(ptr + cols, tl.zeros([BLOCK], dtype=LOGITS.dtype.element_ty), mask=cols < stride_row)
 
 
 @triton.jit
@@ -93,14 +100,16 @@ def _scale_cast_kernel(X, Y, SCALE, n, BLOCK: tl.constexpr):
     tl.store(Y + offs, (tl.load(X + offs, mask=mask).to(tl.float32) * scale).to(Y.dtype.element_ty), mask=mask)
 
 
-@custom_op("pytrain::scale_cast", mutates_args=())
-def scale_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def launch_scale_cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(x * scale).to(dtype)` in one pass, without an fp32 temporary; `scale` is a one-element tensor."""
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=dtype, device=x.device)
     block = 4096
     _scale_cast_kernel[(triton.cdiv(x.numel(), block),)](x, y, scale, x.numel(), BLOCK=block, num_warps=8)
     return y
+
+
+scale_cast = custom_op("pytrain::scale_cast", launch_scale_cast, mutates_args=())
 
 
 @scale_cast.register_fake
@@ -111,6 +120,14 @@ def _(x, scale, dtype):
 def default_chunk(n_tokens: int, vocab: int, dtype: torch.dtype) -> int:
     budget = CHUNK_BYTES // (vocab * torch.empty((), dtype=dtype).element_size())
     return max(1, min(n_tokens, max(MIN_CHUNK, 1 << max(budget, 1).bit_length() - 1)))
+
+
+def _logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """[rows, vocab] logits whose row stride is rounded up to ROW_ALIGN elements: rows start 16-byte
+    aligned for any vocabulary (50257 included), so the kernel's loads and stores are vectors and cuBLAS
+    gets an aligned leading dimension. The padding columns are never part of a result."""
+    stride = triton.cdiv(vocab, ROW_ALIGN) * ROW_ALIGN
+    return torch.empty((rows, stride), dtype=dtype, device=device)[:, :vocab]
 
 
 def _add_weight_grad(dw32: torch.Tensor, dlogits_t: torch.Tensor, hidden: torch.Tensor) -> None:
@@ -140,7 +157,7 @@ def _chunked(hidden, weight, labels, *, ignore_index, label_smoothing, z_loss, s
     dw32 = torch.zeros((v, h) if want_dw else (0,), dtype=torch.float32, device=dev)
     compute_grad = scale is not None and (want_dh or want_dw)
     chunk = chunk or default_chunk(n, v, hidden.dtype)
-    buffer = torch.empty((min(chunk, n), v), dtype=hidden.dtype, device=dev)
+    buffer = _logits_buffer(min(chunk, n), v, hidden.dtype, dev)
     block = triton.next_power_of_2(min(v, MAX_BLOCK))
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
@@ -165,8 +182,7 @@ def _reduce(rows: torch.Tensor, count: torch.Tensor, reduction: str) -> torch.Te
     return rows.sum() if reduction == "sum" else rows.sum() / count
 
 
-@custom_op("pytrain::linear_cross_entropy_fwd", mutates_args=())
-def lce_fwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, reduction: str,
+def launch_lce_fwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, reduction: str,
             label_smoothing: float, z_loss: float, softcap: float, want_dh: bool, want_dw: bool,
             chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, z-loss term, dHidden, fp32 dWeight); the gradients (for "mean"/"sum" only) are those
@@ -180,6 +196,9 @@ def lce_fwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ig
     return _reduce(loss_rows, count, reduction), _reduce(z_rows, count, reduction), dh, dw32
 
 
+lce_fwd = custom_op("pytrain::linear_cross_entropy_fwd", launch_lce_fwd, mutates_args=())
+
+
 @lce_fwd.register_fake
 def _(hidden, weight, labels, ignore_index, reduction, label_smoothing, z_loss, softcap, want_dh, want_dw, chunk):
     eager = reduction != "none"
@@ -189,8 +208,7 @@ def _(hidden, weight, labels, ignore_index, reduction, label_smoothing, z_loss, 
             hidden.new_empty(weight.shape if want_dw and eager else (0,), dtype=torch.float32))
 
 
-@custom_op("pytrain::linear_cross_entropy_bwd", mutates_args=())
-def lce_bwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, grad_rows: torch.Tensor,
+def launch_lce_bwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, grad_rows: torch.Tensor,
             ignore_index: int, label_smoothing: float, z_loss: float, softcap: float, want_dh: bool, want_dw: bool,
             chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of sum(grad_rows * per-row loss) for reduction "none", by recomputing the chunks."""
@@ -199,6 +217,9 @@ def lce_bwd(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, gr
         softcap=softcap, scale=grad_rows.to(torch.float32).contiguous(), want_dh=want_dh, want_dw=want_dw,
         chunk=chunk)
     return dh, dw32.to(weight.dtype)
+
+
+lce_bwd = custom_op("pytrain::linear_cross_entropy_bwd", launch_lce_bwd, mutates_args=())
 
 
 @lce_bwd.register_fake

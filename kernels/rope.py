@@ -44,10 +44,14 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, POS, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h
         pos = tl.load(POS + tok)
     else:
         pos = s
-    pos = tl.minimum(tl.maximum(pos, 0), table_len - 1)  # a caller's out-of-range position reads no stray memory
+    # an out-of-range position reads no stray memory and turns the token's outputs into NaN, which the
+    # trainer's one host sync per step stops on (PYTRAIN_CHECK_INPUTS=1 names the position)
+    in_range = (pos >= 0) & (pos < table_len)
+    pos = tl.minimum(tl.maximum(pos, 0), table_len - 1)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HALF
-    cos = tl.load(COS + pos * HALF + d, mask=dmask, other=1.0)[None, :]
+    cos = tl.load(COS + pos * HALF + d, mask=dmask, other=1.0)
+    cos = tl.where(in_range, cos, float("nan"))[None, :]
     sin = tl.load(SIN + pos * HALF + d, mask=dmask, other=0.0)[None, :]
     if INVERSE:
         sin = -sin
@@ -61,8 +65,7 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-@custom_op("pytrain::rope", mutates_args=())
-def rope_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def launch_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             position_ids: torch.Tensor | None, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [B, S, Hq, D] and k [B, S, Hk, D] by the angles of cos/sin [table_len, D/2] (fp32)."""
     q, k = _unit_last(q), _unit_last(k)
@@ -79,6 +82,9 @@ def rope_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         seq, cos.shape[0], n_qh, n_kh, HAS_POS=position_ids is not None, INVERSE=inverse, HALF=half,
         BLOCK_D=triton.next_power_of_2(half), BLOCK_QH=block_qh, BLOCK_KH=block_kh, num_warps=warps)
     return qo, ko
+
+
+rope_op = custom_op("pytrain::rope", launch_rope, mutates_args=())
 
 
 @rope_op.register_fake

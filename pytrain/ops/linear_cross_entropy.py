@@ -5,8 +5,10 @@ set), lse = logsumexp(z), label y and smoothing eps over V classes:
 
     loss = (1 - eps) * (lse - z_y) + eps * (lse - mean(z)) + z_loss * lse**2
 
-Rows whose label is `ignore_index` contribute 0 and no gradient. "mean" divides by the number of
-non-ignored labels (0 when there are none, not NaN); the count stays on the device (no host sync).
+Rows whose label is `ignore_index` contribute 0 and no gradient; any other label must be in [0, V)
+(the kernel makes the loss NaN otherwise; `set_checks(True)` / PYTRAIN_CHECK_INPUTS=1 names the
+label). "mean" divides by the number of non-ignored labels (0 when there are none, not NaN); the
+count stays on the device (no host sync).
 The matmul runs in hidden's dtype (a weight of another dtype, e.g. fp32 master weights under
 autocast, is cast for it; its gradient comes back in its own dtype). Losses are fp32 (fp64 for fp64
 inputs).
@@ -18,6 +20,7 @@ import torch
 
 from pytrain.errors import PytrainError
 from pytrain.ops._backend import use_triton
+from pytrain.ops._checks import check_range
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -50,6 +53,12 @@ def _check(hidden, weight, labels, reduction, label_smoothing, softcap) -> None:
         raise PytrainError(f"softcap must be positive, got {softcap}")
 
 
+def _check_labels(labels, weight, ignore_index) -> None:
+    check_range(labels, weight.shape[0], "linear_cross_entropy: label",
+                "token ids must be below the model's vocab_size (pytrain verify checks packed data)",
+                allowed=ignore_index)
+
+
 def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
     """Reduce per-row values (0 on ignored rows); "mean" over the non-ignored count, on the device."""
     if reduction == "none":
@@ -62,6 +71,7 @@ def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=-100,
                                    label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False):
     """Pure-PyTorch version (materialises the logits); same contract as `linear_cross_entropy`."""
     _check(hidden, weight, labels, reduction, label_smoothing, softcap)
+    _check_labels(labels, weight, ignore_index)
     logits = (hidden @ weight.to(hidden.dtype).T).to(torch.promote_types(hidden.dtype, torch.float32))
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
@@ -94,6 +104,7 @@ def linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, reduction
             hidden, weight, labels, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, return_z_loss=return_z_loss)
     _check(hidden, weight, labels, reduction, label_smoothing, softcap)
+    _check_labels(labels, weight, ignore_index)
     from pytrain.kernels.linear_cross_entropy import linear_cross_entropy as lce_triton
 
     loss, z_term = lce_triton(hidden, weight, labels, ignore_index=ignore_index, reduction=reduction,

@@ -11,6 +11,7 @@ import torch
 
 from pytrain.errors import PytrainError
 from pytrain.ops._backend import use_triton
+from pytrain.ops._checks import check_range
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _MAX_TABLES = 16
@@ -46,6 +47,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, position_ids) -> None:
                            f"got {list(position_ids.shape)}")
 
 
+def _check_positions(position_ids, table_len: int) -> None:
+    if position_ids is not None:
+        check_range(position_ids, table_len, "apply_rope: position",
+                    "pass max_position when positions can reach the sequence length or beyond")
+
+
 def _tables_for(q, theta, max_position):
     seq, head_dim = q.shape[1], q.shape[3]
     return rope_table(max(seq, max_position or 0), head_dim, theta, q.device)
@@ -60,6 +67,7 @@ def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position
     """Pure-PyTorch RoPE (the CPU path and the kernels' reference); same contract as `apply_rope`."""
     _check(q, k, position_ids)
     cos, sin = _tables_for(q, theta, max_position)
+    _check_positions(position_ids, cos.shape[0])
     if position_ids is None:
         cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
     else:
@@ -75,7 +83,8 @@ def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, bac
     counts may differ (GQA). `position_ids` [batch, seq] int64 gives each token's position (packed
     sequences restart at 0); None means `arange(seq)`. Positions must be < max(seq, max_position):
     pass `max_position` when they can exceed the sequence length (decoding with a KV cache).
-    Returns `(q_rot, k_rot)`; the inputs are not modified. The backward is the inverse rotation.
+    Returns `(q_rot, k_rot)`; the inputs are not modified. The backward is the inverse rotation. The
+    kernel turns a token with an out-of-range position into NaN; `set_checks(True)` names the position.
     """
     if not use_triton(q, backend):
         return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position)
@@ -83,4 +92,5 @@ def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, bac
     from pytrain.kernels.rope import rope as rope_triton
 
     cos, sin = _tables_for(q, theta, max_position)
+    _check_positions(position_ids, cos.shape[0])
     return rope_triton(q, k, cos, sin, position_ids)

@@ -310,7 +310,8 @@ class _Run:
                 latest = ckpt.latest_checkpoint(self.ckpt_root)
                 kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint had been saved yet"
                 raise PytrainError(f"non-finite {name} ({value}) at step {step}: stopping without applying the "
-                                   f"update; {kept}")
+                                   f"update; {kept} (PYTRAIN_CHECK_INPUTS=1 names an out-of-range label or "
+                                   "position, if that is the cause)")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, tokens
