@@ -47,6 +47,11 @@ class ModelSection:
     attention_bias: bool | None = None
     tie_word_embeddings: bool | None = None
     initializer_range: float | None = None
+    rope_type: str | None = None
+    rope_factor: float | None = None
+    rope_low_freq_factor: float | None = None
+    rope_high_freq_factor: float | None = None
+    rope_original_max_position_embeddings: int | None = None
 
 
 @dataclass
@@ -344,7 +349,7 @@ def resolve_model(section: ModelSection, data_vocab_size: int) -> ModelConfig:
 
     chosen = {k: v for k, v in asdict(section).items() if k not in ("preset", "init_from") and v is not None}
     if section.init_from:
-        from pytrain.export import hf_model_config
+        from pytrain.model.hf import hf_model_config
 
         base = hf_model_config(section.init_from)
         for key in SHAPE_FIELDS:

@@ -14,9 +14,10 @@ from _train_fixtures import base_config, base_run, losses, packed_data, train  #
 from pytrain.cli import main
 from pytrain.config import ModelSection, resolve_model
 from pytrain.errors import PytrainError
-from pytrain.export import HFWeights, export_model, hf_model_config, parse_size
+from pytrain.export import export_model, parse_size
 from pytrain.generate import generate_tokens
 from pytrain.model import Llama, preset
+from pytrain.model.hf import HFWeights, hf_model_config
 from pytrain.train import load_model_for_inference
 
 transformers = pytest.importorskip("transformers")
@@ -121,8 +122,8 @@ def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
 
     with pytest.raises(PytrainError, match="model_type is 'gpt2'"):
         hf_model_config(edited("gpt2", model_type="gpt2"))
-    with pytest.raises(PytrainError, match="RoPE scaling 'llama3' is not supported"):
-        hf_model_config(edited("llama3", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}))
+    with pytest.raises(PytrainError, match="rope_parameters.rope_type 'yarn' is not supported"):
+        hf_model_config(edited("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}))
     with pytest.raises(PytrainError, match="hidden_act='gelu' is not supported"):
         hf_model_config(edited("gelu", hidden_act="gelu"))
     wider = edited("wider", hidden_size=128, head_dim=32)

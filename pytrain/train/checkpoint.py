@@ -180,7 +180,8 @@ def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None
     if not config_path.is_file():
         raise PytrainError(f"{run_dir}: not a run directory (no config.yaml)")
     section = load_config(config_path).model
-    model_config = ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from")})
+    fields = {k: v for k, v in vars(section).items() if k not in ("preset", "init_from") and v is not None}
+    model_config = ModelConfig(**fields)  # fields a run of an older pytrain did not record keep their defaults
     path = find_checkpoint(run_dir, step)
     with torch.device("meta"):
         model = Llama(model_config)
