@@ -168,11 +168,12 @@ def test_block_sparse_path_allocates_nothing_of_size_seq_squared():
     def dense():
         return attention(q, k, v, document_causal_mask(segments))
 
-    block_sparse()  # compile outside the measurement
-    sparse_bytes, dense_bytes = _largest_allocation(block_sparse), _largest_allocation(dense)
-    assert dense_bytes >= seq * seq, dense_bytes  # the probe sees the dense mask
-    assert sparse_bytes <= 4 * seq * 2 * 16, sparse_bytes  # at most the output's size: 4 bytes x heads x seq x dim
-    torch.testing.assert_close(block_sparse(), dense(), atol=1e-5, rtol=1e-5)
+    block_sparse()  # compile outside the measurement; each later call builds a new mask: no recompilation
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        sparse_bytes, dense_bytes = _largest_allocation(block_sparse), _largest_allocation(dense)
+        assert dense_bytes >= seq * seq, dense_bytes  # the probe sees the dense mask
+        assert sparse_bytes <= 4 * seq * 2 * 16, sparse_bytes  # at most the output: 4 bytes x heads x seq x dim
+        torch.testing.assert_close(block_sparse(), dense(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not CUDA, reason="FlexAttention's backward runs on CUDA only")
