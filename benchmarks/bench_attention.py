@@ -41,12 +41,10 @@ def forward_fn(provider: str, q, k, v, segments):
     if provider == "dense-document":
         return lambda: attention(q, k, v, document_causal_mask(segments))
 
-    def causal():
-        if q.is_cuda:
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-                return attention(q, k, v)
-        return attention(q, k, v)
-    return causal
+    def flash():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            return attention(q, k, v)
+    return flash if q.is_cuda else (lambda: attention(q, k, v))
 
 
 def median_ms(fn, device: torch.device, reps: int) -> float:
@@ -103,12 +101,17 @@ def bench_shape(shape: dict, device: torch.device, dtype: torch.dtype, reps: int
     constants = [t.detach() for t in (q, k, v)]  # for forward-only timing (FlexAttention refuses CPU tensors
     with torch.no_grad():                       # that require grad, even under no_grad)
         reference = attention(*constants, document_causal_mask(segments)).float()
-        error = (attention(*constants, block_mask).float() - reference).abs().max().item()
-    flop = useful_tflop(segments.cpu(), h, d)
+        max_error = (attention(*constants, block_mask).float() - reference).abs().max().item()
+    tflop = useful_tflop(segments.cpu(), h, d)
     records = []
     for provider in PROVIDERS:
         forward = forward_fn(provider, q, k, v, segments)
         backward_ok = device.type == "cuda" or provider != "flex-document"
+        try:
+            (forward if backward_ok else forward_fn(provider, *constants, segments))()
+        except RuntimeError as failure:  # e.g. no flash kernel for this GPU or dtype: say so, time the others
+            records.append({"shape": label, **shape, "provider": provider, "error": str(failure).splitlines()[0]})
+            continue
 
         def full():
             torch.autograd.grad(forward(), (q, k, v), grad_out)
@@ -119,9 +122,9 @@ def bench_shape(shape: dict, device: torch.device, dtype: torch.dtype, reps: int
         record = {"shape": label, **shape, "provider": provider, "fwd_ms": fwd_ms, "fwd_bwd_ms": full_ms,
                   "peak_mib": peak_extra_mib(full, device) if backward_ok else None}
         if provider == "flex-document":
-            record.update(max_abs_error_vs_dense=error,
+            record.update(max_abs_error_vs_dense=max_error,
                           tiles_computed_fraction=float(tiles) / (b * n_tiles * (n_tiles + 1) / 2),
-                          useful_tflops_fwd=flop / (fwd_ms / 1e3))
+                          useful_tflops_fwd=tflop / (fwd_ms / 1e3))
         records.append(record)
     return records
 
@@ -141,6 +144,8 @@ HEADER = f"{'shape':<36} {'provider':<15} {'fwd ms':>9} {'fwd+bwd ms':>11} {'pea
 
 
 def row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['shape']:<36} {r['provider']:<15} failed: {r['error'][:100]}"
     notes = ""
     if r["provider"] == "flex-document":
         notes = (f"tiles {r['tiles_computed_fraction']:.1%} of causal, err {r['max_abs_error_vs_dense']:.1e}, "
