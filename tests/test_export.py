@@ -145,3 +145,15 @@ def test_export_refuses_to_overwrite(base_run, exported, capsys):
     assert main(["export", "--run", str(base_run), "--out", str(exported.parent / "x"), "--max-shard-size", "?"]) == 2
     assert "expected a size like 5GB or 200MB" in capsys.readouterr().err
     assert [parse_size(s) for s in ("5GB", "200mb", "1.5 KB", "1000")] == [5 * 10**9, 200 * 10**6, 1500, 1000]
+
+
+def test_a_run_recorded_before_rope_scaling_still_loads(base_run, tmp_path):
+    """config.yaml of a run from before the rope_* model fields: they take their defaults (plain RoPE)."""
+    old = tmp_path / "old"
+    shutil.copytree(base_run, old)
+    lines = (old / "config.yaml").read_text().splitlines(keepends=True)
+    (old / "config.yaml").write_text("".join(line for line in lines if not line.strip().startswith("rope_")
+                                             or line.strip().startswith("rope_theta")))
+    assert "rope_type" not in (old / "config.yaml").read_text()
+    model, config, _ = load_model_for_inference(old)
+    assert config.rope_type == "default" and config == load_model_for_inference(base_run)[1]

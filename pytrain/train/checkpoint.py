@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text
+from pytrain.model.config import ModelConfig
 from pytrain.train.distributed import Distributed, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -150,7 +152,8 @@ def read_train_state(path: Path) -> dict:
 def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:
     """Restore model, optimizer and (when the rank exists in the checkpoint) RNG; return the train state."""
     state = read_train_state(path)
-    saved = state["model_config"]
+    defaults = {f.name: f.default for f in fields(ModelConfig)}  # for fields an older pytrain did not save
+    saved = {**defaults, **state["model_config"]}
     if saved != model_config:
         changed = ", ".join(f"{k}: {saved.get(k)} -> {model_config.get(k)}"
                             for k in sorted(set(saved) | set(model_config)) if saved.get(k) != model_config.get(k))
@@ -173,15 +176,15 @@ def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None
     reassembles the full weights from however many shards were written.
     """
     from pytrain.config import load_config
-    from pytrain.model import Llama, ModelConfig
+    from pytrain.model import Llama
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise PytrainError(f"{run_dir}: not a run directory (no config.yaml)")
     section = load_config(config_path).model
-    fields = {k: v for k, v in vars(section).items() if k not in ("preset", "init_from") and v is not None}
-    model_config = ModelConfig(**fields)  # fields a run of an older pytrain did not record keep their defaults
+    recorded = {k: v for k, v in vars(section).items() if k not in ("preset", "init_from") and v is not None}
+    model_config = ModelConfig(**recorded)  # fields a run of an older pytrain did not record keep their defaults
     path = find_checkpoint(run_dir, step)
     with torch.device("meta"):
         model = Llama(model_config)
