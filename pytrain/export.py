@@ -1,4 +1,4 @@
-"""Hugging Face interop: export a run as a `LlamaForCausalLM` folder, and read one back (`model.init_from`).
+"""`pytrain export`: a run's checkpoint as a Hugging Face `LlamaForCausalLM` folder.
 
     HF_DIR/config.json                  LlamaConfig (model_type llama, architectures LlamaForCausalLM)
     HF_DIR/model.safetensors            the weights, or model-0000i-of-0000n.safetensors shards plus
@@ -6,37 +6,22 @@
     HF_DIR/tokenizer.json               the run's tokenizer, with tokenizer_config.json
     HF_DIR/generation_config.json       BOS/EOS/pad ids
 
-pytrain's parameter names are Hugging Face's without the `model.` prefix, so the mapping is a rename in
-both directions and tensors are copied bit for bit: export -> import -> export gives identical files.
-A tied LM head is stored once, as `model.embed_tokens.weight`, as `save_pretrained` does.
-Only plain RoPE is supported: a folder with RoPE scaling (Llama 3.1+ "llama3", YaRN, ...) is refused.
-This module is torch-free at import (the run config reads `hf_model_config` before torch is loaded).
+The format itself (config mapping, RoPE scaling, weight names, reading folders back) is
+pytrain.model.hf; this module writes the folder: export -> import -> export gives identical files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 from pytrain.errors import PytrainError
 from pytrain.model.config import ModelConfig
+from pytrain.model.hf import CONFIG, DTYPE_NAMES, WEIGHTS, WEIGHTS_INDEX, hf_config, hf_tensors
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 5 * 10**9  # save_pretrained's classic default
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# config.json keys whose other values pytrain's Llama cannot reproduce -> the accepted values (first: ours)
-_REQUIRED = {"mlp_bias": (False, None), "hidden_act": ("silu", None), "pretraining_tp": (1, None)}
-
-
-# ----------------------------------------------------------------------------- names
-def hf_name(name: str) -> str:
-    """pytrain parameter name -> Hugging Face LlamaForCausalLM tensor name."""
-    return name if name == "lm_head.weight" else f"model.{name}"
 
 
 def parse_size(text: str) -> int:
@@ -48,36 +33,6 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-# ----------------------------------------------------------------------------- export
-def hf_config(model_config: ModelConfig, *, bos_id: int | None, eos_id: int | None, dtype: str = "fp32") -> dict:
-    """config.json for `model_config` (readable by transformers 4.x and 5.x: RoPE theta in both spellings)."""
-    mc = model_config
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": mc.vocab_size,
-        "hidden_size": mc.hidden_size,
-        "intermediate_size": mc.intermediate_size,
-        "num_hidden_layers": mc.num_hidden_layers,
-        "num_attention_heads": mc.num_attention_heads,
-        "num_key_value_heads": mc.num_key_value_heads,
-        "head_dim": mc.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": mc.max_position_embeddings,
-        "rms_norm_eps": mc.rms_norm_eps,
-        "rope_theta": mc.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": mc.rope_theta},
-        "rope_scaling": None,
-        "attention_bias": mc.attention_bias,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "tie_word_embeddings": mc.tie_word_embeddings,
-        "initializer_range": mc.initializer_range,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": _DTYPES[dtype],
-        "use_cache": True,
-    }
 
 
 def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype: str = "fp32",
@@ -86,15 +41,15 @@ def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype
     from pytrain.data.tokenizer import BOS_CANDIDATES, EOS_CANDIDATES, load_tokenizer, special_token_id
     from pytrain.fsutil import atomic_directory
 
-    if dtype not in _DTYPES:
-        raise PytrainError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPE_NAMES:
+        raise PytrainError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     if max_shard_bytes <= 0:
         raise PytrainError(f"--max-shard-size must be positive, got {max_shard_bytes} bytes")
     tokenizer = load_tokenizer(tokenizer_path)
     eos_id = special_token_id(tokenizer, None, EOS_CANDIDATES, "EOS", tokenizer_path)
     bos_id = special_token_id(tokenizer, None, BOS_CANDIDATES, "BOS", tokenizer_path)
     pad_id = tokenizer.token_to_id("<pad>")
-    tensors = _hf_tensors(model, dtype)
+    tensors = hf_tensors(model, dtype)
     with atomic_directory(out, overwrite=overwrite, command="export", inputs=[tokenizer_path]) as tmp:
         _write_safetensors(tensors, tmp, max_shard_bytes)
         config = hf_config(model_config, bos_id=bos_id, eos_id=eos_id, dtype=dtype)
@@ -121,15 +76,6 @@ def export_run(run_dir, out, *, step: int | None = None, **options) -> Path:
     run = RunDir(run_dir)
     model, model_config = run.load_model(step)
     return export_model(model, model_config, run.tokenizer_file, out, **options)
-
-
-def _hf_tensors(model, dtype: str) -> dict:
-    """HF name -> contiguous tensor in `dtype`; named_parameters lists a tied LM head once (as the embedding)."""
-    import torch
-
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return {hf_name(name): param.detach().to("cpu", torch_dtype).contiguous()
-            for name, param in model.named_parameters()}
 
 
 def _write_safetensors(tensors: dict, folder: Path, max_shard_bytes: int) -> None:
@@ -159,107 +105,3 @@ def _write_safetensors(tensors: dict, folder: Path, max_shard_bytes: int) -> Non
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------- import
-def hf_model_config(folder: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig of a Hugging Face Llama folder, or a one-line error naming what does not fit."""
-    folder = Path(folder)
-    path = folder / CONFIG
-    if not folder.is_dir():
-        raise PytrainError(f"model.init_from: {folder}: no such folder (expected a Hugging Face Llama folder "
-                           "with config.json and model.safetensors, e.g. from `pytrain export`)")
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PytrainError(f"model.init_from: {path}: missing; not a Hugging Face model folder") from None
-    except json.JSONDecodeError as error:
-        raise PytrainError(f"model.init_from: {path}: invalid JSON ({error})") from None
-    if config.get("model_type") != "llama":
-        raise PytrainError(f"{path}: model_type is {config.get('model_type')!r}; pytrain trains Llama models "
-                           "(model_type llama, LlamaForCausalLM)")
-    for key, allowed in _REQUIRED.items():
-        if config.get(key, allowed[0]) not in allowed:
-            raise PytrainError(f"{path}: {key}={config[key]!r} is not supported by pytrain's Llama "
-                               f"(needs {allowed[0]!r})")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise PytrainError(f"{path}: RoPE scaling {rope_type!r} is not supported by pytrain (plain RoPE only)")
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    try:
-        heads = config["num_attention_heads"]
-        model_config = ModelConfig(
-            vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"], num_hidden_layers=config["num_hidden_layers"],
-            num_attention_heads=heads, num_key_value_heads=config.get("num_key_value_heads") or heads,
-            max_position_embeddings=config["max_position_embeddings"], rms_norm_eps=config["rms_norm_eps"],
-            rope_theta=float(theta), attention_bias=bool(config.get("attention_bias", False)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            initializer_range=config.get("initializer_range", 0.02),
-        )
-    except KeyError as error:
-        raise PytrainError(f"{path}: missing key {error.args[0]!r}") from None
-    except PytrainError as error:
-        raise PytrainError(f"{path}: {error}") from None
-    if config.get("head_dim", model_config.head_dim) != model_config.head_dim:
-        raise PytrainError(f"{path}: head_dim={config['head_dim']} differs from hidden_size / num_attention_heads "
-                           f"= {model_config.head_dim}; pytrain's Llama needs them equal")
-    return model_config
-
-
-class HFWeights:
-    """The tensors of a Hugging Face Llama folder, read one at a time by pytrain parameter name.
-
-    Files are memory-mapped (safetensors), so loading a model holds one full tensor at a time however
-    large the checkpoint. Every expected tensor is checked for presence up front and for shape on read.
-    """
-
-    def __init__(self, folder: str | os.PathLike, model_config: ModelConfig):
-        from safetensors import safe_open
-
-        self.folder = Path(folder)
-        index = self.folder / WEIGHTS_INDEX
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        elif (self.folder / WEIGHTS).is_file():
-            with safe_open(self.folder / WEIGHTS, "pt") as handle:
-                weight_map = dict.fromkeys(handle.keys(), WEIGHTS)
-        else:
-            raise PytrainError(f"model.init_from: {self.folder}: no {WEIGHTS} or {WEIGHTS_INDEX} (only safetensors "
-                               "weights are read)")
-        self._files = {name: self.folder / file for name, file in weight_map.items()}
-        self._handles: dict[Path, object] = {}
-        self._safe_open = safe_open
-        self.shapes = _parameter_shapes(model_config)
-        missing = [hf_name(n) for n in self.shapes if hf_name(n) not in self._files]
-        if missing:
-            raise PytrainError(f"model.init_from: {self.folder}: missing tensor {missing[0]}"
-                               f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
-        known = {hf_name(n) for n in self.shapes} | {"lm_head.weight"}
-        unknown = sorted(n for n in self._files if n not in known and not n.endswith("rotary_emb.inv_freq"))
-        if unknown:
-            raise PytrainError(f"model.init_from: {self.folder}: unexpected tensor {unknown[0]}: not part of the "
-                               "Llama that config.json describes")
-
-    def __call__(self, name: str):
-        """The tensor for pytrain parameter `name` (CPU, as stored)."""
-        key = hf_name(name)
-        file = self._files[key]
-        if file not in self._handles:
-            self._handles[file] = self._safe_open(file, "pt")
-        tensor = self._handles[file].get_tensor(key)
-        if tuple(tensor.shape) != self.shapes[name]:
-            raise PytrainError(f"model.init_from: {file}: {key} has shape {list(tensor.shape)}, config.json implies "
-                               f"{list(self.shapes[name])}")
-        return tensor
-
-
-def _parameter_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """pytrain parameter name -> shape (a tied LM head is not listed: it is the embedding)."""
-    import torch
-
-    from pytrain.model import Llama
-
-    with torch.device("meta"):
-        return {name: tuple(param.shape) for name, param in Llama(model_config).named_parameters()}

@@ -15,9 +15,10 @@ from pytrain.cli import main
 from pytrain.config import ModelSection
 from pytrain.train.resolve import resolve_model
 from pytrain.errors import PytrainError
-from pytrain.export import HFWeights, export_model, hf_model_config, parse_size
+from pytrain.export import export_model, parse_size
 from pytrain.generate import generate_tokens
 from pytrain.model import Llama, preset
+from pytrain.model.hf import HFWeights, hf_model_config
 from pytrain.train import load_model_for_inference
 
 transformers = pytest.importorskip("transformers")
@@ -122,8 +123,8 @@ def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
 
     with pytest.raises(PytrainError, match="model_type is 'gpt2'"):
         hf_model_config(edited("gpt2", model_type="gpt2"))
-    with pytest.raises(PytrainError, match="RoPE scaling 'llama3' is not supported"):
-        hf_model_config(edited("llama3", rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}))
+    with pytest.raises(PytrainError, match="rope_parameters.rope_type 'yarn' is not supported"):
+        hf_model_config(edited("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}))
     with pytest.raises(PytrainError, match="hidden_act='gelu' is not supported"):
         hf_model_config(edited("gelu", hidden_act="gelu"))
     wider = edited("wider", hidden_size=128, head_dim=32)
@@ -145,3 +146,15 @@ def test_export_refuses_to_overwrite(base_run, exported, capsys):
     assert main(["export", "--run", str(base_run), "--out", str(exported.parent / "x"), "--max-shard-size", "?"]) == 2
     assert "expected a size like 5GB or 200MB" in capsys.readouterr().err
     assert [parse_size(s) for s in ("5GB", "200mb", "1.5 KB", "1000")] == [5 * 10**9, 200 * 10**6, 1500, 1000]
+
+
+def test_a_run_recorded_before_rope_scaling_still_loads(base_run, tmp_path):
+    """config.yaml of a run from before the rope_* model fields: they take their defaults (plain RoPE)."""
+    old = tmp_path / "old"
+    shutil.copytree(base_run, old)
+    lines = (old / "config.yaml").read_text().splitlines(keepends=True)
+    (old / "config.yaml").write_text("".join(line for line in lines if not line.strip().startswith("rope_")
+                                             or line.strip().startswith("rope_theta")))
+    assert "rope_type" not in (old / "config.yaml").read_text()
+    model, config, _ = load_model_for_inference(old)
+    assert config.rope_type == "default" and config == load_model_for_inference(base_run)[1]

@@ -122,6 +122,8 @@ def test_model_config_uses_hf_field_names():
     from dataclasses import fields
 
     names = {f.name for f in fields(ModelConfig)}
+    scaling = {"rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
     assert names == {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                     "attention_bias", "tie_word_embeddings", "initializer_range"}
+                     "attention_bias", "tie_word_embeddings", "initializer_range",
+                     *(key if key.startswith("rope_") else f"rope_{key}" for key in scaling)}

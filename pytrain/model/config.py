@@ -1,6 +1,11 @@
 """The model's hyper-parameters, named as in Hugging Face's `LlamaConfig`, and the size presets.
 
-Kept free of torch so that the run configuration can be parsed and checked without importing it.
+RoPE scaling (Hugging Face's `rope_scaling` / `rope_parameters` dict) is flattened into `rope_type` and
+`rope_`-prefixed fields, so a run config sets them like any other field: rope_type "default" (plain
+RoPE), "linear" (positions divided by rope_factor) or "llama3" (Llama 3.1+: low frequencies divided by
+rope_factor, high ones kept, a smooth band between, from rope_low_freq_factor, rope_high_freq_factor and
+rope_original_max_position_embeddings). Kept free of torch so that the run configuration can be parsed
+and checked without importing it.
 """
 
 from __future__ import annotations
@@ -8,6 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from pytrain.errors import PytrainError, did_you_mean
+
+
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,11 @@ class ModelConfig:
     attention_bias: bool = False
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -39,6 +52,35 @@ class ModelConfig:
         if self.head_dim % 2:
             raise PytrainError(f"head dimension hidden_size / num_attention_heads = {self.head_dim} must be even "
                                "(rotary embeddings rotate pairs)")
+        self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            hint = did_you_mean(self.rope_type, ROPE_TYPES)
+            raise PytrainError(f'model.rope_type "{self.rope_type}" is not supported{hint}; '
+                               f"choose one of {', '.join(ROPE_TYPES)}")
+        if self.rope_type == "default" and self.rope_factor != 1.0:
+            raise PytrainError(f"model.rope_factor={self.rope_factor} needs model.rope_type linear or llama3 "
+                               "(plain RoPE has no factor)")
+        if self.rope_type == "llama3":
+            original = self.rope_original_max_position_embeddings
+            if original is None or original <= 0:
+                raise PytrainError("model.rope_type llama3 needs model.rope_original_max_position_embeddings > 0 "
+                                   f"(got {original})")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise PytrainError(f"model.rope_low_freq_factor ({self.rope_low_freq_factor}) must be positive and "
+                                   f"below model.rope_high_freq_factor ({self.rope_high_freq_factor})")
+
+    @property
+    def rope_scaling(self) -> dict | None:
+        """The RoPE scaling as Hugging Face writes it (`rope_scaling`), or None for plain RoPE."""
+        if self.rope_type == "default":
+            return None
+        scaling = {"rope_type": self.rope_type, "factor": self.rope_factor}
+        if self.rope_type == "llama3":
+            scaling.update(low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+                           original_max_position_embeddings=self.rope_original_max_position_embeddings)
+        return scaling
 
     @property
     def head_dim(self) -> int:

@@ -1,6 +1,6 @@
 """A Llama-style decoder in plain PyTorch.
 
-embedding -> N x [RMSNorm -> attention (RoPE, grouped KV heads, SDPA) -> + -> RMSNorm -> SwiGLU MLP -> +]
+embedding -> N x [RMSNorm -> attention (RoPE, grouped KV heads) -> + -> RMSNorm -> SwiGLU MLP -> +]
 -> RMSNorm -> LM head. Parameter names follow Hugging Face's `LlamaForCausalLM` without its `model.`
 prefix (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head), so export is a rename.
 
@@ -33,14 +33,6 @@ class RMSNorm(nn.Module):
     def forward(self, x, residual=None):
         """norm(x), or with `residual` the pair (norm(x + residual), x + residual) in one fused pass."""
         return ops.rms_norm(x, self.weight, self.eps, residual=residual)
-
-
-def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean mask [batch, 1, seq, seq]: token i sees token j iff j <= i and both are in the same document."""
-    seq = segment_ids.shape[1]
-    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
-    return (same_doc & causal).unsqueeze(1)
 
 
 class KVCache:
@@ -78,7 +70,7 @@ class Attention(nn.Module):
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.rope_theta = config.rope_theta
+        self.rope_theta, self.rope_scaling = config.rope_theta, config.rope_scaling
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
@@ -90,21 +82,12 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta,
+        q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta, scaling=self.rope_scaling,
                               max_position=None if cache is None else cache.max_len)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-        if mask is None:
-            # Flash attention handles grouped KV heads itself (enable_gqa): no copy of k and v.
-            # Causal when queries and keys are the same tokens; one new token against a cache sees all keys.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] == k.shape[2],
-                                                 enable_gqa=self.n_kv_heads != self.n_heads)
-        else:
-            # An explicit mask selects the memory-efficient kernel, which needs k and v per query head.
-            groups = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = ops.attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -156,7 +139,8 @@ class Llama(nn.Module):
         (their positions start at cache.length); updated in place.
         """
         x = self.embed_tokens(input_ids)
-        mask = None if segment_ids is None else document_causal_mask(segment_ids)
+        # Built once per batch, shared by every layer: block-sparse FlexAttention on CUDA (pytrain.ops.attention).
+        mask = None if segment_ids is None else ops.document_mask(segment_ids)
         if cache is not None:
             if segment_ids is not None:
                 raise ValueError("a KV cache decodes one document: segment_ids are not supported with it")

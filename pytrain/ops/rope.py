@@ -2,10 +2,15 @@
 
 For each head vector split into halves (x1, x2) and angles a = pos * theta**(-2i/head_dim):
 `rot(x) = (x1*cos a - x2*sin a, x2*cos a + x1*sin a)`, computed in fp32 and cast back to x's dtype.
-The cos/sin tables are computed once per (length, head_dim, theta, device) and cached.
+`scaling` (Hugging Face's `rope_scaling` dict) changes the frequencies: "linear" divides them all by
+`factor`; "llama3" divides the low ones (wavelength above original_max_position_embeddings /
+low_freq_factor) by `factor`, keeps the high ones (below ... / high_freq_factor) and interpolates between.
+The cos/sin tables are computed once per (length, head_dim, theta, scaling, device) and cached.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -17,21 +22,39 @@ _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _MAX_TABLES = 16
 
 
-def _make_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
+    """The fp64 inverse frequencies [head_dim // 2] of plain or scaled RoPE (the module docstring's rules)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+    rope_type = (scaling or {}).get("rope_type", "default")
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / scaling["factor"]
+    if rope_type != "llama3":
+        raise PytrainError(f"RoPE scaling {rope_type!r} is not supported (default, linear, llama3)")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # 0: low band, 1: high band
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def _make_table(length: int, head_dim: int, theta: float, device, scaling=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = rope_frequencies(head_dim, theta, scaling, device)
     angles = torch.arange(length, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
     return angles.cos().float().contiguous(), angles.sin().float().contiguous()
 
 
-def rope_table(length: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(length: int, head_dim: int, theta: float, device,
+               scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 (cos, sin), each [length, head_dim // 2], angles computed in fp64; cached per key."""
     if torch.compiler.is_compiling():  # let the compiler see (and fold) the computation
-        return _make_table(length, head_dim, theta, device)
-    key = (length, head_dim, float(theta), torch.device(device))
+        return _make_table(length, head_dim, theta, device, scaling)
+    key = (length, head_dim, float(theta), tuple(sorted((scaling or {}).items())), torch.device(device))
     if key not in _TABLES:
         if len(_TABLES) >= _MAX_TABLES:
             _TABLES.pop(next(iter(_TABLES)))
-        _TABLES[key] = _make_table(length, head_dim, theta, device)
+        _TABLES[key] = _make_table(length, head_dim, theta, device, scaling)
     return _TABLES[key]
 
 
@@ -53,9 +76,9 @@ def _check_positions(position_ids, table_len: int) -> None:
                     "pass max_position when positions can reach the sequence length or beyond")
 
 
-def _tables_for(q, theta, max_position):
+def _tables_for(q, theta, max_position, scaling):
     seq, head_dim = q.shape[1], q.shape[3]
-    return rope_table(max(seq, max_position or 0), head_dim, theta, q.device)
+    return rope_table(max(seq, max_position or 0), head_dim, theta, q.device, scaling)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -63,10 +86,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
-def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position=None):
+def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None):
     """Pure-PyTorch RoPE (the CPU path and the kernels' reference); same contract as `apply_rope`."""
     _check(q, k, position_ids)
-    cos, sin = _tables_for(q, theta, max_position)
+    cos, sin = _tables_for(q, theta, max_position, scaling)
     _check_positions(position_ids, cos.shape[0])
     if position_ids is None:
         cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
@@ -76,21 +99,22 @@ def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
-def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, backend=None):
+def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None, backend=None):
     """Rotate q [batch, seq, n_q_heads, head_dim] and k [batch, seq, n_kv_heads, head_dim].
 
     This is the layout straight out of the projections' `.view`, before any transpose; the head
     counts may differ (GQA). `position_ids` [batch, seq] int64 gives each token's position (packed
     sequences restart at 0); None means `arange(seq)`. Positions must be < max(seq, max_position):
     pass `max_position` when they can exceed the sequence length (decoding with a KV cache).
+    `scaling`: Hugging Face's rope_scaling dict (rope_type linear or llama3), None for plain RoPE.
     Returns `(q_rot, k_rot)`; the inputs are not modified. The backward is the inverse rotation. The
     kernel turns a token with an out-of-range position into NaN; `set_checks(True)` names the position.
     """
     if not use_triton(q, backend):
-        return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position)
+        return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position, scaling=scaling)
     _check(q, k, position_ids)
     from pytrain.kernels.rope import rope as rope_triton
 
-    cos, sin = _tables_for(q, theta, max_position)
+    cos, sin = _tables_for(q, theta, max_position, scaling)
     _check_positions(position_ids, cos.shape[0])
     return rope_triton(q, k, cos, sin, position_ids)

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
+from pytrain.model.config import ModelConfig
 from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
 from pytrain.train.distributed import Distributed, all_gather_object, barrier
 
@@ -274,7 +276,8 @@ def read_train_state(path: Path) -> dict:
 
 
 def model_config_changes(saved: dict, current: dict) -> str:
-    """'' when equal, else 'key: saved -> current, ...'."""
+    """'' when equal, else 'key: saved -> current, ...'. Fields an older pytrain did not save take their defaults."""
+    saved = {**{f.name: f.default for f in fields(ModelConfig)}, **saved}
     return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}"
                      for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
 

@@ -201,7 +201,7 @@ class _Run:
         train, init_from = self.config.train, self.config.model.init_from
         weights = None
         if init_from and self.resume_from is None:  # a resumed run takes its weights from the checkpoint
-            from pytrain.export import HFWeights
+            from pytrain.model.hf import HFWeights
 
             weights = HFWeights(init_from, self.model_config)
         return build_model(self.model_config, self.d, dtype=r.dtype, reduce_dtype=train.reduce_dtype,

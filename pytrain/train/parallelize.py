@@ -116,7 +116,7 @@ def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str =
                 compile: bool = False, cpu_offload: bool = False, hsdp: bool = False,
                 hsdp_shard_size: int | None = None, seed: int = 0, initial_weights=None) -> nn.Module:
     """A `Llama` built on the meta device, parallelised, then materialised with its initial weights
-    (drawn from `seed`, or `initial_weights(name)` -> full tensor, e.g. pytrain.export.HFWeights)."""
+    (drawn from `seed`, or `initial_weights(name)` -> full tensor, e.g. pytrain.model.hf.HFWeights)."""
     from pytrain.model import Llama
 
     if cpu_offload and d.device.type != "cuda":

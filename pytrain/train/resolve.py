@@ -57,7 +57,7 @@ def resolve_model(section: ModelSection, data_vocab_size: int) -> ModelConfig:
     data's tokenizer's."""
     chosen = {k: v for k, v in asdict(section).items() if k not in ("preset", "init_from") and v is not None}
     if section.init_from:
-        from pytrain.export import hf_model_config
+        from pytrain.model.hf import hf_model_config
 
         base = hf_model_config(section.init_from)
         for key in SHAPE_FIELDS:

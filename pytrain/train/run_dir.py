@@ -122,7 +122,8 @@ class RunDir:
 
         self.require()
         section = load_config(self.config_file).model
-        return ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from")})
+        # None: a field an older pytrain did not record (it keeps ModelConfig's default)
+        return ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from") and v is not None})
 
     def checkpoint(self, step: int | None = None) -> Path:
         """The latest (or `step`'s) checkpoint, verified against its checksums."""
