@@ -127,7 +127,21 @@ def test_keep_last_k_checkpoints(base_config, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_6", "step_8"]
 
 
-def test_document_masking_trains(base_config, tmp_path):
+def _initial_loss(packed_data, seq_len: int, *, document_masking: bool) -> float:
+    """The tiny model's loss on the first training batch (8 sequences), at the seed's initial weights,
+    computed here from the dataset and the plain model: what a run's step-1 loss must be."""
+    from pytrain.data.dataset import PackedDataset
+    from pytrain.model import Llama, preset
+
+    model = Llama(preset("tiny", vocab_size=600))
+    model.init_weights(seed=0)
+    batch = PackedDataset(packed_data, seq_len, split="train", seed=0).next_batch(8)
+    extra = {"position_ids": batch["position_ids"], "segment_ids": batch["segment_ids"]} if document_masking else {}
+    with torch.no_grad():
+        return model(batch["input_ids"], batch["labels"], **extra).item()
+
+
+def test_document_masking_trains(base_config, packed_data, tmp_path):
     """Long rows (256 tokens) cross document boundaries, where masking changes attention and positions."""
     runs = {}
     for masking in ("true", "false"):
@@ -139,21 +153,62 @@ def test_document_masking_trains(base_config, tmp_path):
     assert masked != unmasked
     assert masked[1] == pytest.approx(unmasked[1], abs=0.05)  # same weights and tokens: close, not equal
     assert masked[4] < masked[1]
+    # Step 1's loss is measured before any update: the model's own loss with (and without) the batch's
+    # position_ids and segment_ids. A trainer that dropped or swapped them would miss this.
+    assert masked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=True), rel=1e-5)
+    assert unmasked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=False), rel=1e-5)
 
 
-def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_run, tmp_path):
+def _spy_on_the_model(monkeypatch, on_build=None) -> list:
+    """Patch the trainer's build_model so the test sees (and may hook) the parallelised model it trains."""
+    import pytrain.train.loop as loop
+
+    built, build = [], loop.build_model
+
+    def spying_build(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        if on_build:
+            on_build(built[-1])
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_model", spying_build)
+    return built
+
+
+def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_run, tmp_path, monkeypatch):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    calls = {0: 0, 1: 0}  # forward calls of each block's MLP: a checkpointed block runs it again in the backward
+
+    def count_calls(model):
+        for i, block in enumerate(model.layers):
+            block.mlp.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    built = _spy_on_the_model(monkeypatch, count_calls)
     run_dir = tmp_path / "checkpointed"
     train(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=2", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
     expected = losses(base_run)
+    assert sorted(losses(run_dir)) == list(range(1, 9))
     for step, loss in losses(run_dir).items():
         assert loss == pytest.approx(expected[step], rel=1e-6), step
+    (model,) = built
+    assert [isinstance(block, CheckpointWrapper) for block in model.layers] == [True, False]  # blocks 0, 2, 4, ...
+    assert calls == {0: 2 * 8, 1: 8}  # block 0 recomputed in each of the 8 backwards, block 1 not
 
 
-def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path):
+def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    built = _spy_on_the_model(monkeypatch)
+    counters.clear()
     run_dir = tmp_path / "compiled"
     train(base_config, f"train.run_dir={run_dir}", "train.compile=true", "train.steps=8", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
     expected = losses(base_run)
+    assert sorted(losses(run_dir)) == list(range(1, 9))
     for step, loss in losses(run_dir).items():
         assert loss == pytest.approx(expected[step], rel=1e-4), step
+    (model,) = built
+    assert all(block._compiled_call_impl is not None for block in model.layers)  # nn.Module.compile on each block
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture a graph (blocks share one)
