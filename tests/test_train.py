@@ -156,7 +156,9 @@ def test_document_masking_trains(base_config, packed_data, tmp_path):
     assert masked[1] == pytest.approx(unmasked[1], abs=0.05)  # same weights and tokens: close, not equal
     assert masked[4] < masked[1]
     # Step 1's loss is measured before any update: the model's own loss with (and without) the batch's
-    # position_ids and segment_ids. A trainer that dropped or swapped them would miss this.
+    # position_ids and segment_ids. A trainer that swapped them or dropped segment_ids would miss this.
+    # (Dropping only position_ids changes nothing to compute: RoPE scores depend on relative positions,
+    # and with the document mask every query-key pair lies in one document.)
     assert masked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=True), rel=1e-5)
     assert unmasked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=False), rel=1e-5)
 
