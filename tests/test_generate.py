@@ -13,7 +13,7 @@ from torch import nn
 from _train_fixtures import base_config, base_run, packed_data  # noqa: F401
 from pytrain.cli import main
 from pytrain.errors import PytrainError
-from pytrain.generate import GREEDY, Sampling, generate_tokens, next_token
+from pytrain.generate import GREEDY, Sampling, generate_tokens, next_token, prompt_ids
 from pytrain.model import Llama, preset
 from pytrain.model.llama import KVCache
 
@@ -105,11 +105,28 @@ def test_sampling_filters():
     assert len({next_token(logits, Sampling(temperature=1.0, top_k=0, top_p=1.0), g) for _ in range(500)}) == 5
 
 
+def _expected_completion(run_dir, prompt: list[int] | str, sampling=GREEDY, seed=0) -> str:
+    """What `pytrain generate` must print: the prompt, then the Python generator's tokens decoded, then a newline."""
+    from tokenizers import Tokenizer
+
+    from pytrain.train import load_model_for_inference
+
+    model, config, tokenizer_path = load_model_for_inference(run_dir)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [tokenizer.token_to_id("<|endoftext|>")]
+    new = list(generate_tokens(model, ids, max_new_tokens=12, max_len=config.max_position_embeddings,
+                               sampling=sampling, eos_id=tokenizer.token_to_id("<|endoftext|>"),
+                               generator=torch.Generator().manual_seed(seed)))
+    assert new, "the reference completion is empty: the comparison would prove nothing"
+    return prompt + tokenizer.decode(new, skip_special_tokens=True) + "\n"
+
+
 def test_generate_command(base_run, capsys):
     greedy = ["--run", str(base_run), "--max-new-tokens", "12", "--temperature", "0"]
     assert main(["generate", *greedy, "--prompt", "def "]) == 0
     out = capsys.readouterr().out
     assert out.startswith("def ") and len(out) > len("def \n")
+    assert out == _expected_completion(base_run, "def ")
     assert main(["generate", *greedy, "--prompt", "def ", "--no-cache"]) == 0
     assert capsys.readouterr().out == out
     assert main(["generate", *greedy]) == 2
@@ -119,3 +136,17 @@ def test_generate_command(base_run, capsys):
     interactive = subprocess.run([sys.executable, "-m", "pytrain", "generate", *greedy, "--interactive"],
                                  input="def \n", capture_output=True, text=True, check=True)
     assert interactive.stdout == f"> {out}> " and "Ctrl-D" in interactive.stderr  # prompt, completion, prompt, EOF
+
+
+def test_generate_command_samples_with_its_seed_and_an_empty_prompt_starts_a_document(base_run, capsys):
+    sampled = ["--run", str(base_run), "--max-new-tokens", "12", "--temperature", "0.8", "--top-k", "20",
+               "--top-p", "0.9", "--seed", "3"]
+    assert main(["generate", *sampled, "--prompt", "def "]) == 0
+    sampling = Sampling(temperature=0.8, top_k=20, top_p=0.9)
+    assert capsys.readouterr().out == _expected_completion(base_run, "def ", sampling, seed=3)
+    assert main(["generate", "--run", str(base_run), "--max-new-tokens", "12", "--temperature", "0", "--prompt", ""]) == 0
+    assert capsys.readouterr().out == _expected_completion(base_run, "")  # continues [EOS]: a new document
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(base_run / "tokenizer.json"))
+    assert prompt_ids(tokenizer, "", eos_id=0) == [0] and prompt_ids(tokenizer, "def ", eos_id=0) == tokenizer.encode("def ").ids

@@ -84,6 +84,17 @@ def test_default_chunking_odd_vocab_and_public_entry():
     assert not z.requires_grad  # for logging; the loss already carries its gradient
 
 
+@pytest.mark.parametrize("vocab", [32003, 50257, 128256])
+def test_real_vocabulary_sizes(vocab):
+    """Llama-2-with-extra-tokens, GPT-2 and Llama-3 vocabularies: odd sizes past many kernel blocks, with the
+    default block size (a few rows and a narrow hidden keep the interpreter fast)."""
+    gen = torch.Generator().manual_seed(vocab)
+    hidden = torch.randn(6, 16, generator=gen).to(DEVICE).requires_grad_()
+    weight = (0.2 * torch.randn(vocab, 16, generator=gen)).to(DEVICE).requires_grad_()
+    labels = torch.tensor([0, vocab - 1, 7, -100, vocab // 2, vocab - 2]).to(DEVICE)  # both ends of the vocab
+    _check(hidden, weight, labels, gen, torch.float32, chunk=0, z_loss=1e-4)
+
+
 def test_non_contiguous_hidden_and_fp32_master_weight(small_blocks):
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(H, N, generator=gen).to(DEVICE, torch.bfloat16).T.requires_grad_()
@@ -106,15 +117,38 @@ def test_frozen_weight_or_hidden():
                      linear_cross_entropy_reference(hidden.double(), weight.double(), labels), torch.float32, "loss")
 
 
+def _is_boolean_mask(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
 @contextlib.contextmanager
 def _host_syncs_forbidden(monkeypatch):
+    """Trap every way a CPU test can see a device-to-host sync: Python conversions, copies to the host,
+    data-dependent shapes (nonzero, boolean-mask indexing, masked_select); on CUDA, torch's own detector."""
     def sync(*_args, **_kwargs):
         raise AssertionError("host synchronisation inside linear_cross_entropy")
+
+    getitem = torch.Tensor.__getitem__
+
+    def checked_getitem(self, index):
+        if _is_boolean_mask(index):
+            sync()
+        return getitem(self, index)
+
     with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "nonzero", "masked_select"):
             m.setattr(torch.Tensor, name, sync)
-        m.setattr(torch, "equal", sync)
-        yield
+        for name in ("equal", "nonzero", "masked_select", "argwhere"):
+            m.setattr(torch, name, sync)
+        m.setattr(torch.Tensor, "__getitem__", checked_getitem)
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -178,6 +212,44 @@ def test_fsdp2_sharded_lm_head(tmp_path):
         torch.testing.assert_close(sharded.proj.weight.grad.full_tensor(), plain.proj.weight.grad)
     finally:
         dist.destroy_process_group()
+
+
+def _sharded_lm_head_rank(rank: int, world: int, init_file: str) -> None:
+    """One of 2 gloo ranks: the LM head sharded for real (301 rows: 151 + 150), each rank on its own tokens."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(7)
+        sharded, plain = _LMHead(301), _LMHead(301)
+        plain.load_state_dict(sharded.state_dict())
+        fully_shard(sharded, mesh=init_device_mesh("cpu", (world,)))
+        assert sharded.lm_head.weight.to_local().shape[0] == (151, 150)[rank]
+        gen = torch.Generator().manual_seed(11)
+        x, labels = torch.randn(world, 9, 16, generator=gen), torch.randint(0, 301, (world, 9), generator=gen)
+        labels[0, 2] = labels[1, 5] = -100
+        sharded(x[rank], labels[rank], "triton").backward()  # FSDP2 averages the ranks' gradients
+        sum(plain(x[r], labels[r], "torch") for r in range(world)).div(world).backward()
+        torch.testing.assert_close(sharded.lm_head.weight.grad.full_tensor(), plain.lm_head.weight.grad)
+        torch.testing.assert_close(sharded.proj.weight.grad.full_tensor(), plain.proj.weight.grad)
+        # Outside the forward, the parameter is this rank's shard: refused, never computed on silently.
+        with pytest.raises(PytrainError, match="inside the forward"):
+            linear_cross_entropy(x[rank], sharded.lm_head.weight, labels[rank], backend="triton")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="a CPU (gloo) check: needs TRITON_INTERPRET=1")
+def test_fsdp2_lm_head_sharded_over_two_ranks(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_lm_head_rank, args=(2, str(tmp_path / "pg")), nprocs=2, join=True)
 
 
 def test_opcheck_and_fullgraph_compile():

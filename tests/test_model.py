@@ -46,6 +46,21 @@ def test_flops_per_token_is_6n_plus_attention():
     assert config.flops_per_token(100) == 6 * matmul_params + attention
 
 
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False}, {"attention_bias": True}])
+def test_flops_per_token_hand_computed(overrides):
+    """Constants worked out by hand from the definition (6 x weights a token multiplies through + 12 x layers x
+    hidden x seq): the LM head counts once whether tied or not, the embedding lookup and biases are no matmul.
+    tiny: per block 2*64*64 (q, o) + 2*64*32 (k, v: 2 KV heads of 16) + 3*64*176 (MLP) = 46080; 2 blocks
+    + LM head 512*64 = 124928 weights; 6 * 124928 = 749568; attention 12 * 2 * 64 * 100 = 153600."""
+    assert preset("tiny", **overrides).flops_per_token(100) == 903_168
+
+
+def test_flops_per_token_of_llama_3_2_1b():
+    """Llama 3.2 1B at seq 2048: per block 2*2048*2048 + 2*2048*512 + 3*2048*8192 = 60817408, x16 = 973078528,
+    LM head 128256*2048 = 262668288; 6 * 1235746816 = 7414480896; attention 12 * 16 * 2048 * 2048 = 805306368."""
+    assert preset("1b").flops_per_token(2048) == 8_219_787_264
+
+
 def test_fused_loss_equals_cross_entropy_of_logits():
     model = tiny()
     inputs, labels = batch()

@@ -38,6 +38,37 @@ def test_hypothesis_matches_reference(buf, threads):
     assert index_lines(buf, threads).tolist() == reference(buf)
 
 
+MIB = 1 << 20
+
+
+@st.composite
+def threaded_buffers(draw):
+    """A 2-5 MiB buffer (so 2-5 workers of >= 1 MiB really run) with newlines at random places, in dense
+    runs, and at and around the byte offsets where the workers' parts meet, for 2, 3 or 4 threads."""
+    size = draw(st.integers(2 * MIB, 5 * MIB + 7))
+    threads = draw(st.sampled_from([2, 3, 4]))
+    workers = min(threads, size // MIB)
+    buf = np.full(size, ord("x"), dtype=np.uint8)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    buf[rng.integers(0, size, size=draw(st.integers(0, 3000)))] = ord("\n")
+    for k in range(1, workers):
+        boundary = size // workers * k + size % workers * k // workers
+        for delta in draw(st.lists(st.integers(-2, 2), max_size=5)):
+            buf[boundary + delta] = ord("\n")
+    if draw(st.booleans()):
+        start = draw(st.integers(0, size - 1))
+        buf[start:start + draw(st.integers(1, 5000))] = ord("\n")
+    buf[-1] = ord("\n") if draw(st.booleans()) else ord("y")
+    return buf.tobytes(), threads
+
+
+@settings(max_examples=25, deadline=None)
+@given(threaded_buffers())
+def test_hypothesis_threaded_matches_reference(case):
+    buf, threads = case
+    assert index_lines(buf, threads).tolist() == reference(buf)
+
+
 @pytest.mark.parametrize("trailing_newline", [True, False])
 def test_thread_counts_identical_on_large_buffer(trailing_newline):
     # 9 MB, enough for 7 workers of at least 1 MiB each; line lengths from 0 to ~2000 bytes.

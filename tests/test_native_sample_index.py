@@ -52,6 +52,16 @@ def test_pinned_output():
     assert permutation(10, 42).tolist() == [8, 3, 6, 5, 4, 0, 9, 2, 1, 7]
 
 
+def test_pinned_output_worked_out_from_the_published_splitmix64_vector():
+    """permutation(4, seed=0) by hand from the three splitmix64 outputs above (Vigna's, not ours):
+    Fisher-Yates draws j = (x * (i + 1)) >> 64 for i = 3, 2, 1 (Lemire; no rejection: the low 64 bits are
+    far above the thresholds 0, 1 and 0):
+      i=3: 0xE220A8397B1DCDAF / 2^64 = 0.883... -> j = floor(4 * 0.883) = 3, swap a[3], a[3]: [0, 1, 2, 3]
+      i=2: 0x6E789E6AA1B965F4 / 2^64 = 0.431... -> j = floor(3 * 0.431) = 1, swap a[2], a[1]: [0, 2, 1, 3]
+      i=1: 0x06C45D188009454F / 2^64 = 0.026... -> j = floor(2 * 0.026) = 0, swap a[1], a[0]: [2, 0, 1, 3]"""
+    assert permutation(4, 0).tolist() == [2, 0, 1, 3]
+
+
 @pytest.mark.parametrize("n,seed", [(0, 0), (1, 5), (2, 0), (17, 1), (1000, 12345), (5000, 2**64 - 1)])
 def test_matches_reference(n, seed):
     out = permutation(n, seed)

@@ -4,6 +4,7 @@ exact resume, gradient accumulation, NaN handling, kill-during-save atomicity, i
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_cli
 from _train_fixtures import ENV, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
 
 HERE = Path(__file__).parent
@@ -127,7 +129,21 @@ def test_keep_last_k_checkpoints(base_config, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_6", "step_8"]
 
 
-def test_document_masking_trains(base_config, tmp_path):
+def _initial_loss(packed_data, seq_len: int, *, document_masking: bool) -> float:
+    """The tiny model's loss on the first training batch (8 sequences), at the seed's initial weights,
+    computed here from the dataset and the plain model: what a run's step-1 loss must be."""
+    from pytrain.data.dataset import PackedDataset
+    from pytrain.model import Llama, preset
+
+    model = Llama(preset("tiny", vocab_size=600))
+    model.init_weights(seed=0)
+    batch = PackedDataset(packed_data, seq_len, split="train", seed=0).next_batch(8)
+    extra = {"position_ids": batch["position_ids"], "segment_ids": batch["segment_ids"]} if document_masking else {}
+    with torch.no_grad():
+        return model(batch["input_ids"], batch["labels"], **extra).item()
+
+
+def test_document_masking_trains(base_config, packed_data, tmp_path):
     """Long rows (256 tokens) cross document boundaries, where masking changes attention and positions."""
     runs = {}
     for masking in ("true", "false"):
@@ -139,21 +155,187 @@ def test_document_masking_trains(base_config, tmp_path):
     assert masked != unmasked
     assert masked[1] == pytest.approx(unmasked[1], abs=0.05)  # same weights and tokens: close, not equal
     assert masked[4] < masked[1]
+    # Step 1's loss is measured before any update: the model's own loss with (and without) the batch's
+    # position_ids and segment_ids. A trainer that swapped them or dropped segment_ids would miss this.
+    # (Dropping only position_ids changes nothing to compute: RoPE scores depend on relative positions,
+    # and with the document mask every query-key pair lies in one document.)
+    assert masked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=True), rel=1e-5)
+    assert unmasked[1] == pytest.approx(_initial_loss(packed_data, 256, document_masking=False), rel=1e-5)
 
 
-def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_run, tmp_path):
+def _spy_on_the_model(monkeypatch, on_build=None) -> list:
+    """Patch the trainer's build_model so the test sees (and may hook) the parallelised model it trains."""
+    import pytrain.train.loop as loop
+
+    built, build = [], loop.build_model
+
+    def spying_build(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        if on_build:
+            on_build(built[-1])
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_model", spying_build)
+    return built
+
+
+def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_run, tmp_path, monkeypatch):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    calls = {0: 0, 1: 0}  # forward calls of each block's MLP: a checkpointed block runs it again in the backward
+
+    def count_calls(model):
+        for i, block in enumerate(model.layers):
+            block.mlp.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    built = _spy_on_the_model(monkeypatch, count_calls)
     run_dir = tmp_path / "checkpointed"
     train(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=2", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
     expected = losses(base_run)
+    assert sorted(losses(run_dir)) == list(range(1, 9))
     for step, loss in losses(run_dir).items():
         assert loss == pytest.approx(expected[step], rel=1e-6), step
+    (model,) = built
+    assert [isinstance(block, CheckpointWrapper) for block in model.layers] == [True, False]  # blocks 0, 2, 4, ...
+    assert calls == {0: 2 * 8, 1: 8}  # block 0 recomputed in each of the 8 backwards, block 1 not
 
 
-def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path):
+def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    built = _spy_on_the_model(monkeypatch)
+    counters.clear()
     run_dir = tmp_path / "compiled"
     train(base_config, f"train.run_dir={run_dir}", "train.compile=true", "train.steps=8", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
     expected = losses(base_run)
+    assert sorted(losses(run_dir)) == list(range(1, 9))
     for step, loss in losses(run_dir).items():
         assert loss == pytest.approx(expected[step], rel=1e-4), step
+    (model,) = built
+    assert all(block._compiled_call_impl is not None for block in model.layers)  # nn.Module.compile on each block
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture a graph (blocks share one)
+
+
+def test_gradient_accumulation_reduces_once_per_step(base_config, tmp_path, monkeypatch):
+    """4 micro-batches per step, one gradient reduction (reduce-scatter) per FSDP unit per step, not per
+    micro-batch. FSDP2 launches one reduce-scatter per `foreach_reduce` call (a no-op collective on one
+    rank, but the call is still made), so the calls are counted."""
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as param_group
+
+    calls, reduce = [], param_group.foreach_reduce
+
+    def counting_reduce(*args, **kwargs):
+        calls.append(1)
+        return reduce(*args, **kwargs)
+
+    monkeypatch.setattr(param_group, "foreach_reduce", counting_reduce)
+    train(base_config, f"train.run_dir={tmp_path / 'run'}", "train.micro_batch_size=2", "train.steps=2",
+          "checkpoint.every=0", "train.eval_every=0", "logging.sample_every=0")
+    units = 2 + 1  # the tiny preset's 2 blocks, and the root (embedding, final norm, LM head)
+    assert len(calls) == units * 2
+
+
+def test_rng_is_restored_on_resume(base_config, tmp_path, monkeypatch):
+    """Nothing in the tiny model draws random numbers, so a dropout-like consumer of the global RNGs
+    (torch and Python's `random`) is run in every step; the resumed run must draw what the uninterrupted
+    run drew in the same steps (a re-seeded or untouched RNG would not)."""
+    import random
+
+    import pytrain.train.loop as loop
+
+    draws, forward_backward = [], loop.forward_backward
+
+    def drawing_forward_backward(*args, **kwargs):
+        draws.append((torch.rand(3).tolist(), random.random()))
+        return forward_backward(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", drawing_forward_backward)
+    quiet = ("train.eval_every=0", "logging.sample_every=0")
+    train(base_config, f"train.run_dir={tmp_path / 'full'}", *quiet)
+    uninterrupted = draws[:]
+    draws.clear()
+    train(base_config, f"train.run_dir={tmp_path / 'resumed'}", f"checkpoint.resume={tmp_path / 'full'}",
+          "checkpoint.resume_step=4", *quiet)
+    assert len(uninterrupted) == 8 and draws == uninterrupted[4:]
+
+
+def test_mfu_uses_logging_peak_tflops(base_config, tmp_path):
+    run_dir = tmp_path / "mfu"
+    train(base_config, f"train.run_dir={run_dir}", "logging.peak_tflops=0.002", "train.steps=2",
+          "checkpoint.every=0", "train.eval_every=0", "logging.sample_every=0")
+    # tiny preset, vocab 600, seq 64, by hand: blocks 2 x (2*64*64 + 2*64*32 + 3*64*176) = 92160 matmul
+    # weights, LM head 600*64 = 38400; 6 * 130560 = 783360, attention 12 * 2 * 64 * 64 = 98304.
+    flops_per_token = 881_664
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * flops_per_token / 0.002e12, rel=1e-9)
+    log = (run_dir / "train.log").read_text()
+    assert "MFU peak per device: 0.002 TFLOPS (logging.peak_tflops)" in log
+    assert f"{flops_per_token / 1e9:.3f} GFLOPs/token at seq 64" in log
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
+def test_triton_kernels_train_like_the_torch_references(base_config, tmp_path):
+    """train.kernels=triton end to end (RMSNorm, RoPE and the fused LM-head loss in every step, through the
+    interpreter on CPU): the same losses as train.kernels=torch. Tiny batches: the interpreter is slow."""
+    runs = {}
+    for kernels in ("triton", "torch"):
+        run_dir = tmp_path / kernels
+        train(base_config, f"train.run_dir={run_dir}", f"train.kernels={kernels}", "data.seq_len=16",
+              "train.batch_size=2", "train.steps=3", "checkpoint.every=0", "train.eval_every=0",
+              "logging.sample_every=0")
+        runs[kernels] = losses(run_dir)
+        assert f"kernels {kernels}" in (run_dir / "train.log").read_text()
+    assert sorted(runs["triton"]) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert runs["triton"][step] == pytest.approx(runs["torch"][step], rel=2e-6), step  # fp32: rounding only
+    assert runs["triton"][3] != runs["triton"][1]  # the weights did move
+
+
+@pytest.fixture(scope="module")
+def chat_data(tmp_path_factory, documents, tokenizer_path):
+    """A `--format chat` pack of 80 conversations cut from the corpus (user: a document's start,
+    assistant: what follows), so about half of the tokens are trained."""
+    folder = tmp_path_factory.mktemp("chat")
+    with open(folder / "chat.jsonl", "w", encoding="utf-8") as handle:
+        for doc in documents[:80]:
+            messages = [{"role": "user", "content": doc[:150]}, {"role": "assistant", "content": doc[150:400]}]
+            handle.write(json.dumps({"messages": messages}) + "\n")
+    run_cli("pack", folder / "chat.jsonl", "--format", "chat", "--tokenizer", tokenizer_path, "--out", folder / "data",
+            env={"OMP_NUM_THREADS": "1"})
+    return folder / "data"
+
+
+def test_chat_training_normalises_by_trained_tokens(base_config, chat_data, tmp_path):
+    """A full run on a chat pack: step 1's loss is the initial model's mean loss over the assistant
+    tokens only, computed here from tokens.bin and mask.bin directly (unshuffled stream: sample s is
+    tokens[64 s : 64 s + 65])."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from pytrain.model import Llama, preset
+
+    run_dir = tmp_path / "chat"
+    train(base_config, f"data.path={chat_data}", f"train.run_dir={run_dir}", "data.shuffle=false", "train.steps=3",
+          "checkpoint.every=0", "train.eval_every=0", "logging.sample_every=0")
+    got = losses(run_dir)
+    assert sorted(got) == [1, 2, 3]
+
+    tokens = np.fromfile(chat_data / "train" / "tokens.bin", dtype="<u2").astype(np.int64)
+    trained = np.fromfile(chat_data / "train" / "mask.bin", dtype=np.uint8).astype(bool)
+    windows = np.stack([np.arange(64 * s, 64 * s + 65) for s in range(8)])
+    inputs, targets = torch.from_numpy(tokens[windows[:, :-1]]), torch.from_numpy(tokens[windows[:, 1:]])
+    keep = torch.from_numpy(trained[windows[:, 1:]])
+    model = Llama(preset("tiny", vocab_size=600))
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        per_token = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none")
+    assert 0.2 < keep.float().mean() < 0.8  # the mask matters in this batch
+    masked_mean = per_token[keep.flatten()].mean().item()
+    assert got[1] == pytest.approx(masked_mean, rel=1e-5)
+    assert got[1] != pytest.approx(per_token.mean().item(), rel=1e-3)
+    assert got[3] < got[1]

@@ -12,9 +12,9 @@ from _train_fixtures import base_config, base_run, losses, packed_data, torchrun
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory, base_config):
-    """The base run on 2 ranks, with activation checkpointing on every block."""
+    """The base run on 2 ranks, with activation checkpointing on every block (and an MFU peak to report)."""
     run_dir = tmp_path_factory.mktemp("fsdp") / "run"
-    torchrun(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=full")
+    torchrun(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=full", "logging.peak_tflops=0.002")
     return run_dir
 
 
@@ -47,3 +47,14 @@ def test_resume_on_two_hsdp_ranks_from_one(base_run, base_config, tmp_path):
     assert_close(losses(run_dir), losses(base_run), range(5, 9))
     state = json.loads((run_dir / "checkpoints" / "step_8" / "train_state.json").read_text())
     assert state["world_size"] == 2 and state["data"]["consumed"] == 8 * 8
+
+
+def test_mfu_counts_tokens_per_device(fsdp_run):
+    """tokens_per_s is the whole job's; MFU divides it by the 2 ranks before comparing with one device's peak."""
+    flops_per_token = 881_664  # tiny preset, vocab 600, seq 64: see test_train.test_mfu_uses_logging_peak_tflops
+    rows = [json.loads(line) for line in (fsdp_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if "loss" in row]
+    assert len(rows) == 8
+    for row in rows:
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] / 2 * flops_per_token / 0.002e12, rel=1e-9)
+    assert "MFU peak per device: 0.002 TFLOPS (logging.peak_tflops)" in (fsdp_run / "train.log").read_text()

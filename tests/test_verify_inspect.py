@@ -32,7 +32,7 @@ def _flip_byte(path, position):
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "train/tokens.bin").write_bytes((d / "train/tokens.bin").read_bytes()[:-6]), "truncated or corrupted"),
     (lambda d: _flip_byte(d / "train/tokens.bin", 1001), "checksum mismatch; token data was modified"),
-    (lambda d: _flip_byte(d / "val/index.idx", 40), "val/index.idx"),
+    (lambda d: _flip_byte(d / "val/index.idx", 40), "val/index.idx: checksum mismatch; the index was modified"),
     (lambda d: (d / "manifest.json").unlink(), "no manifest.json"),
     (lambda d: (d / "val/tokens.bin").unlink(), "val/tokens.bin: missing"),
     (lambda d: _flip_byte(d / "tokenizer.json", 30), "differs from the tokenizer the data was packed with"),
