@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
+from pytrain.labels import IGNORE_INDEX
+
 CHUNK_BYTES = 512 * 2**20  # logits buffer budget: 2048 tokens x 128256 vocab in bf16
 MIN_CHUNK = 256
 MAX_BLOCK = 8192  # vocab columns per step of the row loops
@@ -254,7 +256,7 @@ def _backward(ctx, grad_loss, _grad_z, _grad_dh, _grad_dw):
 lce_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+def linear_cross_entropy(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, reduction="mean", label_smoothing=0.0,
                          z_loss=0.0, softcap=None, chunk=0):
     """(loss, z-loss term) with the contract of `pytrain.ops.linear_cross_entropy` (arguments already
     validated). `chunk` overrides the number of tokens per chunk (tests use it to force several)."""

@@ -230,7 +230,8 @@ def _add_train(sub) -> None:
 
 # ----------------------------------------------------------------------------- generate
 def _run_generate(args) -> int:
-    from pytrain.generate import Sampling, run_generate
+    from pytrain.generate import run_generate
+    from pytrain.model.generation import Sampling
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     run_generate(args.run, step=args.step, prompt=args.prompt, interactive=args.interactive,

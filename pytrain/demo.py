@@ -179,7 +179,7 @@ def _write_samples(out: Path, max_new_tokens: int, device: str) -> None:
     """Print three completions and keep them in the run directory (samples.txt)."""
     import torch
 
-    from pytrain.generate import Sampling, generate_tokens, prompt_ids
+    from pytrain.model.generation import Sampling, generate_tokens, prompt_ids
     from pytrain.train.run_dir import RunDir
 
     run = RunDir(out)

@@ -16,7 +16,7 @@ from pytrain.config import ModelSection
 from pytrain.train.resolve import resolve_model
 from pytrain.errors import PytrainError
 from pytrain.export import export_model, parse_size
-from pytrain.generate import generate_tokens
+from pytrain.model.generation import generate_tokens
 from pytrain.model import Llama, preset
 from pytrain.model.hf import HFWeights, hf_model_config
 from pytrain.train import load_model_for_inference

@@ -13,7 +13,7 @@ from torch import nn
 from _train_fixtures import base_config, base_run, packed_data  # noqa: F401
 from pytrain.cli import main
 from pytrain.errors import PytrainError
-from pytrain.generate import GREEDY, Sampling, generate_tokens, next_token, prompt_ids
+from pytrain.model.generation import GREEDY, Sampling, generate_tokens, next_token, prompt_ids
 from pytrain.model import Llama, preset
 from pytrain.model.llama import KVCache
 

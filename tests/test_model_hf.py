@@ -13,7 +13,7 @@ import torch
 from pytrain.config import ModelSection, load_config, resolve_model
 from pytrain.errors import PytrainError
 from pytrain.export import export_model
-from pytrain.generate import generate_tokens
+from pytrain.model.generation import generate_tokens
 from pytrain.model import load_hf
 from pytrain.model.hf import hf_model_config
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from pytrain.data import format as fmt
 from pytrain.errors import PytrainError
+from pytrain.labels import IGNORE_INDEX
 
 _MASK64 = (1 << 64) - 1
-IGNORE_INDEX = -100
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:

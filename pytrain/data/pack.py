@@ -29,10 +29,10 @@ from pytrain import __version__
 from pytrain.data import format as fmt
 from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
-    BOS_CANDIDATES, EOS_CANDIDATES, file_sha256, max_token_id, read_tokenizer, special_token_id, vocab_size,
+    BOS_CANDIDATES, EOS_CANDIDATES, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_directory
+from pytrain.fsutil import atomic_directory, file_sha256
 from pytrain.progress import ProgressBar, human
 
 _DONE = object()

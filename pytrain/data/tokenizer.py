@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import file_sha256  # noqa: F401  (re-exported for the data modules)
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.tokenizer import file_sha256, tokenizer_file
+from pytrain.data.tokenizer import tokenizer_file
 from pytrain.errors import PytrainError
-from pytrain.fsutil import OUTPUT_MARKER, read_output_marker
+from pytrain.fsutil import OUTPUT_MARKER, file_sha256, read_output_marker
 
 MODES = ("full", "quick")
 _CHUNK_BYTES = 16 << 20

@@ -9,7 +9,7 @@ and `torch.compile` are applied from outside (pytrain.train.parallelize), and `p
 Triton kernel or the PyTorch reference. When labels are given, `forward` returns the loss from the
 fused linear cross-entropy, called here because this (root) module owns the LM head weight, which
 FSDP2 has unsharded by the time its forward runs. For decoding, `forward(..., cache=KVCache(n))` keeps
-each layer's keys and values, so every new token runs through the model alone (pytrain.generate).
+each layer's keys and values, so every new token runs through the model alone (pytrain.model.generation).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class Llama(nn.Module):
 
         Each parameter draws from its own generator, seeded from (seed, name), so the values do not depend
         on the order, the device count or the sharding: a sharded run materialises exactly what a single
-        process does (pytrain.train.parallelize.init_weights). Norm weights start at 1, biases at 0, every
+        process does (pytrain.train.parallelize.materialize). Norm weights start at 1, biases at 0, every
         other weight at N(0, initializer_range), as in Hugging Face's Llama.
         """
         with torch.no_grad():

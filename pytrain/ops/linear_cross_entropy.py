@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from pytrain.errors import PytrainError
+from pytrain.labels import IGNORE_INDEX
 from pytrain.ops._backend import use_triton
 from pytrain.ops._checks import check_range
 
@@ -67,7 +68,7 @@ def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torc
     return total if reduction == "sum" else total / valid.sum().clamp(min=1)
 
 
-def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=-100, reduction="mean",
+def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, reduction="mean",
                                    label_smoothing=0.0, z_loss=0.0, softcap=None, return_z_loss=False):
     """Pure-PyTorch version (materialises the logits); same contract as `linear_cross_entropy`."""
     _check(hidden, weight, labels, reduction, label_smoothing, softcap)
@@ -86,7 +87,7 @@ def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=-100,
     return (loss, reduce_rows(z_rows, valid, reduction).detach()) if return_z_loss else loss
 
 
-def linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+def linear_cross_entropy(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, reduction="mean", label_smoothing=0.0,
                          z_loss=0.0, softcap=None, return_z_loss=False, backend=None):
     """Cross-entropy of `hidden @ weight.T` against `labels`, chunked so the logits never exist whole.
 

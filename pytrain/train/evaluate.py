@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from pytrain.labels import IGNORE_INDEX
+from pytrain.train.batch import model_inputs
 from pytrain.train.distributed import all_reduce_sum
 
 
@@ -34,18 +36,8 @@ class Evaluator:
         for _ in range(self.max_batches):
             batch = model_inputs(self.dataset.next_batch(self.micro_batch_size), self.document_masking, self.device)
             totals[0] += model(**batch, reduction="sum").double()
-            totals[1] += (batch["labels"] != -100).sum()
+            totals[1] += (batch["labels"] != IGNORE_INDEX).sum()
         model.train(was_training)
         loss_sum, count = all_reduce_sum(totals).tolist()
         loss = loss_sum / max(count, 1.0)
         return loss, math.exp(min(loss, 700.0))
-
-
-def model_inputs(batch: dict, document_masking: bool, device: torch.device) -> dict:
-    """The dataset's batch as the model's keyword arguments, on `device`.
-
-    Without document masking, positions run 0..seq-1 across document boundaries (GPT-style packing);
-    with it, positions restart at each document and attention stays within it (Llama 3 style).
-    """
-    keys = ("input_ids", "labels", "position_ids", "segment_ids") if document_masking else ("input_ids", "labels")
-    return {key: batch[key].to(device, non_blocking=True) for key in keys}

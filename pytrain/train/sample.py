@@ -3,7 +3,7 @@
 Every rank runs the same generation (FSDP2 needs all ranks in each forward to gather the weights);
 the sampling generator is seeded from (seed, step), so all ranks draw the same tokens, and it is
 separate from the global RNG, so sampling never changes the training run. The tokens come from
-pytrain.generate (KV cache), run eagerly: compiled blocks would recompile for every decoding shape.
+pytrain.model.generation (KV cache), run eagerly: compiled blocks would recompile for every decoding shape.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pytrain.generate import GREEDY, Sampling, generate_tokens, prompt_ids
+from pytrain.model.generation import GREEDY, Sampling, generate_tokens, prompt_ids
 
 
 def sample_prompts(model: nn.Module, tokenizer_path, prompts: list[str], *, step: int, seed: int,

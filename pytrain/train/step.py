@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from pytrain.labels import IGNORE_INDEX
+from pytrain.train.batch import model_inputs
 from pytrain.train.distributed import all_reduce_sum
-from pytrain.train.evaluate import model_inputs
 
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
@@ -24,7 +25,7 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
     number of target tokens. The optimizer step is the caller's, after it has checked the two values.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
-    local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     global_tokens = int(all_reduce_sum(torch.tensor(local_tokens, dtype=torch.int64)))
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
