@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from pytrain.config import ModelSection, load_config, resolve_model
+from pytrain.config import ModelSection, load_config
+from pytrain.train.resolve import resolve_model, resolve_run
 from pytrain.errors import PytrainError
 from pytrain.export import export_model
 from pytrain.model.generation import generate_tokens
@@ -84,12 +85,14 @@ def test_greedy_generation_matches_transformers_with_scaling(tmp_path):
 def test_run_config_carries_the_scaling(tmp_path):
     """model.init_from with a llama3 folder: the resolved model (what config.yaml records and generate/export
     rebuild from) keeps the scaling, and a run config can set or change it."""
-    from pytrain.config import DataSection, RunConfig, with_resolved_model
+    from pytrain.config import DataSection, RunConfig
 
     save_transformers_model(tmp_path / "hf", ROPE["llama3"])
     resolved = resolve_model(ModelSection(init_from=str(tmp_path / "hf")), data_vocab_size=VOCAB)
     assert resolved.rope_scaling == ROPE["llama3"]
-    run_config = with_resolved_model(RunConfig(data=DataSection(path="data")), resolved)
+    user_config = RunConfig(data=DataSection(path="data"))
+    user_config.model.init_from = str(tmp_path / "hf")
+    run_config = resolve_run(user_config, VOCAB, world_size=1, device_type="cpu").config
     (tmp_path / "run.yaml").write_text(run_config.to_yaml())
     section = load_config(tmp_path / "run.yaml").model
     assert resolve_model(section, VOCAB) == resolved

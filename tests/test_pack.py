@@ -92,7 +92,8 @@ def test_identical_output_for_any_threads_with_chat_masks_val_docs_and_parquet(t
                 "--batch-mb", batch_mb, "--val-docs", 37)
         outputs.append(_all_output_bytes(out))
     files = outputs[0][0]
-    expected = {"tokenizer.json", "train/tokens.bin", "train/index.idx", "val/tokens.bin", "val/index.idx"}
+    expected = {"tokenizer.json", "train/tokens.bin", "train/index.idx", "val/tokens.bin", "val/index.idx",
+                ".pytrain-output.json"}
     if kind == "chat":
         expected |= {"train/mask.bin", "val/mask.bin"}
         assert 0 < sum(files["train/mask.bin"]) < len(files["train/mask.bin"])

@@ -166,9 +166,8 @@ class _Run:
         problems = verify_pack(self.config.data.path, mode) if self.d.local_rank == 0 else []
         found = sorted({p for rank_problems in all_gather_object(problems) for p in rank_problems})
         if found:
-            raise PytrainError(f"data.path {self.config.data.path} failed its {mode} check: {found[0]}"
-                               + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
-                               + f"; `pytrain verify {self.config.data.path}` lists every problem "
+            raise PytrainError(f"data.path {self.config.data.path} failed its {mode} check ({len(found)} problem(s)): "
+                               f"{'; '.join(found)}; re-pack it, or see `pytrain verify {self.config.data.path}` "
                                "(data.verify=none skips this check)")
 
     def _open_data(self) -> None:
