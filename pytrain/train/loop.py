@@ -21,7 +21,7 @@ from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_file, atomic_write_text
 from pytrain.train import checkpoint as ckpt
 from pytrain.train.distributed import Distributed, broadcast_object, init_distributed, shutdown
-from pytrain.train.evaluate import Evaluator
+from pytrain.train.data import RunData
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import device_peak_tflops, mfu, peak_memory_gib, reset_peak_memory
 from pytrain.train.optim import build_optimizer
@@ -62,14 +62,12 @@ class _Run:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from pytrain.data.dataset import PackedDataset
-        from pytrain.data.format import read_manifest
-
         config, d, train = self.config, self.d, self.config.train
         ops.set_backend(train.kernels)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
-        manifest = read_manifest(config.data.path)
+        self.data = RunData(config.data)
+        manifest = self.data.manifest
         self.model_config = resolve_model(config.model, int(manifest["vocab_size"]))
         self.seq_len = config.data.seq_len or self.model_config.max_position_embeddings
         if self.seq_len > self.model_config.max_position_embeddings:
@@ -83,16 +81,10 @@ class _Run:
 
         self.resume_from = _on_main(d, self._find_resume)
         _on_main(d, self._prepare_run_dir)
-        self.train_data = PackedDataset(config.data.path, self.seq_len, split="train", seed=train.seed,
-                                        rank=d.rank, world_size=d.world_size, shuffle=config.data.shuffle)
+        self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
         if train.eval_every:
-            try:
-                val = PackedDataset(config.data.path, self.seq_len, split="val", seed=train.seed, rank=d.rank,
-                                    world_size=d.world_size, shuffle=False)
-            except PytrainError as error:
-                raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {error}") from None
-            self.evaluator = Evaluator(val, self.micro, train.eval_max_batches, config.data.document_masking, d.device)
+            self.evaluator = self.data.evaluator(self.seq_len, train.seed, d, self.micro, train.eval_max_batches)
         self.eos_id = manifest.get("eos_id")
         self.data_tokenizer_sha = manifest.get("tokenizer", {}).get("sha256")
         self.dtype = train.dtype if train.dtype != "auto" else ("bf16" if d.device.type == "cuda" else "fp32")
@@ -126,7 +118,7 @@ class _Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_partial(self.ckpt_root)
         atomic_write_text(self.run_dir / "config.yaml", self.resolved.to_yaml())
-        source = Path(self.config.data.path) / "tokenizer.json"
+        source = self.data.tokenizer_file
         if source.is_file():
             with atomic_file(self.run_dir / "tokenizer.json") as handle:
                 handle.write(source.read_bytes())
@@ -169,13 +161,15 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for note in self.data.notes:
+            log(f"note: {note}")
         if self.resume_note:
             log(self.resume_note)
         elif config.model.init_from:
             log(f"weights from {config.model.init_from} (model.init_from)")
             hf_tokenizer = Path(config.model.init_from) / "tokenizer.json"
             if hf_tokenizer.is_file() and file_sha256(hf_tokenizer) != self.data_tokenizer_sha:
-                log(f"note: {config.data.path} was packed with another tokenizer than {hf_tokenizer}: token ids "
+                log(f"note: {self.data.pack_dir} was packed with another tokenizer than {hf_tokenizer}: token ids "
                     "may not mean what the weights learned")
 
     # ------------------------------------------------------------------ loop
@@ -214,8 +208,7 @@ class _Run:
                 window_start, window_tokens, window_train_s = time.perf_counter(), 0, 0.0
                 reset_peak_memory(self.d.device)
             if self.evaluator and (step % config.train.eval_every == 0 or step == total):
-                val_loss, val_ppl = self.evaluator(self.model)
-                self.logger.log_eval({"step": step, "tokens": self.tokens, "val_loss": val_loss, "val_ppl": val_ppl})
+                self.logger.log_eval({"step": step, "tokens": self.tokens, **self.evaluator.row(self.model)})
             if config.logging.sample_every and config.logging.sample_prompts and step % config.logging.sample_every == 0:
                 self._sample()
             if (config.checkpoint.every and step % config.checkpoint.every == 0) or step == total:
@@ -251,6 +244,7 @@ class _Run:
             "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
+            **self.data.progress(self.train_data),
         }, eta_s=(total - self.step) / max(wall_steps_per_s, 1e-9))
 
     def _sample(self) -> None:
