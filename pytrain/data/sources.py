@@ -61,6 +61,15 @@ def describe_path(path: list[str | int]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
+@dataclass(frozen=True)
+class Part:
+    """A slice of one input (see pytrain.data.shard): bytes [start, end) of a plain JSONL file, both ends at line
+    starts, or rows [start, end) of a parquet file or datasets folder."""
+
+    start: int
+    end: int
+
+
 @dataclass
 class DocBatch:
     """Documents of one input window: strings, or for chat data lists of (text, trained) segments."""
@@ -101,19 +110,21 @@ class Sources:
     """All inputs of one run, read in order; counts what was taken and what was rejected."""
 
     def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=2 << 20, threads=0,
-                 chat_eos_token: str | None = None):
+                 chat_eos_token: str | None = None, parts: list[Part | None] | None = None):
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
             if not path.exists():
                 raise PytrainError(f"{path}: no such file or directory")
         self.kinds = [input_kind(p) for p in self.paths]
+        self.parts = list(parts) if parts is not None else [None] * len(self.paths)  # None: the whole input
         self.field_path = list(field_path)
         self.txt_split = txt_split
         self.on_bad_line = on_bad_line
         self.batch_bytes = max(1 << 16, int(batch_bytes))
         self.threads = threads
         self.chat_eos_token = chat_eos_token  # set: documents are conversations (see pytrain.data.chat)
-        self.total_bytes = sum(input_bytes(p) for p in self.paths)
+        self.total_bytes = sum(input_bytes(p) if part is None or kind != "jsonl" else part.end - part.start
+                               for p, kind, part in zip(self.paths, self.kinds, self.parts))
         self.documents = 0
         self.empty_documents = 0
         self.blank_lines = 0
@@ -123,15 +134,16 @@ class Sources:
     def batches(self) -> Iterator[DocBatch]:
         readers = {"jsonl": self._jsonl, "jsonl.gz": self._jsonl_gz, "txt": self._txt,
                    "parquet": self._parquet, "arrow": self._arrow}
-        for path, kind in zip(self.paths, self.kinds):
+        for path, kind, part in zip(self.paths, self.kinds, self.parts):
             stat = path.stat()
             before = self.documents
-            for batch in readers[kind](path):
+            for batch in readers[kind](path) if part is None else readers[kind](path, part):
                 self.documents += len(batch.texts)
                 yield batch
             self.per_source.append({
                 "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
                 "mtime": stat.st_mtime, "documents": self.documents - before,
+                **({"part": [part.start, part.end]} if part is not None else {}),
             })
 
     # ------------------------------------------------------------------ bad input
@@ -183,9 +195,9 @@ class Sources:
             self._accept(path, where, value, self.field_path, batch, text)
         return batch, first_line + len(starts) - 1
 
-    def _jsonl(self, path: Path) -> Iterator[DocBatch]:
+    def _jsonl(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
         with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+            size = os.fstat(handle.fileno()).st_size if part is None else part.end
             if size == 0:
                 return
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -194,6 +206,8 @@ class Sources:
             view = memoryview(mapped)
             try:
                 pos, line = 0, 1
+                if part is not None and part.start:
+                    pos, line = part.start, _LineNumber(_PrefixLines(mapped, part.start), 1)
                 while pos < size:
                     end = _line_aligned_end(mapped, pos, self.batch_bytes, size)
                     chunk = view[pos:end]
@@ -296,32 +310,86 @@ class Sources:
             raise PytrainError(f"{path}: no column {column!r}{did_you_mean(str(column), names)}; columns: {', '.join(names)}")
         return column
 
-    def _parquet(self, path: Path) -> Iterator[DocBatch]:
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as error:
-            raise PytrainError(f"{path}: not a readable parquet file ({error})") from None
+    def _parquet(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
+        parquet = open_parquet(path)
         column = self._column_name(path, parquet.schema_arrow.names)
-        total, row = max(1, parquet.metadata.num_rows), 0
-        for record_batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=[column]):
-            batch = self._rows(path, record_batch.column(0).to_pylist(), row)
-            batch.nbytes = input_bytes(path) * record_batch.num_rows // total
+        metadata = parquet.metadata
+        total = max(1, metadata.num_rows)
+        first, last = (0, metadata.num_rows) if part is None else (part.start, part.end)
+        # Only the row groups that overlap [first, last) are read; their batches are cut to it.
+        groups, row, cursor = [], 0, 0
+        for g in range(metadata.num_row_groups):
+            rows = metadata.row_group(g).num_rows
+            if cursor < last and cursor + rows > first:
+                row = cursor if not groups else row  # the first selected group's first row
+                groups.append(g)
+            cursor += rows
+        if not groups:
+            return
+        for record_batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=groups, columns=[column]):
+            lo, hi = max(first - row, 0), min(last - row, record_batch.num_rows)
+            if lo < hi:
+                batch = self._rows(path, record_batch.column(0).slice(lo, hi - lo).to_pylist(), row + lo)
+                batch.nbytes = input_bytes(path) * (hi - lo) // total
+                yield batch
             row += record_batch.num_rows
-            yield batch
+            if row >= last:
+                return
 
-    def _arrow(self, path: Path) -> Iterator[DocBatch]:
+    def _arrow(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
         import datasets
 
         dataset = datasets.load_from_disk(str(path))
         column = self._column_name(path, dataset.column_names)
-        total, row = max(1, len(dataset)), 0
-        for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_BATCH):
-            batch = self._rows(path, table.column(0).to_pylist(), row)
-            batch.nbytes = input_bytes(path) * table.num_rows // total
-            row += table.num_rows
+        total = max(1, len(dataset))
+        first, last = (0, len(dataset)) if part is None else (part.start, part.end)
+        table = dataset.select_columns([column]).with_format("arrow")
+        for row in range(first, last, ROWS_PER_BATCH):
+            rows = table[row:min(row + ROWS_PER_BATCH, last)]
+            batch = self._rows(path, rows.column(0).to_pylist(), row)
+            batch.nbytes = input_bytes(path) * rows.num_rows // total
             yield batch
+
+
+def open_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as error:
+        raise PytrainError(f"{path}: not a readable parquet file ({error})") from None
+
+
+class _PrefixLines:
+    """The number of lines before byte `start` of a mapped file, counted once and only when first asked for:
+    counting reads the whole prefix, which a shard that starts deep inside a huge file should not pay for
+    unless it has a line number to print."""
+
+    def __init__(self, mapped: mmap.mmap, start: int):
+        self.mapped, self.start, self._count = mapped, start, None
+
+    def count(self) -> int:
+        if self._count is None:
+            step = 64 << 20
+            self._count = sum(self.mapped[i:min(i + step, self.start)].count(b"\n") for i in range(0, self.start, step))
+        return self._count
+
+
+class _LineNumber:
+    """A 1-based line number counted from a part's first line; it becomes the file's line number (prefix lines
+    added) only when formatted into a message."""
+
+    def __init__(self, prefix: _PrefixLines, line: int):
+        self.prefix, self.line = prefix, line
+
+    def __add__(self, lines: int) -> _LineNumber:
+        return _LineNumber(self.prefix, self.line + lines)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.prefix.count() + self.line, spec)
+
+    def __str__(self) -> str:
+        return format(self)
 
 
 def _raw_line(chunk, starts, i: int) -> str:
