@@ -14,6 +14,7 @@ index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,9 +135,16 @@ class PackedSplit:
 
 
 def _memmap(path: Path, dtype, offset: int, count: int) -> np.ndarray:
+    """A read-only array over `count` items of the file at byte `offset`, mapped (not read).
+
+    mmap + np.frombuffer rather than np.memmap, which resolves the path on every call: a mixture of
+    thousands of shards reopens maps often, and that made np.memmap half of the cost of reading a sample.
+    """
     if count == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
 
 
 def open_split(root: str | Path, split: str, manifest: dict | None = None) -> PackedSplit:

@@ -41,7 +41,7 @@ from pytrain.errors import PytrainError
 
 CHUNK = 1 << 20  # nominal samples per chunk of the blending index
 WEIGHT_UNITS = 1 << 40  # weights are quantised to integers summing to about this, so quotas are exact
-MAX_OPEN_SPLITS = 64
+MAX_OPEN_SPLITS = 128  # 2 (chat: 3) open files each
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)$")
 
 
@@ -192,8 +192,8 @@ def _piece_lengths(offsets: np.ndarray, start: int, end: int) -> list[int]:
     """Lengths of the pieces that document boundaries cut [start, end) of a split into."""
     lo = int(np.searchsorted(offsets, start, side="right"))
     hi = int(np.searchsorted(offsets, end, side="left"))
-    cuts = [start, *(int(b) for b in offsets[lo:hi]), end]
-    return [b - a for a, b in zip(cuts, cuts[1:]) if b > a]
+    pieces = np.diff(np.concatenate(([start], offsets[lo:hi], [end])))
+    return pieces[pieces > 0].tolist()
 
 
 def _epoch_key(seed: int, name: str, epoch: int) -> int:
