@@ -7,7 +7,7 @@ training samples, hence of the training tokens: a source smaller than its share 
 per pass over its samples), a larger one is subsampled.
 
 The stream is deterministic from (seed, sources, weights) and nothing in it grows with the number
-of documents, so 10,000 shards and 10^9 documents start in well under a second:
+of documents, so 10,000 shards and 10^9 documents start in seconds (reading their manifests dominates):
 - which source global sample g comes from, and which of that source's samples it is, is the
   blending index, built in C++ one chunk of about CHUNK samples at a time
   (`_native.blend_chunk`); a chunk depends on its number only, so any position is reached in
@@ -17,8 +17,9 @@ of documents, so 10,000 shards and 10^9 documents start in well under a second:
   permutation (`_native.keyed_permutation`, seeded by (seed, source name, e)), which needs no
   memory. Unlike PackedDataset (data.path), documents are not reshuffled inside a source: a sample
   holds documents that are neighbours in the pack.
-- pack files are memory-mapped on first use and at most MAX_OPEN_SPLITS stay open (least recently
-  used first out), so 10,000 shards never approach the usual limit of 1,024 open files.
+- pack files are memory-mapped on first use, without read-ahead (reads jump around), and at most
+  MAX_OPEN_SPLITS stay open (least recently used first out), so 10,000 shards never approach the
+  usual limit of 1,024 open files.
 
 The resume state is one global counter, as for PackedDataset; per-source token counts and epochs are
 derived from the index at that counter, never tracked by hand.
@@ -108,8 +109,8 @@ def _pack_dirs(pattern: str, label: str) -> list[Path]:
 
 
 def _check_complete_shards(packs: list[Path], label: str) -> None:
-    """Every shard-K-of-N folder's siblings 0..N-1 must all be there and complete: a missing or still running
-    shard would otherwise silently drop part of the source."""
+    """Every shard-K-of-N folder's siblings 0..N-1 must all be there (finished shards are renamed into place): a
+    missing or still running shard would otherwise silently drop part of the source."""
     groups: dict[tuple[Path, int], set[int]] = {}
     for path in packs:
         match = _SHARD_NAME.match(path.name)
@@ -121,9 +122,6 @@ def _check_complete_shards(packs: list[Path], label: str) -> None:
             first = parent / f"shard-{missing[0]:05d}-of-{count:05d}"
             raise PytrainError(f"{label}: {len(missing)} of {count} shards are missing or unfinished under {parent} "
                                f"(first: {first}); finish `pytrain pack --shard` for them")
-        for path in packs:
-            if path.parent == parent and not (path / fmt.MANIFEST).is_file():
-                raise PytrainError(f"{label}: {path} is unfinished (no {fmt.MANIFEST}); rerun its `pytrain pack --shard`")
 
 
 def weight_units(weights: list[float]) -> np.ndarray:
@@ -146,7 +144,7 @@ class _OpenSplits:
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
-        data = fmt.open_split(shard.path, split, shard.manifest)
+        data = fmt.open_split(shard.path, split, shard.manifest, random_access=True)
         self._open[key] = data
         if len(self._open) > self.limit:
             self._open.popitem(last=False)
