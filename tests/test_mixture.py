@@ -5,6 +5,7 @@ references, samples against the sources' token streams, shares, upsampling, lazy
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -304,3 +305,31 @@ def test_mixture_training_logs_per_source_and_resumes_on_one_rank_from_two(mixtu
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
     resumed = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in resumed if "loss" in r][-1]["tokens_by_source"] == last["tokens_by_source"]
+
+    pytest.importorskip("matplotlib")
+    from pytrain.plot import plot_runs
+
+    png = plot_runs([str(two)]).read_bytes()
+    assert png[12:16] == b"IHDR" and struct.unpack(">II", png[16:24]) == (1500, 1200)  # + the per-source row
+
+
+def test_tensorboard_and_wandb_get_one_scalar_per_source(tmp_path):
+    from pytrain.config import LoggingSection
+    from pytrain.train.log import RunLogger
+
+    class Recorder:
+        def __init__(self):
+            self.rows = []
+
+        def log(self, row, step):
+            self.rows.append((step, row))
+
+    logger = RunLogger(tmp_path, LoggingSection(progress="none", tensorboard=False), enabled=True, total_steps=2)
+    logger._wandb = Recorder()
+    logger.log_eval({"step": 2, "tokens": 64, "val_loss": 2.5, "val_ppl": 12.2,
+                     "val_loss_by_source": {"web": 2.0, "code": 3.0}})
+    assert logger._wandb.rows == [(2, {"val/val_loss": 2.5, "val/val_ppl": 12.2, "val/val_loss_by_source/web": 2.0,
+                                       "val/val_loss_by_source/code": 3.0})]
+    logger._wandb = None
+    logger.close()
+    assert "val_loss 2.5000 | val_ppl 12.20 | web 2.0000 | code 3.0000" in (tmp_path / "train.log").read_text()
