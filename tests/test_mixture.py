@@ -213,8 +213,7 @@ n = ds.streams[0].samples_per_epoch
 seen = set(tuple(ds[g]["input_ids"].tolist()) for g in range(2 * n))
 print(n, len(seen), len(ds.streams[0].files))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
     n, distinct, still_open = map(int, proc.stdout.split())
     assert distinct >= n - 1 and still_open <= MAX_OPEN_SPLITS
