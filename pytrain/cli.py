@@ -111,6 +111,11 @@ def _run_pack(args) -> int:
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
         batch_bytes=int(args.batch_mb * 2**20), overwrite=args.overwrite, progress=args.progress, **sizes,
     )
+    if args.shard:
+        from pytrain.data.shard import pack_shard, parse_shard
+
+        pack_shard(args.inputs, args.tokenizer, args.out, options, parse_shard(args.shard))
+        return 0
     pack(args.inputs, tokenizer=args.tokenizer, out=args.out, options=options)
     return 0
 
@@ -121,7 +126,8 @@ def _add_pack(sub) -> None:
         "  pytrain pack corpus.jsonl --tokenizer tokenizer.json --out data/\n"
         "  pytrain pack a.jsonl.gz b.parquet --tokenizer tok.json --out data/ --jq .doc.body --val-docs 1000\n"
         "  pytrain pack notes/*.txt --txt-split paragraph --tokenizer tok.json --out data/ --on-bad-line skip\n"
-        "  pytrain pack chats.jsonl --format chat --tokenizer tok.json --out sft/   # trains assistant turns only",
+        "  pytrain pack chats.jsonl --format chat --tokenizer tok.json --out sft/   # trains assistant turns only\n"
+        "  pytrain pack web/*.jsonl --tokenizer tok.json --out packs/web --shard 3/16   # writes packs/web/shard-00003-of-00016",
         _run_pack,
     )
     _add_input_options(p, chat=True)
@@ -153,6 +159,9 @@ def _add_pack(sub) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only on a terminal)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory when done")
+    p.add_argument("--shard", default=None, metavar="K/N|auto",
+                   help="pack only the K-th (0-based) of N balanced parts of the inputs into OUT/shard-K-of-N; auto: "
+                        "K and N from torchrun (RANK/WORLD_SIZE) or a Slurm array; a finished shard is skipped")
 
 
 # ----------------------------------------------------------------------------- inspect / verify

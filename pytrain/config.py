@@ -1,7 +1,7 @@
 """The run configuration: typed sections, read from one YAML (or JSON) file plus dotted overrides.
 
     model:      preset + any Hugging Face LlamaConfig field to change
-    data:       the packed dataset directory, sequence length, document masking
+    data:       the packed dataset directory (or a weighted mixture of them), sequence length, document masking
     optim:      AdamW and gradient clipping
     schedule:   learning-rate warmup and decay
     train:      steps, batch sizes, precision, parallelism, evaluation cadence, run directory
@@ -48,7 +48,8 @@ ModelSection = _model_section()
 
 @dataclass
 class DataSection:
-    path: str | None = None           # a directory written by `pytrain pack` (required)
+    path: str | None = None           # a directory written by `pytrain pack` (this or mixture is required)
+    mixture: list[dict] | None = None  # weighted sources: [{name, path (pack, sharded pack or glob), weight}]
     seq_len: int | None = None        # null: the model's max_position_embeddings
     document_masking: bool = False    # attend within documents only, positions restart per document
     shuffle: bool = True
@@ -273,6 +274,10 @@ def _coerce(value, tp, key: str, where: str):
             except PytrainError:
                 continue
         raise _type_error(value, "/".join(a.__name__ for a in args), key, where)
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise _type_error(value, "a mapping", key, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -321,8 +326,12 @@ def _validate(config: RunConfig) -> None:
         if value not in options:
             raise PytrainError(f'{dotted}: unknown value "{value}"{did_you_mean(str(value), options)}; '
                                f"choose one of {', '.join(options)}")
-    if not config.data.path:
-        raise PytrainError("data.path is required: a directory written by `pytrain pack`")
+    if bool(config.data.path) == bool(config.data.mixture):
+        raise PytrainError("set data.path (a directory written by `pytrain pack`) or data.mixture (weighted "
+                           "sources), not both" if config.data.path else
+                           "data.path is required: a directory written by `pytrain pack` (or set data.mixture)")
+    if config.data.mixture:
+        _validate_mixture(config.data.mixture)
     positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
                 "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
@@ -345,6 +354,39 @@ def _validate(config: RunConfig) -> None:
         raise PytrainError(f"schedule.warmup_steps ({config.schedule.warmup_steps}) exceeds train.steps "
                            f"({config.train.steps})")
     activation_checkpoint_every(config.train)
+
+
+MIXTURE_KEYS = ("name", "path", "weight")
+
+
+def _validate_mixture(entries: list[dict]) -> None:
+    """Each entry {name, path, weight}: a unique non-empty name, a path string, a weight > 0."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        where = f"data.mixture[{i}]"
+        for key in entry:
+            if key not in MIXTURE_KEYS:
+                raise PytrainError(f'{where}: unknown key "{key}"{did_you_mean(str(key), MIXTURE_KEYS)}; '
+                                   f"an entry has {', '.join(MIXTURE_KEYS)}")
+        missing = [key for key in MIXTURE_KEYS if key not in entry]
+        if missing:
+            raise PytrainError(f"{where}: missing {', '.join(missing)}; an entry is {{name, path, weight}}")
+        name, path, weight = entry["name"], entry["path"], entry["weight"]
+        if not isinstance(name, str) or not name:
+            raise PytrainError(f"{where}: name must be a non-empty string, got {name!r}")
+        where = f"{where} ({name})"
+        if name in seen:
+            raise PytrainError(f'{where}: duplicate name "{name}" (also data.mixture[{seen[name]}]); names must differ')
+        seen[name] = i
+        if not isinstance(path, str) or not path:
+            raise PytrainError(f"{where}: path must be a pack directory or a glob of them, got {path!r}")
+        try:
+            number = float(weight) if not isinstance(weight, bool) else float("nan")
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not 0 < number < float("inf"):
+            raise PytrainError(f"{where}: weight must be a number > 0, got {weight!r}")
+        entry["weight"] = number
 
 
 def activation_checkpoint_every(train: TrainSection) -> int:

@@ -1,7 +1,9 @@
 """`pytrain plot`: one PNG of a run's curves, or several runs overlaid.
 
 Rows: against optimizer steps, then against training tokens. Columns: training loss (solid) with
-validation loss (dots), learning rate, training tokens/s. Everything comes from each run's
+validation loss (dots), learning rate, training tokens/s. Runs trained on a mixture (`data.mixture`)
+add a third row: each source's validation loss against steps and against tokens (one colour per source,
+one line style per run). Everything comes from each run's
 metrics.jsonl; matplotlib (the `plot` extra) is imported only here, without pyplot's global state.
 Without matplotlib, the PNG holds the loss curves only, drawn by pytrain.chart (numpy and zlib).
 """
@@ -46,8 +48,9 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
             handle.write(_loss_chart(runs))
         return out
 
-    figure = Figure(figsize=(15, 8), layout="constrained")
-    axes = figure.subplots(2, 3)
+    sources = list(dict.fromkeys(name for _, _, val in runs for row in val for name in row.get("val_loss_by_source", {})))
+    figure = Figure(figsize=(15, 12 if sources else 8), layout="constrained")
+    axes = figure.subplots(3 if sources else 2, 3)
     for row, (x_key, x_label) in enumerate((("step", "step"), ("tokens", "tokens"))):
         loss_ax, lr_ax, speed_ax = axes[row]
         for index, (label, train, val) in enumerate(runs):
@@ -67,9 +70,29 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
             ax.xaxis.set_major_formatter(EngFormatter())
         speed_ax.yaxis.set_major_formatter(EngFormatter())
         loss_ax.legend(fontsize="small")
+        if sources:
+            _plot_by_source(axes[2][row], runs, sources, x_key, x_label, EngFormatter())
+    if sources:
+        axes[2][2].set_visible(False)
     with atomic_file(out) as handle:
         figure.savefig(handle, format="png", dpi=100)
     return out
+
+
+def _plot_by_source(ax, runs, sources: list[str], x_key: str, x_label: str, formatter) -> None:
+    styles = ("-", "--", ":", "-.")
+    for index, (label, _, val) in enumerate(runs):
+        for number, name in enumerate(sources):
+            points = [(r[x_key], r["val_loss_by_source"][name]) for r in val if name in r.get("val_loss_by_source", {})]
+            if points:
+                ax.plot(*zip(*points), styles[index % len(styles)], marker="o", markersize=3,
+                        color=f"C{number % 10}", label=f"{label} {name}" if len(runs) > 1 else name)
+    ax.set_title(f"validation loss by source vs {x_label}")
+    ax.set_xlabel(x_label)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_formatter(formatter)
+    if len(sources) * len(runs) <= 20:
+        ax.legend(fontsize="small")
 
 
 def _label(run: str, runs: list[str]) -> str:

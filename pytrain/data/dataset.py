@@ -127,19 +127,11 @@ class PackedDataset:
         return np.concatenate(pieces).astype(np.int64), np.asarray(lengths, dtype=np.int64), sample_mask
 
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
-        buf, lengths, mask = self.sample_tokens(int(g))
-        segment = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:-1]
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        position = np.arange(self.seq_len, dtype=np.int64) - np.repeat(starts, lengths)[:-1]
-        labels = buf[1:] if mask is None else np.where(mask[1:] == 1, buf[1:], IGNORE_INDEX)
-        return {"input_ids": buf[:-1], "labels": labels, "position_ids": position, "segment_ids": segment}
+        return sample_arrays(*self.sample_tokens(int(g)))
 
     def get_batch(self, indices) -> dict:
         """Global samples `indices`, stacked into torch.LongTensors [len(indices), seq_len]."""
-        import torch
-
-        samples = [self[int(g)] for g in indices]
-        return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+        return stack_samples([self[int(g)] for g in indices])
 
     def next_batch(self, batch_size: int) -> dict:
         """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
@@ -160,3 +152,21 @@ class PackedDataset:
                     f"{mine!r} (same dataset, seq_len and seed are needed for an exact resume)"
                 )
         self.consumed = int(state["consumed"])
+
+
+def sample_arrays(buf: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+    """One training sample from its seq_len+1 tokens, the lengths of the document pieces in them and (chat
+    data) their loss mask: input_ids, labels, position_ids and segment_ids, each of length seq_len."""
+    seq_len = len(buf) - 1
+    segment = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:-1]
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    position = np.arange(seq_len, dtype=np.int64) - np.repeat(starts, lengths)[:-1]
+    labels = buf[1:] if mask is None else np.where(mask[1:] == 1, buf[1:], IGNORE_INDEX)
+    return {"input_ids": buf[:-1], "labels": labels, "position_ids": position, "segment_ids": segment}
+
+
+def stack_samples(samples: list[dict]) -> dict:
+    """Samples stacked into torch.LongTensors [len(samples), seq_len]."""
+    import torch
+
+    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}

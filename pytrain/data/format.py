@@ -14,6 +14,7 @@ index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,16 +196,27 @@ class PackedSplit:
         return self.tokens[self.offsets[d] : self.offsets[d + 1]]
 
 
-def _memmap(path: Path, dtype, offset: int, count: int) -> np.ndarray:
+def _memmap(path: Path, dtype, offset: int, count: int, random_access: bool = False) -> np.ndarray:
+    """A read-only array over `count` items of the file at byte `offset`, mapped (not read).
+
+    mmap + np.frombuffer rather than np.memmap, which resolves the path on every call: a mixture of
+    thousands of shards reopens maps often, and that made np.memmap half of the cost of reading a sample.
+    """
     if count == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if random_access and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)  # no read-ahead: each access touches a page or two
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
 
 
-def open_split(root: str | Path, split: str, manifest: dict | None = None) -> PackedSplit:
+def open_split(root: str | Path, split: str, manifest: dict | None = None,
+               random_access: bool = False) -> PackedSplit:
     """Map one split after checking that file sizes agree with the manifest and index header.
 
-    This is the cheap check every reader runs; `pytrain verify` does the full one.
+    This is the cheap check every reader runs; `pytrain verify` does the full one. `random_access`: the reader
+    jumps around (a mixture's binary searches and sample windows), so the kernel should not read ahead.
     """
     root = Path(root)
     manifest = manifest if manifest is not None else read_manifest(root)
@@ -231,12 +243,12 @@ def open_split(root: str | Path, split: str, manifest: dict | None = None) -> Pa
     want_bin = header.token_count * dtype.itemsize
     if bin_path.stat().st_size != want_bin:
         raise PytrainError(f"{bin_path}: {bin_path.stat().st_size} bytes, expected {want_bin}; truncated or corrupted, re-pack")
-    offsets = _memmap(idx, np.dtype("<i8"), INDEX_HEADER.size, header.doc_count + 1)
-    tokens = _memmap(bin_path, dtype, 0, header.token_count)
+    offsets = _memmap(idx, np.dtype("<i8"), INDEX_HEADER.size, header.doc_count + 1, random_access)
+    tokens = _memmap(bin_path, dtype, 0, header.token_count, random_access)
     mask = None
     if manifest.get("loss_mask"):
         mask_file = mask_path(root, split)
         if not mask_file.exists() or mask_file.stat().st_size != header.token_count:
             raise PytrainError(f"{mask_file}: missing or not {header.token_count} bytes; truncated or corrupted, re-pack")
-        mask = _memmap(mask_file, np.dtype("u1"), 0, header.token_count)
+        mask = _memmap(mask_file, np.dtype("u1"), 0, header.token_count, random_access)
     return PackedSplit(tokens=tokens, offsets=offsets, mask=mask)

@@ -265,8 +265,12 @@ def _chat_ids_and_mask(conversations: list, encoded: list, eos_id: int, bos: boo
     return ids, mask
 
 
-def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
-    """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`."""
+def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=None,
+         manifest_extra: dict | None = None) -> dict:
+    """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`.
+
+    `parts` (pytrain.data.shard): the slice of each input to read; `manifest_extra`: keys added to the manifest.
+    """
     from pytrain import _native
 
     options = options or PackOptions()
@@ -288,7 +292,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
     sources = open_sources(
         inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
         batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
-        chat_eos_token=tok.id_to_token(eos_id) if chat else None,
+        chat_eos_token=tok.id_to_token(eos_id) if chat else None, parts=parts,
     )
     started = time.perf_counter()
     bar = ProgressBar(sources.total_bytes, enabled=options.progress)
@@ -399,6 +403,7 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             "blank_lines": sources.blank_lines,
             "rejected": dict(sorted(sources.rejected.items())),
             "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes", "max_doc_bytes")},
+            **(manifest_extra or {}),
         }
         with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)

@@ -71,6 +71,15 @@ def describe_path(path: list[str | int]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
+@dataclass(frozen=True)
+class Part:
+    """A slice of one input (see pytrain.data.shard): bytes [start, end) of a plain JSONL file, both ends at line
+    starts, or rows [start, end) of a parquet file or datasets folder."""
+
+    start: int
+    end: int
+
+
 @dataclass
 class DocBatch:
     """Documents of one input window: strings, or for chat data lists of (text, trained) segments."""
@@ -111,12 +120,14 @@ class Sources:
     """All inputs of one run, read in order; counts what was taken and what was rejected."""
 
     def __init__(self, paths, field_path, txt_split="file", on_bad_line="error", batch_bytes=2 << 20, threads=0,
-                 chat_eos_token: str | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES):
+                 chat_eos_token: str | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+                 parts: list[Part | None] | None = None):
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
             if not path.exists():
                 raise PytrainError(f"{path}: no such file or directory")
         self.kinds = [input_kind(p) for p in self.paths]
+        self.parts = list(parts) if parts is not None else [None] * len(self.paths)  # None: the whole input
         self.field_path = list(field_path)
         self.txt_split = txt_split
         self.on_bad_line = on_bad_line
@@ -124,7 +135,8 @@ class Sources:
         self.max_doc_bytes = int(max_doc_bytes)
         self.threads = threads
         self.chat_eos_token = chat_eos_token  # set: documents are conversations (see pytrain.data.chat)
-        self.total_bytes = sum(input_bytes(p) for p in self.paths)
+        self.total_bytes = sum(input_bytes(p) if part is None or kind != "jsonl" else part.end - part.start
+                               for p, kind, part in zip(self.paths, self.kinds, self.parts))
         self.documents = 0
         self.empty_documents = 0
         self.blank_lines = 0
@@ -136,10 +148,10 @@ class Sources:
     def batches(self) -> Iterator[DocBatch]:
         readers = {"jsonl": self._jsonl, "jsonl.gz": self._jsonl_gz, "txt": self._txt,
                    "parquet": self._parquet, "arrow": self._arrow}
-        for path, kind in zip(self.paths, self.kinds):
+        for path, kind, part in zip(self.paths, self.kinds, self.parts):
             stat = path.stat()
             before = self.documents
-            for batch in readers[kind](path):
+            for batch in readers[kind](path) if part is None else readers[kind](path, part):
                 self.documents += len(batch.texts)
                 yield batch
             if not path.is_dir() and path.stat().st_size != stat.st_size:
@@ -147,6 +159,7 @@ class Sources:
             self.per_source.append({
                 "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
                 "mtime": stat.st_mtime, "documents": self.documents - before,
+                **({"part": [part.start, part.end]} if part is not None else {}),
             })
 
     # ------------------------------------------------------------------ bad input
@@ -212,20 +225,26 @@ class Sources:
             self._accept(path, where, value, self.field_path, batch, text)
         return batch, first_line + len(starts) - 1
 
-    def _jsonl(self, path: Path) -> Iterator[DocBatch]:
+    def _jsonl(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
         """Plain JSONL, read (not memory-mapped: a file truncated while being packed must give an
-        error naming it, not a SIGBUS), checking between windows that the file keeps its size."""
+        error naming it, not a SIGBUS), checking between windows that the file keeps its size. A shard's
+        `part` is the byte range [start, end) of the file, both at line starts."""
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
+            start, end = (0, size) if part is None else (part.start, part.end)
+            handle.seek(start)
+            left = [end - start]
 
             def read(n: int) -> bytes:
-                block = handle.read(n)
+                block = handle.read(min(n, left[0]))
                 if os.fstat(handle.fileno()).st_size != size:  # after the read: what it returned may be cut short
                     raise _changed(path, size)
+                left[0] -= len(block)
                 return block
 
-            yield from self._json_lines(path, read)
-            if handle.tell() != size:
+            first_line = _LineNumber(_PrefixLines(path, start), 1) if start else 1
+            yield from self._json_lines(path, read, first_line=first_line)
+            if handle.tell() != end:
                 raise _changed(path, size)
 
     def _jsonl_gz(self, path: Path) -> Iterator[DocBatch]:
@@ -236,12 +255,12 @@ class Sources:
         except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; a bad deflate block a zlib.error
             raise PytrainError(f"{path}: corrupt or truncated gzip data near line {position[0]} ({error})") from None
 
-    def _json_lines(self, path: Path, read, position: list[int] | None = None) -> Iterator[DocBatch]:
+    def _json_lines(self, path: Path, read, position: list[int] | None = None, first_line=1) -> Iterator[DocBatch]:
         """Windows of whole lines of about batch_bytes from `read(n)`; a line longer than
         --max-doc-mb is rejected and skipped as it streams by, never held in memory.
         `position[0]` follows the current line number (for error messages)."""
-        position = position if position is not None else [1]
-        line, pending, pending_bytes, skipping = 1, [], 0, False
+        position = position if position is not None else [first_line]
+        line, pending, pending_bytes, skipping = first_line, [], 0, False
         while True:
             block = read(self.batch_bytes)
             if not block:
@@ -349,32 +368,92 @@ class Sources:
             raise PytrainError(f"{path}: no column {column!r}{did_you_mean(str(column), names)}; columns: {', '.join(names)}")
         return column
 
-    def _parquet(self, path: Path) -> Iterator[DocBatch]:
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as error:
-            raise PytrainError(f"{path}: not a readable parquet file ({error})") from None
+    def _parquet(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
+        parquet = open_parquet(path)
         column = self._column_name(path, parquet.schema_arrow.names)
-        total, row = max(1, parquet.metadata.num_rows), 0
-        for record_batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=[column]):
-            batch = self._rows(path, record_batch.column(0).to_pylist(), row)
-            batch.nbytes = input_bytes(path) * record_batch.num_rows // total
+        metadata = parquet.metadata
+        total = max(1, metadata.num_rows)
+        first, last = (0, metadata.num_rows) if part is None else (part.start, part.end)
+        # Only the row groups that overlap [first, last) are read; their batches are cut to it.
+        groups, row, cursor = [], 0, 0
+        for g in range(metadata.num_row_groups):
+            rows = metadata.row_group(g).num_rows
+            if cursor < last and cursor + rows > first:
+                row = cursor if not groups else row  # the first selected group's first row
+                groups.append(g)
+            cursor += rows
+        if not groups:
+            return
+        for record_batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=groups, columns=[column]):
+            lo, hi = max(first - row, 0), min(last - row, record_batch.num_rows)
+            if lo < hi:
+                batch = self._rows(path, record_batch.column(0).slice(lo, hi - lo).to_pylist(), row + lo)
+                batch.nbytes = input_bytes(path) * (hi - lo) // total
+                yield batch
             row += record_batch.num_rows
-            yield batch
+            if row >= last:
+                return
 
-    def _arrow(self, path: Path) -> Iterator[DocBatch]:
+    def _arrow(self, path: Path, part: Part | None = None) -> Iterator[DocBatch]:
         import datasets
 
         dataset = datasets.load_from_disk(str(path))
         column = self._column_name(path, dataset.column_names)
-        total, row = max(1, len(dataset)), 0
-        for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_BATCH):
-            batch = self._rows(path, table.column(0).to_pylist(), row)
-            batch.nbytes = input_bytes(path) * table.num_rows // total
-            row += table.num_rows
+        total = max(1, len(dataset))
+        first, last = (0, len(dataset)) if part is None else (part.start, part.end)
+        table = dataset.select_columns([column]).with_format("arrow")
+        for row in range(first, last, ROWS_PER_BATCH):
+            rows = table[row:min(row + ROWS_PER_BATCH, last)]
+            batch = self._rows(path, rows.column(0).to_pylist(), row)
+            batch.nbytes = input_bytes(path) * rows.num_rows // total
             yield batch
+
+
+def open_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as error:
+        raise PytrainError(f"{path}: not a readable parquet file ({error})") from None
+
+
+class _PrefixLines:
+    """The number of lines before byte `start` of a file, counted once and only when first asked for:
+    counting reads the whole prefix, which a shard that starts deep inside a huge file should not pay for
+    unless it has a line number to print."""
+
+    def __init__(self, path: Path, start: int):
+        self.path, self.start, self._count = path, start, None
+
+    def count(self) -> int:
+        if self._count is None:
+            count, left = 0, self.start
+            with open(self.path, "rb") as handle:
+                while left:
+                    block = handle.read(min(64 << 20, left))
+                    if not block:
+                        break
+                    count, left = count + block.count(b"\n"), left - len(block)
+            self._count = count
+        return self._count
+
+
+class _LineNumber:
+    """A 1-based line number counted from a part's first line; it becomes the file's line number (prefix lines
+    added) only when formatted into a message."""
+
+    def __init__(self, prefix: _PrefixLines, line: int):
+        self.prefix, self.line = prefix, line
+
+    def __add__(self, lines: int) -> _LineNumber:
+        return _LineNumber(self.prefix, self.line + lines)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.prefix.count() + self.line, spec)
+
+    def __str__(self) -> str:
+        return format(self)
 
 
 def _raw_line(chunk, starts, i: int) -> str:

@@ -1,4 +1,5 @@
-"""Validation loss and perplexity over the first `max_batches` micro-batches of the validation split.
+"""Validation loss and perplexity over the first `max_batches` micro-batches of the validation split
+(for a mixture: of each source's validation split).
 
 The validation stream is rewound before every evaluation, so each one scores the same tokens and the
 numbers are comparable across steps (and across rank counts, since the global stream is the same).
@@ -41,3 +42,22 @@ class Evaluator:
         loss_sum, count = all_reduce_sum(totals).tolist()
         loss = loss_sum / max(count, 1.0)
         return loss, math.exp(min(loss, 700.0))
+
+    def row(self, model: nn.Module) -> dict:
+        """The evaluation's metrics.jsonl fields."""
+        loss, ppl = self(model)
+        return {"val_loss": loss, "val_ppl": ppl}
+
+
+class MixtureEvaluator:
+    """Each source of a mixture evaluated on its own validation split; the overall val_loss is the mean of
+    the sources' losses weighted by their mixture weights (the loss of the training distribution)."""
+
+    def __init__(self, evaluators: dict[str, tuple[float, Evaluator]]):
+        self.evaluators = evaluators
+
+    def row(self, model: nn.Module) -> dict:
+        by_source = {name: evaluator(model)[0] for name, (_, evaluator) in self.evaluators.items()}
+        weights = {name: weight for name, (weight, _) in self.evaluators.items()}
+        loss = sum(weights[n] * by_source[n] for n in by_source) / sum(weights.values())
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_loss_by_source": by_source}

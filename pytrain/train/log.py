@@ -3,7 +3,9 @@
     train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
     metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
                     mfu (null when the device peak is unknown), memory_gib, elapsed_s; and one per
-                    evaluation: step, tokens, val_loss, val_ppl
+                    evaluation: step, tokens, val_loss, val_ppl. With data.mixture, training rows also carry
+                    tokens_by_source and epoch_by_source and evaluation rows val_loss_by_source ({name: value});
+                    TensorBoard and W&B get them as train/tokens_by_source/NAME, val/val_loss_by_source/NAME, ...
     tensorboard/    event files, when the tensorboard package is installed (logging.tensorboard)
 
 On resume, rows after the resumed step (logged by the interrupted run after its last checkpoint) are
@@ -128,12 +130,13 @@ class RunLogger:
         if not self.enabled:
             return
         self._write_row(row, prefix="val")
-        self.info(f"eval step {row['step']} | val_loss {row['val_loss']:.4f} | val_ppl {row['val_ppl']:.2f}")
+        by_source = "".join(f" | {name} {loss:.4f}" for name, loss in row.get("val_loss_by_source", {}).items())
+        self.info(f"eval step {row['step']} | val_loss {row['val_loss']:.4f} | val_ppl {row['val_ppl']:.2f}{by_source}")
 
     def _write_row(self, row: dict, prefix: str) -> None:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        scalars = {k: v for k, v in row.items() if k not in ("step", "tokens") and isinstance(v, (int, float))}
+        scalars = {k: v for k, v in _flatten(row).items() if k not in ("step", "tokens") and isinstance(v, (int, float))}
         if self._tensorboard is not None:
             for key, value in scalars.items():
                 self._tensorboard.add_scalar(f"{prefix}/{key}", value, row["step"])
@@ -150,3 +153,14 @@ class RunLogger:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _flatten(row: dict) -> dict:
+    """{"tokens_by_source": {"web": 5}} -> {"tokens_by_source/web": 5}: one scalar per source for TensorBoard/W&B."""
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat

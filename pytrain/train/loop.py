@@ -22,7 +22,7 @@ from pytrain.fsutil import atomic_file, atomic_write_text, file_sha256
 from pytrain.train import checkpoint as ckpt
 from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.distributed import Distributed, all_gather_object, broadcast_object, init_distributed, shutdown
-from pytrain.train.evaluate import Evaluator
+from pytrain.train.data import RunData
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import device_peak_tflops, mfu, peak_memory_gib, reset_peak_memory
 from pytrain.train.optim import build_optimizer
@@ -72,14 +72,13 @@ class _Run:
     def _setup(self) -> None:
         """Check everything, then write: a refused start (a locked run, another config's run, a model or
         tokenizer that does not match the checkpoint, corrupt data or checkpoints) changes no file."""
-        from pytrain.data.format import read_manifest
-
         config, d, train = self.config, self.d, self.config.train
         self.cpu_threads = CpuThreads(d.local_world_size) if d.device.type == "cpu" else None
         ops.set_backend(train.kernels)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
-        manifest = read_manifest(config.data.path)
+        self.data = RunData(config.data)
+        manifest = self.data.manifest
         r = resolve_run(config, int(manifest["vocab_size"]), d.world_size, d.device.type)
         self.model_config, self.seq_len, self.warmup, self.dtype = r.model, r.seq_len, r.warmup_steps, r.dtype
         self.micro, self.accumulation, self.resolved = r.micro_batch_size, r.accumulation, r.config
@@ -152,7 +151,7 @@ class _Run:
                                "restore those settings, or train in another train.run_dir")
         run_tokenizer = self.rundir.tokenizer_file
         if run_tokenizer.is_file() and file_sha256(run_tokenizer) != self.data_tokenizer_sha:
-            raise PytrainError(f"cannot resume {self.run_dir}: data.path {self.config.data.path} was packed with "
+            raise PytrainError(f"cannot resume {self.run_dir}: the data ({self.data.pack_dir}) was packed with "
                                f"another tokenizer than the run's {run_tokenizer}; token ids would change meaning: "
                                "pack the data with that tokenizer, or train in another train.run_dir")
 
@@ -163,34 +162,27 @@ class _Run:
         mode = self.config.data.verify
         if mode == "none":
             return
-        problems = verify_pack(self.config.data.path, mode) if self.d.local_rank == 0 else []
+        packs = self.data.pack_dirs
+        problems = [p for pack in packs for p in verify_pack(pack, mode)] if self.d.local_rank == 0 else []
         found = sorted({p for rank_problems in all_gather_object(problems) for p in rank_problems})
         if found:
-            raise PytrainError(f"data.path {self.config.data.path} failed its {mode} check ({len(found)} problem(s)): "
-                               f"{'; '.join(found)}; re-pack it, or see `pytrain verify {self.config.data.path}` "
-                               "(data.verify=none skips this check)")
+            where = f"data.path {packs[0]}" if len(packs) == 1 else f"{len(packs)} packs of data.mixture"
+            raise PytrainError(f"{where} failed the {mode} check ({len(found)} problem(s)): {'; '.join(found)}; "
+                               "re-pack, or see `pytrain verify DIR` (data.verify=none skips this check)")
 
     def _open_data(self) -> None:
-        from pytrain.data.dataset import PackedDataset
-
-        config, d, train = self.config, self.d, self.config.train
-        self.train_data = PackedDataset(config.data.path, self.seq_len, split="train", seed=train.seed,
-                                        rank=d.rank, world_size=d.world_size, shuffle=config.data.shuffle)
+        d, train = self.d, self.config.train
+        self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
         if train.eval_every:
-            try:
-                val = PackedDataset(config.data.path, self.seq_len, split="val", seed=train.seed, rank=d.rank,
-                                    world_size=d.world_size, shuffle=False)
-            except PytrainError as error:
-                raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {error}") from None
-            self.evaluator = Evaluator(val, self.micro, train.eval_max_batches, config.data.document_masking, d.device)
+            self.evaluator = self.data.evaluator(self.seq_len, train.seed, d, self.micro, train.eval_max_batches)
 
     def _write_run_files(self) -> None:
         """Rank 0, after every check has passed: the resolved config, the data's tokenizer, the run's origin."""
         self.rundir.name_lock_holder()
         ckpt.remove_partial(self.ckpt_root)
         atomic_write_text(self.rundir.config_file, self.resolved.to_yaml())
-        source = Path(self.config.data.path) / "tokenizer.json"
+        source = self.data.tokenizer_file
         if source.is_file():
             with atomic_file(self.rundir.tokenizer_file) as handle:
                 handle.write(source.read_bytes())
@@ -234,8 +226,8 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
-        for note in self.notes:
-            log(note)
+        for note in [*self.notes, *self.data.notes]:
+            log(f"note: {note}")
         self._adjust_cpu_threads()
         if self.resume_note:
             log(self.resume_note)
@@ -243,7 +235,7 @@ class _Run:
             log(f"weights from {config.model.init_from} (model.init_from)")
             hf_tokenizer = Path(config.model.init_from) / "tokenizer.json"
             if hf_tokenizer.is_file() and file_sha256(hf_tokenizer) != self.data_tokenizer_sha:
-                log(f"note: {config.data.path} was packed with another tokenizer than {hf_tokenizer}: token ids "
+                log(f"note: {self.data.pack_dir} was packed with another tokenizer than {hf_tokenizer}: token ids "
                     "may not mean what the weights learned")
 
     # ------------------------------------------------------------------ loop
@@ -287,8 +279,7 @@ class _Run:
                 window_start, window_tokens, window_train_s = time.perf_counter(), 0, 0.0
                 reset_peak_memory(self.d.device)
             if self.evaluator and (step % config.train.eval_every == 0 or step == total):
-                val_loss, val_ppl = self.evaluator(self.model)
-                self.logger.log_eval({"step": step, "tokens": self.tokens, "val_loss": val_loss, "val_ppl": val_ppl})
+                self.logger.log_eval({"step": step, "tokens": self.tokens, **self.evaluator.row(self.model)})
             if config.logging.sample_every and config.logging.sample_prompts and step % config.logging.sample_every == 0:
                 self._sample()
             if (config.checkpoint.every and step % config.checkpoint.every == 0) or step == total:
@@ -331,6 +322,7 @@ class _Run:
             "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
+            **self.data.progress(self.train_data),
         }, eta_s=(total - self.step) / max(wall_steps_per_s, 1e-9))
 
     def _sample(self) -> None:

@@ -1,0 +1,348 @@
+"""Weighted mixtures of packed sources: `data.mixture` in the run configuration.
+
+A source is one pack directory, a directory written by `pytrain pack --shard` (its shard-K-of-N
+packs), or a glob of either. Its shards are read as one token stream (in path order), so each shard
+is sampled in proportion to its size. Source s of a mixture gets the share w_s / sum(w) of the
+training samples, hence of the training tokens: a source smaller than its share repeats (one epoch
+per pass over its samples), a larger one is subsampled.
+
+The stream is deterministic from (seed, sources, weights) and nothing in it grows with the number
+of documents, so 10,000 shards and 10^9 documents start in seconds (reading their manifests dominates):
+- which source global sample g comes from, and which of that source's samples it is, is the
+  blending index, built in C++ one chunk of about CHUNK samples at a time
+  (`_native.blend_chunk`); a chunk depends on its number only, so any position is reached in
+  O(sources + CHUNK log sources) without replaying the stream;
+- a source's samples are consecutive windows of seq_len + 1 tokens of its stream (neighbours share
+  one token, as in PackedDataset); epoch e visits them in the order of a keyed pseudo-random
+  permutation (`_native.keyed_permutation`, seeded by (seed, source name, e)), which needs no
+  memory. Unlike PackedDataset (data.path), documents are not reshuffled inside a source: a sample
+  holds documents that are neighbours in the pack.
+- pack files are memory-mapped on first use, without read-ahead (reads jump around), and at most
+  MAX_OPEN_SPLITS stay open (least recently used first out), so 10,000 shards never approach the
+  usual limit of 1,024 open files.
+
+The resume state is one global counter, as for PackedDataset; per-source token counts and epochs are
+derived from the index at that counter, never tracked by hand.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pytrain.data import format as fmt
+from pytrain.data.dataset import sample_arrays, stack_samples
+from pytrain.errors import PytrainError
+
+CHUNK = 1 << 20  # nominal samples per chunk of the blending index
+WEIGHT_UNITS = 1 << 40  # weights are quantised to integers summing to about this, so quotas are exact
+MAX_OPEN_SPLITS = 128  # 2 (chat: 3) open files each
+_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class Source:
+    """One mixture entry, resolved: its name, weight and pack directories (shards)."""
+
+    label: str  # "data.mixture[i] (name)", for error messages
+    name: str
+    weight: float
+    shards: tuple[Shard, ...]
+
+
+def resolve_sources(entries: list[dict]) -> list[Source]:
+    """Expand each entry's path into pack directories and check that all share one tokenizer.
+
+    `entries` are checked dicts {name, path, weight} (see pytrain.config).
+    """
+    sources, reference = [], None
+    for i, entry in enumerate(entries):
+        label = f"data.mixture[{i}] ({entry['name']})"
+        shards = tuple(Shard(path, _read_manifest(path, label)) for path in _pack_dirs(entry["path"], label))
+        for shard in shards:
+            sha = shard.manifest["tokenizer"].get("sha256")
+            if reference is None:
+                reference = (sha, label, shard.path)
+            elif sha != reference[0]:
+                raise PytrainError(
+                    f"{label}: {shard.path} was packed with another tokenizer (sha256 {str(sha)[:12]}...) than "
+                    f"{reference[1]} {reference[2]} ({str(reference[0])[:12]}...); all sources must share one tokenizer")
+        sources.append(Source(label, entry["name"], float(entry["weight"]), shards))
+    return sources
+
+
+def _read_manifest(path: Path, label: str) -> dict:
+    try:
+        return fmt.read_manifest(path)
+    except PytrainError as error:
+        raise PytrainError(f"{label}: {error}") from None
+
+
+def _pack_dirs(pattern: str, label: str) -> list[Path]:
+    """The pack directories of one entry: `pattern` is a pack, a `pack --shard` output folder, or a glob of them."""
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not matches or not Path(matches[0]).exists():
+        raise PytrainError(f'{label}: path "{pattern}" matches nothing; give a pack directory or a glob of them')
+    packs = []
+    for match in map(Path, matches):
+        if (match / fmt.MANIFEST).is_file():
+            packs.append(match)
+        elif match.is_dir() and any(_SHARD_NAME.match(p.name) for p in match.iterdir()):
+            packs += sorted(p for p in match.iterdir() if _SHARD_NAME.match(p.name))
+        else:
+            raise PytrainError(f"{label}: {match} is not a pack (no {fmt.MANIFEST}) nor a folder of "
+                               "`pytrain pack --shard` outputs")
+    _check_complete_shards(packs, label)
+    return packs
+
+
+def _check_complete_shards(packs: list[Path], label: str) -> None:
+    """Every shard-K-of-N folder's siblings 0..N-1 must all be there (finished shards are renamed into place): a
+    missing or still running shard would otherwise silently drop part of the source."""
+    groups: dict[tuple[Path, int], set[int]] = {}
+    for path in packs:
+        match = _SHARD_NAME.match(path.name)
+        if match:
+            groups.setdefault((path.parent, int(match.group(2))), set()).add(int(match.group(1)))
+    for (parent, count), present in groups.items():
+        missing = sorted(set(range(count)) - present)
+        if missing:
+            first = parent / f"shard-{missing[0]:05d}-of-{count:05d}"
+            raise PytrainError(f"{label}: {len(missing)} of {count} shards are missing or unfinished under {parent} "
+                               f"(first: {first}); finish `pytrain pack --shard` for them")
+
+
+def weight_units(weights: list[float]) -> np.ndarray:
+    """Weights as positive integers proportional to them (summing to about WEIGHT_UNITS), for exact quotas."""
+    total = sum(weights)
+    units = np.array([max(1, int(w / total * WEIGHT_UNITS)) for w in weights], dtype=np.int64)
+    return units
+
+
+class _OpenSplits:
+    """Memory-mapped pack splits, opened on first use; the least recently used beyond `limit` are dropped
+    (their maps, and file descriptors, close once no sample refers to them)."""
+
+    def __init__(self, limit: int = MAX_OPEN_SPLITS):
+        self.limit = limit
+        self._open: OrderedDict[tuple[Path, str], fmt.PackedSplit] = OrderedDict()
+
+    def get(self, shard: Shard, split: str) -> fmt.PackedSplit:
+        key = (shard.path, split)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        data = fmt.open_split(shard.path, split, shard.manifest, random_access=True)
+        self._open[key] = data
+        if len(self._open) > self.limit:
+            self._open.popitem(last=False)
+        return data
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class SourceStream:
+    """One source's split as a single token stream: its shards' documents end to end, in path order."""
+
+    def __init__(self, source: Source, split: str, seq_len: int, files: _OpenSplits):
+        self.name, self.label = source.name, source.label
+        self.split, self.seq_len, self.files = split, seq_len, files
+        self.shards = [s for s in source.shards if s.manifest["splits"].get(split, {}).get("tokens", 0) > 0]
+        tokens = [int(s.manifest["splits"][split]["tokens"]) for s in self.shards]
+        self.starts = np.concatenate(([0], np.cumsum(tokens, dtype=np.int64)))
+        self.num_tokens = int(self.starts[-1])
+        self.samples_per_epoch = (self.num_tokens - 1) // seq_len if self.num_tokens >= 2 else 0
+        self.has_mask = any(s.manifest.get("loss_mask") for s in self.shards)
+
+    def window(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Sample `slot` of an epoch: stream tokens [slot*seq_len, slot*seq_len + seq_len] (seq_len + 1 of them),
+        the lengths of the document pieces in it, and its loss mask when any shard has one."""
+        position, need = slot * self.seq_len, self.seq_len + 1
+        k = int(np.searchsorted(self.starts, position, side="right")) - 1
+        pieces, masks, lengths = [], [], []
+        while need:
+            data = self.files.get(self.shards[k], self.split)
+            local = position - int(self.starts[k])
+            take = min(need, data.num_tokens - local)
+            pieces.append(np.asarray(data.tokens[local:local + take], dtype=np.int64))
+            if self.has_mask:
+                masks.append(np.ones(take, np.uint8) if data.mask is None else np.asarray(data.mask[local:local + take]))
+            lengths += _piece_lengths(data.offsets, local, local + take)
+            position, need, k = position + take, need - take, k + 1
+        mask = np.concatenate(masks) if self.has_mask else None
+        return np.concatenate(pieces), np.asarray(lengths, dtype=np.int64), mask
+
+
+def _piece_lengths(offsets: np.ndarray, start: int, end: int) -> list[int]:
+    """Lengths of the pieces that document boundaries cut [start, end) of a split into."""
+    lo = int(np.searchsorted(offsets, start, side="right"))
+    hi = int(np.searchsorted(offsets, end, side="left"))
+    pieces = np.diff(np.concatenate(([start], offsets[lo:hi], [end])))
+    return pieces[pieces > 0].tolist()
+
+
+def _epoch_key(seed: int, name: str, epoch: int) -> int:
+    digest = hashlib.sha256(f"pytrain-mixture:{seed}:{epoch}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class BlendedDataset:
+    """Fixed-length samples from weighted sources, as one global stream (see the module docstring).
+
+    The interface is PackedDataset's: `get_batch`, `next_batch`, `state_dict`/`load_state_dict` with one
+    global counter `consumed`, so resuming on another number of ranks continues the same stream.
+    """
+
+    def __init__(self, streams: list[SourceStream], weights: list[float], seq_len: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise PytrainError(f"rank {rank} is outside world_size {world_size}")
+        for stream in streams:
+            if stream.samples_per_epoch == 0:
+                raise PytrainError(f"{stream.label}: the {stream.split} split has {stream.num_tokens} tokens, too few "
+                                   f"for one sample of seq_len {seq_len}; add data or lower seq_len")
+        self.streams, self.weights = streams, list(weights)
+        self.names = [s.name for s in streams]
+        self.units = weight_units(self.weights)
+        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.consumed = 0
+        self._chunks: OrderedDict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._starts: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ the blending index
+    def _chunk_start(self, c: int) -> int:
+        """Global position of chunk c's first sample."""
+        from pytrain import _native
+
+        if c not in self._starts:
+            self._starts[c] = int(_native.blend_quotas(self.units, c * CHUNK).sum())
+        return self._starts[c]
+
+    def _chunk(self, c: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """(first global position, samples of each source before it, source of each sample, index in its source)."""
+        from pytrain import _native
+
+        if c not in self._chunks:
+            before, sources, indices = _native.blend_chunk(self.units, c * CHUNK, (c + 1) * CHUNK)
+            self._chunks[c] = (int(before.sum()), before, sources, indices)
+            if len(self._chunks) > 2:  # a batch straddles at most two chunks
+                self._chunks.popitem(last=False)
+        return self._chunks[c]
+
+    def _chunk_of(self, g: int) -> int:
+        c = g // CHUNK  # chunk c starts at most len(sources) samples before c * CHUNK
+        while self._chunk_start(c) > g:
+            c -= 1
+        while self._chunk_start(c + 1) <= g:
+            c += 1
+        return c
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(source, sample index within that source, counted across its epochs) of global sample g."""
+        if g < 0:
+            raise IndexError(g)
+        start, _, sources, indices = self._chunk(self._chunk_of(g))
+        return int(sources[g - start]), int(indices[g - start])
+
+    def samples_by_source(self, g: int) -> np.ndarray:
+        """How many samples of each source the first g global samples hold."""
+        start, before, sources, _ = self._chunk(self._chunk_of(g))
+        return before + np.bincount(sources[:g - start], minlength=len(self.streams))
+
+    # ------------------------------------------------------------------ samples
+    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        from pytrain import _native
+
+        s, i = self.locate(g)
+        stream = self.streams[s]
+        epoch, j = divmod(i, stream.samples_per_epoch)
+        if self.shuffle:
+            j = int(_native.keyed_permutation(np.array([j]), stream.samples_per_epoch,
+                                              _epoch_key(self.seed, stream.name, epoch))[0])
+        return stream.window(j)
+
+    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
+        return sample_arrays(*self.sample_tokens(int(g)))
+
+    def get_batch(self, indices) -> dict:
+        return stack_samples([self[int(g)] for g in indices])
+
+    def next_batch(self, batch_size: int) -> dict:
+        """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
+        first = self.consumed + self.rank * batch_size
+        self.consumed += batch_size * self.world_size
+        return self.get_batch(range(first, first + batch_size))
+
+    # ------------------------------------------------------------------ progress and resume
+    def progress(self) -> dict:
+        """Training tokens (seq_len per sample) and epochs (passes over its samples) per source so far."""
+        counts = self.samples_by_source(self.consumed)
+        return {
+            "tokens_by_source": {n: int(c) * self.seq_len for n, c in zip(self.names, counts)},
+            "epoch_by_source": {n: round(int(c) / s.samples_per_epoch, 4)
+                                for n, c, s in zip(self.names, counts, self.streams)},
+        }
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "shuffle": self.shuffle,
+                "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "seq_len", "shuffle", "sources"):
+            if state.get(key) != mine[key]:
+                raise PytrainError(
+                    f"cannot resume the data position: checkpoint has {key}={state.get(key)!r}, this run has "
+                    f"{mine[key]!r} (the same sources, weights, seq_len and seed are needed for an exact resume)")
+        self.consumed = int(state["consumed"])
+
+
+class Mixture:
+    """The resolved `data.mixture` of a run: its sources, and datasets over their train and val splits."""
+
+    def __init__(self, entries: list[dict]):
+        self.sources = resolve_sources(entries)
+        self._files = _OpenSplits()
+
+    @property
+    def first_pack(self) -> Path:
+        """The pack whose manifest and tokenizer describe the whole mixture (all share the tokenizer)."""
+        return self.sources[0].shards[0].path
+
+    @property
+    def manifest(self) -> dict:
+        return self.sources[0].shards[0].manifest
+
+    def train_dataset(self, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                      shuffle: bool = True) -> BlendedDataset:
+        streams = [SourceStream(source, "train", seq_len, self._files) for source in self.sources]
+        return BlendedDataset(streams, [s.weight for s in self.sources], seq_len, seed, rank, world_size, shuffle)
+
+    def validation_datasets(self, seq_len: int, rank: int = 0,
+                            world_size: int = 1) -> tuple[dict[str, tuple[float, BlendedDataset]], list[str]]:
+        """({name: (weight, dataset over its val split, in order)}, notes on the sources left out)."""
+        datasets, notes = {}, []
+        for source in self.sources:
+            stream = SourceStream(source, "val", seq_len, self._files)
+            if stream.samples_per_epoch == 0:
+                why = ("has no validation split" if not stream.shards else
+                       f"has {stream.num_tokens} validation tokens, too few for one sample of seq_len {seq_len}")
+                notes.append(f"{source.label} {why}: not evaluated on its own")
+                continue
+            datasets[source.name] = (source.weight, BlendedDataset([stream], [1.0], seq_len, 0, rank, world_size,
+                                                                   shuffle=False))
+        return datasets, notes
