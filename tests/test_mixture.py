@@ -4,6 +4,7 @@ references, samples against the sources' token streams, shares, upsampling, lazy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import subprocess
@@ -29,7 +30,7 @@ from pytrain.errors import PytrainError
 
 # ----------------------------------------------------------------------------- synthetic packs
 def write_pack(root: Path, docs: list[np.ndarray], val_docs: list[np.ndarray] = (), tokenizer: str = "tok-a") -> Path:
-    """A pack written with pytrain's own SplitWriter; `tokenizer` stands for the tokenizer's sha256."""
+    """A pack written with pytrain's own SplitWriter; `tokenizer` names the tokenizer (its sha256 is the name's)."""
     splits = {}
     for split, split_docs in (("train", docs), ("val", val_docs)):
         if split == "val" and not split_docs:
@@ -39,7 +40,8 @@ def write_pack(root: Path, docs: list[np.ndarray], val_docs: list[np.ndarray] = 
         splits[split] = writer.close()
     manifest = {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "dtype": "uint16",
                 "vocab_size": 1000, "eos_id": 0, "bos_id": None, "append_eos": True, "prepend_bos": False,
-                "tokenizer": {"file": fmt.TOKENIZER, "sha256": tokenizer}, "splits": splits}
+                "tokenizer": {"file": fmt.TOKENIZER, "sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
+                "splits": splits}
     (root / fmt.MANIFEST).write_text(json.dumps(manifest))
     return root
 

@@ -156,7 +156,7 @@ def _row_count(path: Path, kind: str) -> int:
 def shard_identity(inputs, tokenizer, options, spec: ShardSpec) -> dict:
     """What a shard's output must match to be reused: its place, every input (a change anywhere moves the
     cuts), the tokenizer's bytes and the options that shape the output."""
-    from pytrain.data.tokenizer import file_sha256
+    from pytrain.fsutil import file_sha256
 
     files = []
     for path in map(Path, inputs):
