@@ -53,7 +53,9 @@ def probe() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
         for b in names[i + 1:]:
             if classes[a] & classes[b]:
                 raise SystemExit(f"{a} and {b} overlap; the encoder assumes disjoint classes")
-    folds = {letter: matching(f"(?i:{letter})", text) for letter in FOLDED_LETTERS}
+    # One pass over everything for the union, then each letter over that handful of code points.
+    candidates = "".join(map(chr, sorted(matching(f"(?i:[{FOLDED_LETTERS}])", text))))
+    folds = {letter: matching(f"(?i:{letter})", candidates) for letter in FOLDED_LETTERS}
     return classes, folds
 
 
