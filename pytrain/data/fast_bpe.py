@@ -176,7 +176,7 @@ def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[F
         native = build_native(json.loads(tokenizer_bytes))
     except Unsupported as why:
         return None, str(why)
-    except (ValueError, TypeError, AttributeError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
         return None, f"unexpected tokenizer.json layout ({type(error).__name__})"
     if getattr(reference, "encode_special_tokens", False):
         return None, "encode_special_tokens is set"
