@@ -114,18 +114,24 @@ def _check_post_processor(post: dict | None) -> None:
     _require(kind in NEUTRAL_POST_PROCESSORS, f"post-processor {kind!r}")
 
 
-def _merge_pairs(merges: list) -> list[tuple[str, str]]:
-    pairs = []
+def _merge_rows(merges: list, vocab: dict) -> np.ndarray:
+    """(left id, right id, merged id) per merge, in rank order; merges are "a b" strings or [a, b] pairs."""
+    ids: list[int] = []
     for merge in merges:
-        parts = merge.split(" ") if isinstance(merge, str) else merge
-        _require(isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts),
-                 f"malformed merge {merge!r}")
-        pairs.append((parts[0], parts[1]))
-    return pairs
+        try:
+            a, b = merge.split(" ") if isinstance(merge, str) else merge
+            ids += (vocab[a], vocab[b], vocab[a + b])
+        except (ValueError, TypeError, KeyError):
+            raise Unsupported(f"merge {merge!r} is malformed or names a token outside the vocabulary") from None
+    return np.array(ids, dtype=np.uint32).reshape(-1, 3)
 
 
-def build_native(config: dict):
-    """pytrain._native.BpeEncoder for a parsed tokenizer.json, or Unsupported(reason)."""
+def build_native(config: dict, token_to_id):
+    """pytrain._native.BpeEncoder for a parsed tokenizer.json, or Unsupported(reason).
+
+    `token_to_id` is the loaded tokenizer's: an added token's id is the one `tokenizers` gave it
+    when loading (the model's id for a content already in the vocabulary), not the JSON's "id".
+    """
     from pytrain import _native
 
     _require(isinstance(config, dict), "not a JSON object")
@@ -135,7 +141,7 @@ def build_native(config: dict):
     _check_post_processor(config.get("post_processor"))
     pattern, max_digits = _pattern(config.get("pre_tokenizer"))
     model = config.get("model") or {}
-    _require(model.get("type", "BPE") == "BPE", f"{model.get('type')} model")
+    _require(model.get("type") == "BPE", f"{model.get('type')} model")
     _require(model.get("dropout") is None, "BPE dropout")
     _require(not model.get("continuing_subword_prefix"), "continuing_subword_prefix")
     _require(not model.get("end_of_word_suffix"), "end_of_word_suffix")
@@ -146,11 +152,7 @@ def build_native(config: dict):
     missing = [c for c in chars if c not in vocab]
     _require(not missing, f"{len(missing)} byte-level characters missing from the vocabulary")
     byte_ids = [vocab[c] for c in chars]
-    pairs = _merge_pairs(model.get("merges") or [])
-    try:
-        merges = np.array([(vocab[a], vocab[b], vocab[a + b]) for a, b in pairs], dtype=np.uint32).reshape(-1, 3)
-    except KeyError as error:
-        raise Unsupported(f"a merge refers to {error.args[0]!r}, which is not in the vocabulary") from None
+    merges = _merge_rows(model.get("merges") or [], vocab)
     ignore_merges = bool(model.get("ignore_merges", False))
     whole_words = []
     if ignore_merges:
@@ -165,7 +167,9 @@ def build_native(config: dict):
             _require(not token.get(flag, False), f"added token {content!r} has {flag}=true")
         _require(content and content not in seen, f"empty or repeated added token {content!r}")
         seen.add(content)
-        added.append((content.encode("utf-8"), token["id"]))
+        token_id = token_to_id(content)
+        _require(token_id is not None, f"added token {content!r} has no id")
+        added.append((content.encode("utf-8"), token_id))
     return _native.BpeEncoder(byte_ids, merges, whole_words, ignore_merges, added, pattern, max_digits)
 
 
@@ -173,7 +177,7 @@ def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[F
     """(FastBpe, "") when the tokenizer is supported and agrees with `reference` (the loaded
     tokenizers.Tokenizer) on PROBE_TEXT; else (None, why not in a few words)."""
     try:
-        native = build_native(json.loads(tokenizer_bytes))
+        native = build_native(json.loads(tokenizer_bytes), reference.token_to_id)
     except Unsupported as why:
         return None, str(why)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
