@@ -127,7 +127,7 @@ inline size_t gpt2_contraction(const Text& t, size_t pos) {
         case 's': case 't': case 'm': case 'd': return 2;
         default: break;
     }
-    if (pos + 2 >= n) return 0;
+    if ((c1.cp != 'r' && c1.cp != 'v' && c1.cp != 'l') || pos + 2 >= n) return 0;  // c1 is one byte from here on
     const uint32_t c2 = t.at(pos + 2).cp;
     if ((c1.cp == 'r' && c2 == 'e') || (c1.cp == 'v' && c2 == 'e') || (c1.cp == 'l' && c2 == 'l')) return 3;
     return 0;
