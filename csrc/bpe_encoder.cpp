@@ -231,6 +231,7 @@ class BpeEncoder {
 }  // namespace
 
 void bind_bpe(py::module_& m) {
+    m.attr("bpe_tables_tokenizers_version") = bpe::kProbedTokenizersVersion;
     py::class_<BpeEncoder>(m, "BpeEncoder", R"doc(Byte-level BPE encoder equal to a supported tokenizer.json.
 
 Built by pytrain.data.fast_bpe, which checks that the tokenizer means exactly what this implements:

@@ -12,6 +12,9 @@ struct CodeRange {
     uint8_t cls;
 };
 
+// The tokenizers release these tables were probed from; the fast encoder is used only with that release.
+inline constexpr char kProbedTokenizersVersion[] = "0.23.3";
+
 enum CodeClass : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };
 
 inline constexpr CodeRange kClassRanges[] = {

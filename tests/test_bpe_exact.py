@@ -149,3 +149,12 @@ def test_wordpiece_falls_back():
     tokenizer = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     fast, why_not = fast_encoder(tokenizer.to_str().encode(), tokenizer)
     assert fast is None and why_not
+
+
+def test_another_tokenizers_release_falls_back(family_json, monkeypatch):
+    import tokenizers
+
+    config = family_json("pytrain-300")
+    monkeypatch.setattr(tokenizers, "__version__", "0.0.0")
+    fast, why_not = fast_encoder(config.encode(), Tokenizer.from_str(config))
+    assert fast is None and "probed from tokenizers" in why_not and "not the installed 0.0.0" in why_not

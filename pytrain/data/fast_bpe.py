@@ -13,7 +13,9 @@
 - pre-tokenizer ByteLevel(add_prefix_space=false, use_regex=true) (GPT-2, `pytrain tokenizer
   train`), or Sequence[Split(Regex(P), Isolated, invert=false), ByteLevel(add_prefix_space=false,
   use_regex=false)] with P GPT-2's pattern, Llama-3's, or Llama-3's with \\p{N} for \\p{N}{1,3};
-- added tokens with normalized, lstrip, rstrip and single_word all false and distinct contents.
+- added tokens with normalized, lstrip, rstrip and single_word all false and distinct contents;
+- the installed `tokenizers` is the release whose regex engine the Unicode tables were probed
+  from (benchmarks/gen_bpe_unicode.py): another release may classify code points differently.
 
 Then ids equal `tokenizers`' for every text; tests/test_bpe_*.py check it against `tokenizers`.
 As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text.
@@ -176,6 +178,13 @@ def build_native(config: dict, token_to_id):
 def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[FastBpe | None, str]:
     """(FastBpe, "") when the tokenizer is supported and agrees with `reference` (the loaded
     tokenizers.Tokenizer) on PROBE_TEXT; else (None, why not in a few words)."""
+    import tokenizers
+
+    from pytrain import _native
+
+    if tokenizers.__version__ != _native.bpe_tables_tokenizers_version:
+        return None, (f"its Unicode tables were probed from tokenizers {_native.bpe_tables_tokenizers_version}, "
+                      f"not the installed {tokenizers.__version__} (rerun benchmarks/gen_bpe_unicode.py)")
     try:
         native = build_native(json.loads(tokenizer_bytes), reference.token_to_id)
     except Unsupported as why:
