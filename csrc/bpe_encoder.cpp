@@ -114,6 +114,7 @@ class BpeEncoder {
                      bool drop_empty) {
         if (dtype != "uint16" && dtype != "uint32") throw py::value_error("dtype must be 'uint16' or 'uint32'");
         const size_t n = texts.size();
+        std::vector<py::object> alive(n);  // our own references: the list may change once the GIL is released
         std::vector<std::pair<const uint8_t*, size_t>> docs(n);
         size_t total_bytes = 0;
         for (size_t d = 0; d < n; ++d) {
@@ -125,13 +126,12 @@ class BpeEncoder {
             py::ssize_t size = 0;
             const char* utf8 = PyUnicode_AsUTF8AndSize(item, &size);
             if (utf8 == nullptr) throw py::error_already_set();
+            alive[d] = py::reinterpret_borrow<py::object>(item);
             docs[d] = {reinterpret_cast<const uint8_t*>(utf8), static_cast<size_t>(size)};
             total_bytes += static_cast<size_t>(size);
         }
 
-        std::lock_guard<std::mutex> lock(mutex_);  // the word caches belong to one call at a time
         const int workers = resolve_threads(threads, std::max<size_t>(1, total_bytes >> 16));
-        if (caches_.size() < static_cast<size_t>(workers)) caches_.resize(workers);
         std::vector<size_t> bounds(workers + 1, n);  // worker w encodes documents [bounds[w], bounds[w + 1])
         bounds[0] = 0;
         for (size_t d = 0, w = 1, seen = 0; d < n && w < static_cast<size_t>(workers); ++d) {
@@ -143,7 +143,9 @@ class BpeEncoder {
         std::vector<std::vector<uint32_t>> ids(workers);
         std::vector<int64_t> raw_lengths(n);
         {
-            py::gil_scoped_release nogil;
+            py::gil_scoped_release nogil;  // before locking: a thread waiting on the lock must not hold the GIL
+            std::lock_guard<std::mutex> lock(mutex_);  // the word caches belong to one call at a time
+            if (caches_.size() < static_cast<size_t>(workers)) caches_.resize(workers);
             run_parallel(workers, [&](int w) {
                 std::vector<uint32_t>& out = ids[w];
                 out.reserve((std::min(total_bytes, size_t{1} << 30) / workers) / 3);

@@ -158,3 +158,19 @@ def test_another_tokenizers_release_falls_back(family_json, monkeypatch):
     monkeypatch.setattr(tokenizers, "__version__", "0.0.0")
     fast, why_not = fast_encoder(config.encode(), Tokenizer.from_str(config))
     assert fast is None and "probed from tokenizers" in why_not and "not the installed 0.0.0" in why_not
+
+
+def test_concurrent_calls_on_one_encoder(family_json, documents):
+    import threading
+
+    reference, fast = _pair(family_json("pytrain-2000"))
+    texts = documents[:150] + generated_texts(seed=11, count=150)
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(fast.encode_lists(texts))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(worker.is_alive() for worker in workers)
+    assert results == [expected] * 3
