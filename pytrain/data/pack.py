@@ -7,8 +7,9 @@
 Bounded queues between the stages keep the tokenizer busy while the neighbours work and
 keep memory flat. Batches stay in input order, so the output is byte-identical for any
 thread count. The native encoder (--encoder, see fast_bpe.py) gives the same ids as `tokenizers`
-where it is used; it also frames and narrows the tokens, so the writer only routes them. Everything is written into a temporary directory renamed into place after
-manifest.json, so a killed run leaves nothing a reader accepts.
+where it is used; it also frames and narrows text documents, so the writer only routes them.
+Everything is written into a temporary directory renamed into place after manifest.json, so a
+killed run leaves nothing a reader accepts.
 """
 
 from __future__ import annotations
@@ -312,16 +313,15 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None) -> dict:
             while (item := _get(ids_q, failed)) is not _DONE:
                 batch, ids = item
                 mask = None
-                if isinstance(ids, tuple):  # framed by the fast encoder
+                if isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
                     tokens, lengths, dropped = ids
                     progress["empty_after_tokenizing"] += dropped
-                elif chat:
-                    ids, mask = _chat_ids_and_mask(batch.texts, ids, eos_id, options.prepend_bos)
                 else:
-                    if not all(ids):
+                    if chat:
+                        ids, mask = _chat_ids_and_mask(batch.texts, ids, eos_id, options.prepend_bos)
+                    elif not all(ids):
                         progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
                         ids = [x for x in ids if x]
-                if not isinstance(ids, tuple):
                     tokens, lengths = _native.narrow_tokens(
                         ids, dtype.name, bos_id if options.prepend_bos else -1,
                         eos_id if options.append_eos and not chat else -1,
