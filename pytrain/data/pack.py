@@ -438,4 +438,4 @@ def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) 
     if extras:
         print("  " + ", ".join(extras) + (f"; see {out / fmt.REJECTS}" if manifest["rejected"] else ""))
     print(f"  {seconds:.2f} s, {human(tokens / max(seconds, 1e-9))} tokens/s, "
-          f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s of input")
+          f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s of input, encoder {manifest['encoder']}")
