@@ -2,13 +2,20 @@
 
     python benchmarks/gpt2_tokenizer.py --fetch          # once: GPT-2's tokenizer.json, offline
     python benchmarks/bench_pack.py --mb 200              # table + goal checks + results/bench_pack.json
+    PYTHONPATH=DIR python benchmarks/bench_pack.py ...    # DIR from `pip install --target DIR tiktoken regex`
+                                                          # adds the tiktoken row (optional)
 
 Every method runs in its own fresh subprocess, so its peak RSS (ru_maxrss from os.wait4: the
 largest single process of its tree) is its own; a sampler also sums RSS over the whole process
 tree every 50 ms, which is what counts for `datasets.map(num_proc=N)` workers. Methods:
 
   pytrain    the whole CLI command, `python -m pytrain pack ...`; wall time includes interpreter
-             start-up and imports.
+             start-up and imports. Twice: with the default encoder (auto: the native BPE when the
+             tokenizer is supported) and with --encoder tokenizers. Their tokens.bin must be identical.
+  fast       like bare, but timing only the native encoder (FastBpe.encode_framed) on the same batches.
+  tiktoken   like bare, with tiktoken built from the tokenizer's vocabulary (ids as ranks, GPT-2's
+             pattern: valid for a GPT-2-style tokenizer built from ranks, as gpt2_tokenizer.py does);
+             only when tiktoken is importable; its token count must equal the tokenizer's.
   bare       the ceiling: a child loads every text (json.loads per line) and times ONLY
              `Tokenizer.encode_batch_fast(texts, add_special_tokens=False)`, either in ~8 MB batches
              like pack's or in one call over everything; the faster of the two is the ceiling.
@@ -49,7 +56,8 @@ from pytrain.data import format as fmt
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 EOS = "<|endoftext|>"
-GOAL_VS_BARE = 1.15
+GOAL_VS_BARE = 1.15  # pack --encoder tokenizers: within this of the tokenizer alone
+GOAL_FAST_SPEEDUP = 3.0  # pack with the fast encoder: this many times faster than the tokenizer alone
 GOAL_VS_DATASETS = 1.8
 GOAL_INDEX_GBPS = 1.0
 GOAL_MEMORY_GROWTH = 1.5  # "a 10x larger file must not need 10x the memory": we ask for flat (<= 1.5x)
@@ -61,20 +69,72 @@ def _texts(corpus: str) -> list[str]:
         return [json.loads(line)["text"] for line in handle]
 
 
+def _batches(texts: list[str], batch_mb: int) -> list[list[str]]:
+    """~batch_mb MB batches like pack's (one batch when 0)."""
+    batches, current, size = [], [], 0
+    for text in texts:
+        current.append(text)
+        size += len(text)
+        if batch_mb and size >= batch_mb << 20:
+            batches.append(current)
+            current, size = [], 0
+    batches.append(current)
+    return batches
+
+
+def _time_batches(encode, batches) -> dict:
+    """Time only encode(batch) (which returns the batch's token count) over every batch."""
+    seconds, cpu, tokens = 0.0, 0.0, 0
+    for batch in batches:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        tokens += encode(batch)
+        seconds += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+    return {"seconds": seconds, "cpu": cpu, "tokens": tokens, "documents": sum(map(len, batches)),
+            "batches": len(batches)}
+
+
+def child_fast(args) -> dict:
+    """The native encoder alone, on the same batches as bare."""
+    from tokenizers import Tokenizer
+
+    from pytrain.data.fast_bpe import fast_encoder
+
+    raw = Path(args.tokenizer).read_bytes()
+    fast, why_not = fast_encoder(raw, Tokenizer.from_str(raw.decode("utf-8")), args.threads)
+    if fast is None:
+        return {"skipped": f"the fast encoder does not support this tokenizer: {why_not}"}
+    return _time_batches(lambda batch: len(fast.encode_framed(batch, -1, -1, "uint32")[0]),
+                         _batches(_texts(args.corpus), args.batch_mb))
+
+
+def child_tiktoken(args) -> dict:
+    """tiktoken with the tokenizer's vocabulary ids as ranks and GPT-2's pattern."""
+    try:
+        import tiktoken
+    except ImportError:
+        return {"skipped": "tiktoken is not importable (see the module docstring)"}
+    from gpt2_tokenizer import GPT2_PAT_STR
+
+    from pytrain.data.fast_bpe import byte_level_chars
+
+    config = json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
+    to_byte = {c: b for b, c in enumerate(byte_level_chars())}
+    ranks = {bytes(to_byte[c] for c in token): i for token, i in config["model"]["vocab"].items()}
+    specials = {t["content"]: t["id"] for t in config["added_tokens"]}
+    encoding = tiktoken.Encoding("from-tokenizer-json", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                                 special_tokens=specials)
+    return _time_batches(lambda batch: sum(map(len, encoding.encode_ordinary_batch(batch, num_threads=args.threads))),
+                         _batches(_texts(args.corpus), args.batch_mb))
+
+
 def child_bare(args) -> dict:
     """Encode every text; time only the encode calls. Dumps the first docs' ids for the parent's check."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(args.tokenizer)
     texts = _texts(args.corpus)
-    batches, current, size = [], [], 0
-    for text in texts:
-        current.append(text)
-        size += len(text)
-        if args.batch_mb and size >= args.batch_mb << 20:
-            batches.append(current)
-            current, size = [], 0
-    batches.append(current)
+    batches = _batches(texts, args.batch_mb)
     seconds, cpu, tokens = 0.0, 0.0, 0
     for i, batch in enumerate(batches):
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -246,13 +306,14 @@ def index_gbps(corpus: Path, threads: int, runs: int = 5) -> float:
     return corpus.stat().st_size / statistics.median(times) / 1e9
 
 
-def run_pack(corpus: Path, args, out: Path) -> dict:
+def run_pack(corpus: Path, args, out: Path, encoder: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "pytrain", "pack", str(corpus), "--tokenizer", str(args.tokenizer),
-           "--out", str(out), "--threads", str(args.threads), "--overwrite", "--no-progress"]
+           "--out", str(out), "--threads", str(args.threads), "--overwrite", "--no-progress", "--encoder", encoder]
     result = run_child(cmd, {"RAYON_NUM_THREADS": str(args.threads)}, "pytrain pack", args.wait_quiet)
     manifest = json.loads((out / "manifest.json").read_text())
     train = manifest["splits"]["train"]
-    result.update(documents=train["documents"], tokens_with_eos=train["tokens"])
+    result.update(documents=train["documents"], tokens_with_eos=train["tokens"], encoder=manifest["encoder"],
+                  tokens_sha256=train["tokens_sha256"])
     result["tokens"] = train["tokens"] - train["documents"] if manifest["append_eos"] else train["tokens"]
     return result
 
@@ -273,12 +334,23 @@ def measure(args, corpus: Path, tmp: Path) -> dict:
     child = [sys.executable, __file__, "--corpus", str(corpus), "--tokenizer", str(args.tokenizer), "--threads", str(n)]
     rayon = {"RAYON_NUM_THREADS": str(n)}
     bare_cmd = child + ["--child", "bare", "--batch-mb", "8", "--dump", str(tmp / "prefix.npz"), "--prefix-docs", str(args.prefix_docs)]
-    pytrain_runs, bare_runs = [], []
-    for _ in range(args.repeat):  # interleaved, so drift hits both alike
+    pytrain_runs, slow_runs, bare_runs, fast_runs = [], [], [], []
+    for _ in range(args.repeat):  # interleaved, so drift hits all alike
         pytrain_runs.append(run_pack(corpus, args, tmp / "packed"))
         bare_runs.append(timed_part(run_child(bare_cmd, rayon, "bare", wait)))
+        slow_runs.append(run_pack(corpus, args, tmp / "packed-tokenizers", "tokenizers"))
+        fast_runs.append(run_child(child + ["--child", "fast", "--batch-mb", "8"], {}, "fast", wait))
     bare = {"8 MB batches": fastest_run(bare_runs),
             "one call": timed_part(run_child(child + ["--child", "bare", "--batch-mb", "0"], rayon, "bare", wait))}
+    others = {}
+    if "skipped" not in fast_runs[0]:
+        others["fast encoder alone, 8 MB batches"] = fastest_run([timed_part(r) for r in fast_runs])
+    tiktoken_run = run_child(child + ["--child", "tiktoken", "--batch-mb", "8"], {}, "tiktoken", wait)
+    if "skipped" not in tiktoken_run:
+        others["tiktoken alone, 8 MB batches"] = timed_part(tiktoken_run)
+    skipped = [r["skipped"] for r in (fast_runs[0], tiktoken_run) if "skipped" in r]
+    same_file = pytrain_runs[-1]["tokens_sha256"] == slow_runs[-1]["tokens_sha256"]
+    shutil.rmtree(tmp / "packed-tokenizers")
 
     # pytrain's first documents must be exactly the tokenizer's ids + EOS
     prefix = np.load(tmp / "prefix.npz")
@@ -297,8 +369,11 @@ def measure(args, corpus: Path, tmp: Path) -> dict:
     shutil.rmtree(tmp / "hf-cache")
     (tmp / "datasets.bin").unlink()
 
-    results = {"pytrain": fastest_run(pytrain_runs), "bare": bare, "datasets": data,
+    results = {"pytrain": fastest_run(pytrain_runs), "pytrain_tokenizers": fastest_run(slow_runs), "bare": bare,
+               "others": others, "skipped": skipped, "datasets": data,
+               "fast_tokens_identical": same_file,
                "paired_ratios": [p["wall_s"] / b["wall_s"] for p, b in zip(pytrain_runs, bare_runs)],
+               "paired_ratios_tokenizers": [p["wall_s"] / b["wall_s"] for p, b in zip(slow_runs, bare_runs)],
                "index_gbps": {t: index_gbps(corpus, t) for t in sorted({1, n})},
                "prefix_docs": len(pieces),
                "prefix_equal": {"pytrain": bool(np.array_equal(packed, expected)),
@@ -313,39 +388,53 @@ def measure(args, corpus: Path, tmp: Path) -> dict:
 def report(args, results: dict) -> dict:
     """Print the table and goal checks; returns the goals."""
     n, pytrain, bare, data = args.threads, results["pytrain"], results["bare"], results["datasets"]
+    slow = results["pytrain_tokenizers"]
     ceiling_name = min(bare, key=lambda k: bare[k]["wall_s"])
     ceiling = bare[ceiling_name]["wall_s"]
-    rows = [("pytrain pack (whole CLI)", pytrain)] + [(f"bare tokenizer, {k}", r) for k, r in bare.items()]
+    rows = [(f"pytrain pack, encoder {pytrain['encoder']} (CLI)", pytrain),
+            ("pytrain pack --encoder tokenizers", slow)] + [(f"bare tokenizer, {k}", r) for k, r in bare.items()]
+    rows += list(results["others"].items())
     rows.append((f"datasets map(num_proc={n}) + memmap", data))
     if "pytrain_big" in results:
         rows.append((f"pytrain pack, {args.mem_scale}x corpus", results["pytrain_big"]))
-    print(f"\n{'method':36} {'wall s':>8} {'tokens':>12} {'tokens/s':>10} {'x bare':>7} {'cpu s':>7} {'other s':>8} "
-          f"{'maxrss MB':>10} {'tree RSS':>9} {'anon MB':>8}")
+    print(f"\n{'method':36} {'wall s':>8} {'tokens':>12} {'tokens/s':>10} {'/s/core':>9} {'x bare':>7} {'cpu s':>7} "
+          f"{'other s':>8} {'maxrss MB':>10} {'tree RSS':>9} {'anon MB':>8}")
     for name, r in rows:
-        print(f"{name:36} {r['wall_s']:8.2f} {r['tokens']:12,} {r['tokens'] / r['wall_s']:10,.0f} {r['wall_s'] / ceiling:7.2f} "
+        rate = r["tokens"] / r["wall_s"]
+        print(f"{name:36} {r['wall_s']:8.2f} {r['tokens']:12,} {rate:10,.0f} {rate / n:9,.0f} {r['wall_s'] / ceiling:7.2f} "
               f"{r['cpu_s']:7.1f} {r['other_cpu_s']:8.1f} {r['ru_maxrss_mb']:10.0f} {r['tree_rss_peak_mb']:9.0f} "
               f"{r['tree_anon_peak_mb']:8.0f}")
-    print(f"wall: pytrain from spawn to exit; bare: the encode calls only (ceiling = {ceiling_name}); datasets: the "
+    print(f"wall: pytrain from spawn to exit; bare/fast/tiktoken: the encode calls only (ceiling = {ceiling_name}); "
+          f"/s/core: tokens/s over {n} threads; datasets: the "
           f"pipeline, imports excluded.\ncpu s: CPU time of that same span (datasets: workers included). other s: "
           f"CPU-seconds other processes used while the child ran (~0 on a quiet machine).\nmaxrss: os.wait4 "
           f"ru_maxrss; tree RSS / anon: sampled peaks over the process tree.")
     index = results["index_gbps"]
     print("index_lines: " + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.2f} GB/s" for t, g in index.items()))
-    counts_ok = pytrain["tokens"] == data["tokens"] == bare["8 MB batches"]["tokens"] == bare["one call"]["tokens"]
+    counts_ok = (pytrain["tokens"] == slow["tokens"] == data["tokens"] == bare["8 MB batches"]["tokens"]
+                 == bare["one call"]["tokens"]) and all(r["tokens"] == pytrain["tokens"] for r in results["others"].values())
+    for reason in results["skipped"]:
+        print(f"skipped: {reason}")
+    print(f"tokens.bin of pack (encoder {pytrain['encoder']}) and pack --encoder tokenizers identical: "
+          f"{results['fast_tokens_identical']}")
     prefix_ok = all(results["prefix_equal"].values())
     print(f"token counts equal: {counts_ok} (pytrain {pytrain['tokens']:,} + {pytrain['documents']:,} EOS, bare "
           f"{bare['one call']['tokens']:,}, datasets {data['tokens']:,}); first {results['prefix_docs']} documents "
           f"identical to the tokenizer's ids + EOS: {results['prefix_equal']}")
-    print(f"pytrain / bare = {pytrain['wall_s'] / ceiling:.3f} (back-to-back pairs: "
-          f"{', '.join(f'{r:.3f}' for r in results['paired_ratios'])}); datasets / pytrain = "
-          f"{data['wall_s'] / pytrain['wall_s']:.2f}")
+    print(f"pytrain / bare = {pytrain['wall_s'] / ceiling:.3f}, bare / pytrain = {ceiling / pytrain['wall_s']:.2f} "
+          f"(back-to-back pairs: {', '.join(f'{r:.3f}' for r in results['paired_ratios'])}); "
+          f"datasets / pytrain = {data['wall_s'] / pytrain['wall_s']:.2f}")
+    print(f"pytrain --encoder tokenizers / bare = {slow['wall_s'] / ceiling:.3f} (back-to-back pairs: "
+          f"{', '.join(f'{r:.3f}' for r in results['paired_ratios_tokenizers'])})")
     print(f"CPU-seconds instead of wall (less sensitive to other load): pytrain / bare = "
           f"{pytrain['cpu_s'] / bare[ceiling_name]['cpu_s']:.3f}, datasets / pytrain = {data['cpu_s'] / pytrain['cpu_s']:.2f}")
     goals = {
-        f"pytrain within {GOAL_VS_BARE}x of bare tokenizer": pytrain["wall_s"] <= GOAL_VS_BARE * ceiling,
+        f"pytrain (encoder {pytrain['encoder']}) >= {GOAL_FAST_SPEEDUP}x faster than bare tokenizer":
+            GOAL_FAST_SPEEDUP * pytrain["wall_s"] <= ceiling,
+        f"pytrain --encoder tokenizers within {GOAL_VS_BARE}x of bare tokenizer": slow["wall_s"] <= GOAL_VS_BARE * ceiling,
         f"pytrain >= {GOAL_VS_DATASETS}x faster than datasets": data["wall_s"] >= GOAL_VS_DATASETS * pytrain["wall_s"],
         f"index_lines > {GOAL_INDEX_GBPS} GB/s at {n} threads": index[n] > GOAL_INDEX_GBPS,
-        "same tokens from every method": counts_ok and prefix_ok,
+        "same tokens from every method": counts_ok and prefix_ok and results["fast_tokens_identical"],
     }
     if "pytrain_big" in results:
         big = results["pytrain_big"]
@@ -371,7 +460,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=RESULTS / "bench_pack_work", help="corpora are cached here")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_pack.json")
     parser.add_argument("--prefix-docs", type=int, default=1000, help=argparse.SUPPRESS)
-    parser.add_argument("--child", choices=["bare", "datasets"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["bare", "datasets", "fast", "tiktoken"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--batch-mb", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)
@@ -380,7 +469,8 @@ def main(argv=None) -> int:
 
     if args.child:
         args.tokenizer = str(args.tokenizer)
-        print(json.dumps((child_bare if args.child == "bare" else child_datasets)(args)))
+        children = {"bare": child_bare, "datasets": child_datasets, "fast": child_fast, "tiktoken": child_tiktoken}
+        print(json.dumps(children[args.child](args)))
         return 0
 
     if not args.tokenizer.exists():

@@ -11,5 +11,6 @@ void bind_tokens(pybind11::module_& m);
 void bind_permutation(pybind11::module_& m);
 void bind_sample_index(pybind11::module_& m);
 void bind_blend_index(pybind11::module_& m);
+void bind_bpe(pybind11::module_& m);
 
 }  // namespace pytrain

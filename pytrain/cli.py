@@ -107,7 +107,7 @@ def _run_pack(args) -> int:
     options = PackOptions(
         format=args.format, field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
         append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
-        threads=args.threads,
+        threads=args.threads, encoder=args.encoder,
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
         batch_bytes=int(args.batch_mb * 2**20), overwrite=args.overwrite, progress=args.progress, **sizes,
     )
@@ -146,6 +146,9 @@ def _add_pack(sub) -> None:
                    help="BOS token (default: the first of <|begin_of_text|>, <s>, ... in the tokenizer)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads for the native stages and the tokenizer (0: all cores)")
+    p.add_argument("--encoder", choices=["auto", "fast", "tokenizers"], default="auto",
+                   help="fast: pytrain's native BPE (same ids as tokenizers, supported byte-level BPEs only); "
+                        "auto: fast when supported, else tokenizers (says why)")
     p.add_argument("--val-docs", type=int, default=None, metavar="N",
                    help="hold out the last N documents as the validation split")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",

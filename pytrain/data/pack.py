@@ -1,13 +1,15 @@
 """`pytrain pack`: documents -> tokens.bin / index.idx / manifest.json, as a 3-stage pipeline.
 
     reader thread   native line index + JSON extraction (GIL released)   -> texts
-    main thread     tokenizer.encode_batch_fast (Rust, GIL released)      -> ids
+    main thread     native BPE encoder or tokenizer.encode_batch_fast (GIL released) -> ids
     writer thread   native narrowing to uint16/uint32, split routing, write + sha256
 
 Bounded queues between the stages keep the tokenizer busy while the neighbours work and
 keep memory flat. Batches stay in input order, so the output is byte-identical for any
-thread count. Everything is written into a temporary directory renamed into place after
-manifest.json, so a killed run leaves nothing a reader accepts.
+thread count. The native encoder (--encoder, see fast_bpe.py) gives the same ids as `tokenizers`
+where it is used; it also frames and narrows text documents, so the writer only routes them.
+Everything is written into a temporary directory renamed into place after manifest.json, so a
+killed run leaves nothing a reader accepts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from pytrain import __version__
 from pytrain.data import format as fmt
+from pytrain.data.fast_bpe import FastBpe, fast_encoder
 from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, max_token_id, read_tokenizer, special_token_id, vocab_size,
@@ -56,12 +59,15 @@ class PackOptions:
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES  # larger documents are refused before the tokenizer
     overwrite: bool = False
     progress: bool | None = None
+    encoder: str = "auto"  # "fast" (native BPE, exact where supported), "tokenizers", or "auto" (fast if supported)
 
     def validate(self) -> None:
         if self.format not in ("text", "chat"):
             raise PytrainError(f"--format must be 'text' or 'chat', not {self.format!r}")
         if self.format == "chat" and not self.append_eos:
             raise PytrainError("--format chat ends every assistant turn with EOS; drop --no-eos")
+        if self.encoder not in ("auto", "fast", "tokenizers"):
+            raise PytrainError(f"--encoder must be 'auto', 'fast' or 'tokenizers', not {self.encoder!r}")
         if self.on_bad_line not in ("error", "skip"):
             raise PytrainError(f"--on-bad-line must be 'error' or 'skip', not {self.on_bad_line!r}")
         if self.val_docs < 0:
@@ -228,12 +234,14 @@ def _get(q: queue.Queue, failed):
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text.
+    """Token ids of each text (`tokenizer`: a tokenizers.Tokenizer or a FastBpe).
 
     The ids are taken here, on the thread that calls the tokenizer, so each batch's Encoding
     objects are freed before the next batch is encoded: freeing them on another thread while
     the tokenizer allocates made the allocator cost ~15% more CPU (measured in bench_pack).
     """
+    if isinstance(tokenizer, FastBpe):
+        return tokenizer.encode_lists(texts)
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
@@ -287,6 +295,8 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=No
         raise PytrainError(f"{tokenizer_path}: no BOS token found (looked for {', '.join(BOS_CANDIDATES)}); pass --bos-token NAME or drop --bos")
     top_id = max_token_id(tok)
     dtype = fmt.dtype_for_vocab(top_id)
+    fast = _choose_encoder(options.encoder, tokenizer_bytes, tok, tokenizer_path, options.threads)
+    framing = (bos_id if options.prepend_bos else -1, eos_id if options.append_eos else -1, dtype.name)
     chat = options.format == "chat"
     field_path = parse_field_path(options.field, options.jq, chat=chat)
     sources = open_sources(
@@ -322,16 +332,19 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=No
             while (item := _get(ids_q, failed)) is not _DONE:
                 batch, ids = item
                 mask = None
-                if chat:
-                    ids, mask = _chat_ids_and_mask(batch.texts, ids, eos_id, options.prepend_bos)
+                if isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
+                    tokens, lengths, dropped = ids
+                    progress["empty_after_tokenizing"] += dropped
                 else:
-                    if not all(ids):
+                    if chat:
+                        ids, mask = _chat_ids_and_mask(batch.texts, ids, eos_id, options.prepend_bos)
+                    elif not all(ids):
                         progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
                         ids = [x for x in ids if x]
-                tokens, lengths = _native.narrow_tokens(
-                    ids, dtype.name, bos_id if options.prepend_bos else -1,
-                    eos_id if options.append_eos and not chat else -1,
-                )
+                    tokens, lengths = _native.narrow_tokens(
+                        ids, dtype.name, bos_id if options.prepend_bos else -1,
+                        eos_id if options.append_eos and not chat else -1,
+                    )
                 router.route(tokens, lengths, mask)
                 for record in batch.rejects:
                     rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -344,7 +357,10 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=No
             reader.start()
             writer.start()
             while (batch := _get(texts_q, failed)) is not _DONE:
-                ids = _encode_documents(tok, batch.texts, chat) if batch.texts else []
+                if fast is not None and not chat:
+                    ids = fast.encode_framed(batch.texts, *framing)
+                else:
+                    ids = _encode_documents(fast or tok, batch.texts, chat) if batch.texts else []
                 if not _put(ids_q, (batch, ids), failed):
                     break
             _put(ids_q, _DONE, failed)
@@ -402,7 +418,9 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=No
             "empty_documents": sources.empty_documents + progress["empty_after_tokenizing"],
             "blank_lines": sources.blank_lines,
             "rejected": dict(sorted(sources.rejected.items())),
-            "options": {k: v for k, v in asdict(options).items() if k in ("on_bad_line", "batch_bytes", "max_doc_bytes")},
+            "options": {k: v for k, v in asdict(options).items()
+                        if k in ("on_bad_line", "batch_bytes", "max_doc_bytes", "encoder")},
+            "encoder": "fast" if fast is not None else "tokenizers",
             **(manifest_extra or {}),
         }
         with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
@@ -412,6 +430,19 @@ def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=No
             os.fsync(handle.fileno())
     _print_summary(Path(out), manifest, sources.total_bytes, time.perf_counter() - started)
     return manifest
+
+
+def _choose_encoder(choice: str, tokenizer_bytes: bytes, tok, tokenizer_path: Path, threads: int) -> FastBpe | None:
+    """The native encoder when `choice` allows it and the tokenizer is supported, else None (tokenizers)."""
+    if choice == "tokenizers":
+        return None
+    fast, why_not = fast_encoder(tokenizer_bytes, tok, threads)
+    if fast is None:
+        if choice == "fast":
+            raise PytrainError(f"{tokenizer_path}: --encoder fast does not support this tokenizer ({why_not}); "
+                               "use --encoder tokenizers or auto")
+        print(f"encoder: tokenizers (the fast encoder does not support this tokenizer: {why_not})", file=sys.stderr)
+    return fast
 
 
 def _legacy_pack_files(path: Path) -> set[str] | None:
@@ -438,4 +469,4 @@ def _print_summary(out: Path, manifest: dict, total_bytes: int, seconds: float) 
     if extras:
         print("  " + ", ".join(extras) + (f"; see {out / fmt.REJECTS}" if manifest["rejected"] else ""))
     print(f"  {seconds:.2f} s, {human(tokens / max(seconds, 1e-9))} tokens/s, "
-          f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s of input")
+          f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s of input, encoder {manifest['encoder']}")

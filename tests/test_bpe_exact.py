@@ -1,0 +1,177 @@
+"""The fast encoder gives `tokenizers`' ids, token for token, for every supported tokenizer family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import AddedToken, Tokenizer
+
+from _bpe_cases import (
+    LLAMA3_PATTERN, SPECIALS_IN_TEXT, TRICKY, generated_texts, gpt2_split_tokenizer_json, llama3_tokenizer_json,
+    split_tokenizer_json,
+)
+from conftest import run_cli
+from pytrain.data.fast_bpe import fast_encoder
+
+
+def _pytrain_tokenizer(tmp_path_factory, corpus_jsonl, vocab_size: int, specials: list[str]) -> str:
+    out = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    run_cli("tokenizer", "train", corpus_jsonl, "--vocab-size", vocab_size, "--out", out,
+            "--special-tokens", *specials, "--max-documents", 300)
+    tokenizer = Tokenizer.from_file(str(out))
+    # A non-special added token (with a space) must be split out of the text as well.
+    tokenizer.add_tokens([AddedToken("hello world", normalized=False)])
+    return tokenizer.to_str()
+
+
+FAMILIES = ["pytrain-300", "pytrain-2000", "pytrain-8000", "gpt2-split", "llama3", "llama3-merges", "qwen-digits"]
+
+
+@pytest.fixture(scope="module")
+def family_json(tmp_path_factory, corpus_jsonl):
+    cache = {}
+
+    def build(name: str) -> str:
+        if name not in cache:
+            if name.startswith("pytrain-"):
+                cache[name] = _pytrain_tokenizer(tmp_path_factory, corpus_jsonl, int(name.split("-")[1]),
+                                                 ["<pad>", "<|user|>", "<|eot|>", "<|eot_id|>"])
+            elif name == "gpt2-split":
+                cache[name] = gpt2_split_tokenizer_json(1500)
+            elif name == "llama3":
+                cache[name] = llama3_tokenizer_json(1500)
+            elif name == "llama3-merges":
+                cache[name] = split_tokenizer_json(LLAMA3_PATTERN, 1500, ignore_merges=False, seed=1)
+            else:
+                cache[name] = split_tokenizer_json(LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}"), 800,
+                                                   ignore_merges=True)
+        return cache[name]
+
+    return build
+
+
+def _pair(config: str, threads: int = 2):
+    reference = Tokenizer.from_str(config)
+    fast, why_not = fast_encoder(config.encode(), reference, threads)
+    assert fast is not None, why_not
+    return reference, fast
+
+
+def _assert_same(reference, fast, texts: list[str]) -> None:
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    got = fast.encode_lists(texts)
+    for text, want, have in zip(texts, expected, got):
+        assert have == want, f"{text[:120]!r}: fast {have[:30]} != tokenizers {want[:30]}"
+    assert len(got) == len(texts)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generated_texts_match(family_json, documents, name):
+    reference, fast = _pair(family_json(name))
+    _assert_same(reference, fast, generated_texts(seed=len(name)) + documents[:200])
+
+
+def test_thread_count_does_not_change_ids(family_json, documents):
+    config = family_json("llama3")
+    texts = generated_texts(seed=7, count=300) + documents[:100]
+    one = _pair(config, threads=1)[1].encode_framed(texts, 5, 6, "uint32")
+    many = _pair(config, threads=7)[1].encode_framed(texts, 5, 6, "uint32")
+    assert one[0].tobytes() == many[0].tobytes() and one[1].tolist() == many[1].tolist() and one[2] == many[2]
+
+
+def test_framing_drops_empty_documents_and_narrows(family_json):
+    reference, fast = _pair(family_json("pytrain-300"))
+    texts = ["a b", "", "<pad>", "x"]
+    tokens, lengths, dropped = fast.encode_framed(texts, 7, 9, "uint16")
+    ids = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    expected = [[7, *x, 9] for x in ids if x]
+    assert dropped == 1 and tokens.dtype.str == "<u2"
+    assert tokens.tolist() == [t for doc in expected for t in doc] and lengths.tolist() == [len(d) for d in expected]
+
+
+_ALPHABET = st.one_of(
+    st.characters(exclude_categories=("Cs",)),
+    st.sampled_from(list(" \t\r\n'0123456789sStTlLdDmMreREvV\u017f\u00a0\u3000") + TRICKY.split(" ")),
+    st.sampled_from(SPECIALS_IN_TEXT),
+)
+_TEXTS = st.lists(st.lists(_ALPHABET, max_size=60).map("".join), min_size=1, max_size=8)
+
+
+@pytest.mark.parametrize("name", ["pytrain-2000", "llama3"])
+def test_fuzzed_texts_match(family_json, name):
+    reference, fast = _pair(family_json(name))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(_TEXTS)
+    def check(texts):
+        _assert_same(reference, fast, texts)
+
+    check()
+
+
+def _config_with(base: str, edit) -> str:
+    config = json.loads(base)
+    edit(config)
+    return json.dumps(config)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: c.__setitem__("normalizer", {"type": "NFC"}), "normalizer 'NFC'"),
+    (lambda c: c["model"].__setitem__("byte_fallback", True), "byte_fallback"),
+    (lambda c: c["model"].__setitem__("dropout", 0.1), "dropout"),
+    (lambda c: c["pre_tokenizer"].__setitem__("add_prefix_space", True), "add_prefix_space"),
+    (lambda c: c["added_tokens"][0].__setitem__("lstrip", True), "lstrip=true"),
+    (lambda c: c["added_tokens"][0].__setitem__("normalized", True), "normalized=true"),
+    (lambda c: c.__setitem__("post_processor", {"type": "BertProcessing", "sep": ["x", 1], "cls": ["y", 2]}),
+     "post-processor 'BertProcessing'"),
+    (lambda c: c.__setitem__("pre_tokenizer", {"type": "Whitespace"}), "pre-tokenizer 'Whitespace'"),
+    (lambda c: c["model"]["vocab"].pop("Ā"), "byte-level characters missing"),
+])
+def test_unsupported_configurations_fall_back_with_a_reason(family_json, edit, reason):
+    base = family_json("pytrain-300")
+    fast, why_not = fast_encoder(_config_with(base, edit).encode(), Tokenizer.from_str(base))
+    assert fast is None and reason in why_not
+
+
+def test_unknown_split_pattern_falls_back(family_json):
+    def edit(c):
+        c["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_PATTERN + "|x"
+    base = family_json("llama3")
+    fast, why_not = fast_encoder(_config_with(base, edit).encode(), Tokenizer.from_str(base))
+    assert fast is None and "unknown pre-tokenizer regex" in why_not
+
+
+def test_wordpiece_falls_back():
+    from tokenizers import models
+
+    tokenizer = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    fast, why_not = fast_encoder(tokenizer.to_str().encode(), tokenizer)
+    assert fast is None and why_not
+
+
+def test_another_tokenizers_release_falls_back(family_json, monkeypatch):
+    import tokenizers
+
+    config = family_json("pytrain-300")
+    monkeypatch.setattr(tokenizers, "__version__", "0.0.0")
+    fast, why_not = fast_encoder(config.encode(), Tokenizer.from_str(config))
+    assert fast is None and "probed from tokenizers" in why_not and "not the installed 0.0.0" in why_not
+
+
+def test_concurrent_calls_on_one_encoder(family_json, documents):
+    import threading
+
+    reference, fast = _pair(family_json("pytrain-2000"))
+    texts = documents[:150] + generated_texts(seed=11, count=150)
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(fast.encode_lists(texts))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(worker.is_alive() for worker in workers)
+    assert results == [expected] * 3
