@@ -246,7 +246,7 @@ def test_training_refuses_a_corrupt_pack(packed_data, base_config, tmp_path, mod
         message = f"token id {manifest['vocab_size'] + 7} >= vocab size"
     array.tofile(tokens)
     run = tmp_path / "run"
-    with pytest.raises(PytrainError, match=f"failed its {mode} check .*{message}"):
+    with pytest.raises(PytrainError, match=f"failed the {mode} check .*{message}"):
         _train_raising(base_config, f"train.run_dir={run}", f"data.path={data}", f"data.verify={mode}")
     assert not run.exists()  # the refused start left nothing behind
 
