@@ -2,7 +2,7 @@
 
     python benchmarks/bench_verify.py --mb 512            # table + results/bench_verify.json
 
-The pack is written through pack's own SplitWriter (random uint16 ids, EOS = 0 closing each
+The pack is written through the format's own SplitWriter (random uint16 ids, EOS = 0 closing each
 document, train and val splits of 90% / 10%), with a manifest and output marker like pack's,
 so `verify_pack` checks it exactly as it checks a real one. Rows:
 
@@ -37,7 +37,7 @@ RESULTS = HERE / "results"
 def make_pack(root: Path, megabytes: int, seed: int = 0) -> int:
     """A valid pack of about `megabytes` MB of tokens; returns the bytes of its files."""
     from pytrain.data import format as fmt
-    from pytrain.data.pack import SplitWriter
+    from pytrain.data.format import SplitWriter
     from pytrain.fsutil import write_output_marker
 
     rng = np.random.default_rng(seed)

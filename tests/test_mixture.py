@@ -24,7 +24,7 @@ from pytrain.data import format as fmt
 from pytrain.data.mixture import (
     CHUNK, MAX_OPEN_SPLITS, BlendedDataset, Mixture, _epoch_key, resolve_sources, weight_units,
 )
-from pytrain.data.pack import SplitWriter
+from pytrain.data.format import SplitWriter
 from pytrain.errors import PytrainError
 
 

@@ -13,8 +13,10 @@ index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.errors import PytrainError
+from pytrain.fsutil import file_sha256
 
 FORMAT_NAME = "pytrain-packed"
 FORMAT_VERSION = 1
@@ -252,3 +255,61 @@ def open_split(root: str | Path, split: str, manifest: dict | None = None,
             raise PytrainError(f"{mask_file}: missing or not {header.token_count} bytes; truncated or corrupted, re-pack")
         mask = _memmap(mask_file, np.dtype("u1"), 0, header.token_count, random_access)
     return PackedSplit(tokens=tokens, offsets=offsets, mask=mask)
+
+
+# ----------------------------------------------------------------------------- writing
+class SplitWriter:
+    """Appends documents to one split's tokens.bin and index.idx (and mask.bin), hashing as it goes."""
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype, with_mask: bool = False):
+        self.split = split
+        self.dtype = dtype
+        self.tokens_file = tokens_path(root, split)
+        self.index_file = index_path(root, split)
+        self.tokens_file.parent.mkdir(parents=True, exist_ok=True)
+        self._tokens = open(self.tokens_file, "wb")
+        self._index = open(self.index_file, "wb")
+        self._index.write(index_header(dtype.itemsize, 0, 0))  # rewritten on close
+        self._index.write(np.zeros(1, dtype="<i8").tobytes())
+        self._hash = hashlib.sha256()
+        self._sum = 0  # sum of the ids mod 2**64: a checksum `verify --mode quick` computes at memory speed
+        self._mask = open(mask_path(root, split), "wb") if with_mask else None
+        self._mask_hash = hashlib.sha256()
+        self.documents = 0
+        self.tokens = 0
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if len(lengths) == 0:
+            return
+        self._tokens.write(memoryview(tokens))
+        self._hash.update(memoryview(tokens))
+        self._sum = (self._sum + int(tokens.sum(dtype=np.uint64))) % 2**64
+        if self._mask is not None:
+            self._mask.write(memoryview(mask))
+            self._mask_hash.update(memoryview(mask))
+        ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
+        self._index.write(ends.astype("<i8", copy=False).tobytes())
+        self.tokens = int(ends[-1])
+        self.documents += len(lengths)
+
+    def close(self) -> dict:
+        """Finish both files and make them durable before the directory is renamed into place."""
+        os.fsync(self._tokens.fileno())
+        self._tokens.close()
+        self._index.seek(0)
+        self._index.write(index_header(self.dtype.itemsize, self.documents, self.tokens))
+        self._index.flush()
+        os.fsync(self._index.fileno())
+        self._index.close()
+        info = {
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "tokens_sha256": self._hash.hexdigest(),
+            "tokens_sum": self._sum,
+            "index_sha256": file_sha256(self.index_file),
+        }
+        if self._mask is not None:
+            os.fsync(self._mask.fileno())
+            self._mask.close()
+            info["mask_sha256"] = self._mask_hash.hexdigest()
+        return info

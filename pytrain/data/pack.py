@@ -29,13 +29,14 @@ import numpy as np
 
 from pytrain import __version__
 from pytrain.data import format as fmt
+from pytrain.data.format import SplitWriter
 from pytrain.data.fast_bpe import FastBpe, fast_encoder
 from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_directory, file_sha256
+from pytrain.fsutil import atomic_directory
 from pytrain.progress import ProgressBar, human
 
 _DONE = object()
@@ -83,63 +84,6 @@ class PackOptions:
         cores = os.cpu_count() or 1
         if not 0 <= self.threads <= 8 * cores:
             raise PytrainError(f"--threads must be between 0 (all cores) and {8 * cores} (8 per core), not {self.threads}")
-
-
-class SplitWriter:
-    """Appends documents to one split's tokens.bin and index.idx (and mask.bin), hashing as it goes."""
-
-    def __init__(self, root: Path, split: str, dtype: np.dtype, with_mask: bool = False):
-        self.split = split
-        self.dtype = dtype
-        self.tokens_file = fmt.tokens_path(root, split)
-        self.index_file = fmt.index_path(root, split)
-        self.tokens_file.parent.mkdir(parents=True, exist_ok=True)
-        self._tokens = open(self.tokens_file, "wb")
-        self._index = open(self.index_file, "wb")
-        self._index.write(fmt.index_header(dtype.itemsize, 0, 0))  # rewritten on close
-        self._index.write(np.zeros(1, dtype="<i8").tobytes())
-        self._hash = hashlib.sha256()
-        self._sum = 0  # sum of the ids mod 2**64: a checksum `verify --mode quick` computes at memory speed
-        self._mask = open(fmt.mask_path(root, split), "wb") if with_mask else None
-        self._mask_hash = hashlib.sha256()
-        self.documents = 0
-        self.tokens = 0
-
-    def write(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
-        if len(lengths) == 0:
-            return
-        self._tokens.write(memoryview(tokens))
-        self._hash.update(memoryview(tokens))
-        self._sum = (self._sum + int(tokens.sum(dtype=np.uint64))) % 2**64
-        if self._mask is not None:
-            self._mask.write(memoryview(mask))
-            self._mask_hash.update(memoryview(mask))
-        ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
-        self._index.write(ends.astype("<i8", copy=False).tobytes())
-        self.tokens = int(ends[-1])
-        self.documents += len(lengths)
-
-    def close(self) -> dict:
-        """Finish both files and make them durable before the directory is renamed into place."""
-        os.fsync(self._tokens.fileno())
-        self._tokens.close()
-        self._index.seek(0)
-        self._index.write(fmt.index_header(self.dtype.itemsize, self.documents, self.tokens))
-        self._index.flush()
-        os.fsync(self._index.fileno())
-        self._index.close()
-        info = {
-            "documents": self.documents,
-            "tokens": self.tokens,
-            "tokens_sha256": self._hash.hexdigest(),
-            "tokens_sum": self._sum,
-            "index_sha256": file_sha256(self.index_file),
-        }
-        if self._mask is not None:
-            os.fsync(self._mask.fileno())
-            self._mask.close()
-            info["mask_sha256"] = self._mask_hash.hexdigest()
-        return info
 
 
 class SplitRouter:
@@ -275,161 +219,200 @@ def _chat_ids_and_mask(conversations: list, encoded: list, eos_id: int, bos: boo
 
 def pack(inputs, tokenizer, out, options: PackOptions | None = None, *, parts=None,
          manifest_extra: dict | None = None) -> dict:
-    """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`.
+    """Pack `inputs` with `tokenizer` (a tokenizer.json path) into the directory `out`; return the manifest.
 
     `parts` (pytrain.data.shard): the slice of each input to read; `manifest_extra`: keys added to the manifest.
     """
-    from pytrain import _native
-
-    options = options or PackOptions()
-    options.validate()
-    if options.threads:
-        # Sizes the tokenizer's thread pool, which is created on its first parallel call.
-        os.environ["RAYON_NUM_THREADS"] = str(options.threads)
-    tok, tokenizer_bytes, tokenizer_path = read_tokenizer(tokenizer)
-    eos_id = special_token_id(tok, options.eos_token, EOS_CANDIDATES, "EOS", tokenizer_path)
-    bos_id = special_token_id(tok, options.bos_token, BOS_CANDIDATES, "BOS", tokenizer_path)
-    if options.append_eos and eos_id is None:
-        raise PytrainError(f"{tokenizer_path}: no EOS token found (looked for {', '.join(EOS_CANDIDATES)}); pass --eos-token NAME or --no-eos")
-    if options.prepend_bos and bos_id is None:
-        raise PytrainError(f"{tokenizer_path}: no BOS token found (looked for {', '.join(BOS_CANDIDATES)}); pass --bos-token NAME or drop --bos")
-    top_id = max_token_id(tok)
-    dtype = fmt.dtype_for_vocab(top_id)
-    fast = _choose_encoder(options.encoder, tokenizer_bytes, tok, tokenizer_path, options.threads)
-    framing = (bos_id if options.prepend_bos else -1, eos_id if options.append_eos else -1, dtype.name)
-    chat = options.format == "chat"
-    field_path = parse_field_path(options.field, options.jq, chat=chat)
-    sources = open_sources(
-        inputs, field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
-        batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
-        chat_eos_token=tok.id_to_token(eos_id) if chat else None, parts=parts,
-    )
+    packer = Packer(inputs, tokenizer, options or PackOptions(), parts=parts)
     started = time.perf_counter()
-    bar = ProgressBar(sources.total_bytes, enabled=options.progress)
+    manifest = packer.run(out, manifest_extra or {})
+    _print_summary(Path(out), manifest, packer.sources.total_bytes, time.perf_counter() - started)
+    return manifest
 
-    with atomic_directory(out, overwrite=options.overwrite, command="pack", inputs=[*inputs, tokenizer_path],
-                          legacy_files=_legacy_pack_files) as tmp:
-        train = SplitWriter(tmp, "train", dtype, with_mask=chat)
-        val = SplitWriter(tmp, "val", dtype, with_mask=chat) if (options.val_docs or options.val_fraction) else None
-        router = SplitRouter(train, val, options.val_docs, options.val_fraction)
-        rejects_file = open(tmp / fmt.REJECTS, "w", encoding="utf-8")
-        texts_q: queue.Queue = queue.Queue(maxsize=2)
-        ids_q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        progress = {"bytes": 0, "empty_after_tokenizing": 0}
 
-        def failed() -> bool:
-            return (stop.is_set() or reader.error is not None or writer.error is not None
-                    or not threading.main_thread().is_alive())
+class Packer:
+    """One `pytrain pack` run: the tokenizer, ids and inputs resolved once (every bad option or input is refused
+    before anything is written), then the three stages over bounded queues: `read` (a thread), `encode`
+    (the calling thread) and `write` (a thread)."""
 
-        def read():
-            for batch in sources.batches():
-                if not _put(texts_q, batch, failed):
-                    return
-            _put(texts_q, _DONE, failed)
+    def __init__(self, inputs, tokenizer, options: PackOptions, parts=None):
+        options.validate()
+        if options.threads:
+            # Sizes the tokenizer's thread pool, which is created on its first parallel call.
+            os.environ["RAYON_NUM_THREADS"] = str(options.threads)
+        self.inputs, self.options = list(inputs), options
+        self.tok, self.tokenizer_bytes, self.tokenizer_path = read_tokenizer(tokenizer)
+        self.eos_id = special_token_id(self.tok, options.eos_token, EOS_CANDIDATES, "EOS", self.tokenizer_path)
+        self.bos_id = special_token_id(self.tok, options.bos_token, BOS_CANDIDATES, "BOS", self.tokenizer_path)
+        if options.append_eos and self.eos_id is None:
+            raise PytrainError(f"{self.tokenizer_path}: no EOS token found (looked for {', '.join(EOS_CANDIDATES)}); "
+                               "pass --eos-token NAME or --no-eos")
+        if options.prepend_bos and self.bos_id is None:
+            raise PytrainError(f"{self.tokenizer_path}: no BOS token found (looked for {', '.join(BOS_CANDIDATES)}); "
+                               "pass --bos-token NAME or drop --bos")
+        self.top_id = max_token_id(self.tok)
+        self.dtype = fmt.dtype_for_vocab(self.top_id)
+        self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
+                                    options.threads)
+        self.chat = options.format == "chat"
+        self.field_path = parse_field_path(options.field, options.jq, chat=self.chat)
+        self.sources = open_sources(
+            inputs, self.field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
+            batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
+            chat_eos_token=self.tok.id_to_token(self.eos_id) if self.chat else None, parts=parts,
+        )
+        self.texts_q: queue.Queue = queue.Queue(maxsize=2)
+        self.ids_q: queue.Queue = queue.Queue(maxsize=2)
+        self.stop = threading.Event()
+        self.stages: list[_Stage] = []
+        self.bytes_done = self.empty_after_tokenizing = 0
 
-        def write():
-            while (item := _get(ids_q, failed)) is not _DONE:
-                batch, ids = item
-                mask = None
-                if isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
-                    tokens, lengths, dropped = ids
-                    progress["empty_after_tokenizing"] += dropped
-                else:
-                    if chat:
-                        ids, mask = _chat_ids_and_mask(batch.texts, ids, eos_id, options.prepend_bos)
-                    elif not all(ids):
-                        progress["empty_after_tokenizing"] += sum(1 for x in ids if not x)
-                        ids = [x for x in ids if x]
-                    tokens, lengths = _native.narrow_tokens(
-                        ids, dtype.name, bos_id if options.prepend_bos else -1,
-                        eos_id if options.append_eos and not chat else -1,
-                    )
-                router.route(tokens, lengths, mask)
-                for record in batch.rejects:
-                    rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                progress["bytes"] += batch.nbytes
-                bar.update(progress["bytes"], router.seen, train.tokens + (val.tokens if val else 0))
+    def run(self, out, manifest_extra: dict) -> dict:
+        options = self.options
+        self.bar = ProgressBar(self.sources.total_bytes, enabled=options.progress)
+        with atomic_directory(out, overwrite=options.overwrite, command="pack",
+                              inputs=[*self.inputs, self.tokenizer_path], legacy_files=_legacy_pack_files) as tmp:
+            self.train = SplitWriter(tmp, "train", self.dtype, with_mask=self.chat)
+            self.val = (SplitWriter(tmp, "val", self.dtype, with_mask=self.chat)
+                        if options.val_docs or options.val_fraction else None)
+            self.router = SplitRouter(self.train, self.val, options.val_docs, options.val_fraction)
+            with open(tmp / fmt.REJECTS, "w", encoding="utf-8") as self.rejects_file:
+                self._run_stages()
+                self.router.finish()
+            if not self.sources.rejected:
+                (tmp / fmt.REJECTS).unlink()
+            splits = self._close_splits()
+            (tmp / fmt.TOKENIZER).write_bytes(self.tokenizer_bytes)
+            manifest = {**self._manifest(splits), **manifest_extra}
+            with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        return manifest
 
-        reader = _Stage("pytrain-pack-reader", read)
-        writer = _Stage("pytrain-pack-writer", write)
+    # ------------------------------------------------------------------ the pipeline
+    def _failed(self) -> bool:
+        return (self.stop.is_set() or any(stage.error is not None for stage in self.stages)
+                or not threading.main_thread().is_alive())
+
+    def _run_stages(self) -> None:
+        self.stages = [_Stage("pytrain-pack-reader", self.read), _Stage("pytrain-pack-writer", self.write)]
         try:
-            reader.start()
-            writer.start()
-            while (batch := _get(texts_q, failed)) is not _DONE:
-                if fast is not None and not chat:
-                    ids = fast.encode_framed(batch.texts, *framing)
-                else:
-                    ids = _encode_documents(fast or tok, batch.texts, chat) if batch.texts else []
-                if not _put(ids_q, (batch, ids), failed):
-                    break
-            _put(ids_q, _DONE, failed)
+            for stage in self.stages:
+                stage.start()
+            self.encode()
         except BaseException:
-            stop.set()
+            self.stop.set()
             raise
         finally:
-            for stage in (reader, writer):
+            for stage in self.stages:
                 if stage.ident is not None:  # started (an interrupt may come before or while they start)
                     stage.join()
-        for stage in (reader, writer):
+        for stage in self.stages:
             if stage.error is not None:
                 raise stage.error
-        bar.update(progress["bytes"], router.seen, train.tokens + (val.tokens if val else 0), force=True)
-        bar.close()
-        router.finish()
-        rejects_file.close()
-        if not sources.rejected:
-            (tmp / fmt.REJECTS).unlink()
-        splits = {"train": train.close()}
-        if val is not None:
-            splits["val"] = val.close()
+        self._show_progress(force=True)
+        self.bar.close()
+
+    def read(self) -> None:
+        """Stage 1 (thread): windows of the inputs, decoded into documents by the native extractor."""
+        for batch in self.sources.batches():
+            if not _put(self.texts_q, batch, self._failed):
+                return
+        _put(self.texts_q, _DONE, self._failed)
+
+    def encode(self) -> None:
+        """Stage 2 (this thread): token ids, from the native encoder (framed and narrowed) or `tokenizers`."""
+        framing = (self.bos_id if self.options.prepend_bos else -1, self.eos_id if self.options.append_eos else -1,
+                   self.dtype.name)
+        while (batch := _get(self.texts_q, self._failed)) is not _DONE:
+            if self.fast is not None and not self.chat:
+                ids = self.fast.encode_framed(batch.texts, *framing)
+            else:
+                ids = _encode_documents(self.fast or self.tok, batch.texts, self.chat) if batch.texts else []
+            if not _put(self.ids_q, (batch, ids), self._failed):
+                return
+        _put(self.ids_q, _DONE, self._failed)
+
+    def write(self) -> None:
+        """Stage 3 (thread): narrow to the pack's dtype, route to train/val, write and hash, log rejects."""
+        from pytrain import _native
+
+        while (item := _get(self.ids_q, self._failed)) is not _DONE:
+            batch, ids = item
+            mask = None
+            if isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
+                tokens, lengths, dropped = ids
+                self.empty_after_tokenizing += dropped
+            else:
+                if self.chat:
+                    ids, mask = _chat_ids_and_mask(batch.texts, ids, self.eos_id, self.options.prepend_bos)
+                elif not all(ids):
+                    self.empty_after_tokenizing += sum(1 for x in ids if not x)
+                    ids = [x for x in ids if x]
+                tokens, lengths = _native.narrow_tokens(
+                    ids, self.dtype.name, self.bos_id if self.options.prepend_bos else -1,
+                    self.eos_id if self.options.append_eos and not self.chat else -1,
+                )
+            self.router.route(tokens, lengths, mask)
+            for record in batch.rejects:
+                self.rejects_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.bytes_done += batch.nbytes
+            self._show_progress()
+
+    def _show_progress(self, force: bool = False) -> None:
+        self.bar.update(self.bytes_done, self.router.seen,
+                        self.train.tokens + (self.val.tokens if self.val else 0), force=force)
+
+    # ------------------------------------------------------------------ the result
+    def _close_splits(self) -> dict:
+        options, seen = self.options, self.router.seen
+        splits = {"train": self.train.close()}
+        if self.val is not None:
+            splits["val"] = self.val.close()
         if splits["train"]["documents"] == 0:
-            if router.seen and options.val_docs:
-                raise PytrainError(f"--val-docs {options.val_docs} holds out all {router.seen} documents, "
+            if seen and options.val_docs:
+                raise PytrainError(f"--val-docs {options.val_docs} holds out all {seen} documents, "
                                    "leaving none to train on; lower it")
-            raise PytrainError(f"no documents left to pack from {', '.join(map(str, inputs))} "
-                               f"({sources.empty_documents} empty, {sum(sources.rejected.values())} rejected)")
-        if val is not None and splits["val"]["documents"] == 0:
-            print(f"warning: the validation split is empty ({router.seen} documents, --val-fraction "
+            raise PytrainError(f"no documents left to pack from {', '.join(map(str, self.inputs))} "
+                               f"({self.sources.empty_documents} empty, {sum(self.sources.rejected.values())} rejected)")
+        if self.val is not None and splits["val"]["documents"] == 0:
+            print(f"warning: the validation split is empty ({seen} documents, --val-fraction "
                   f"{options.val_fraction}); raise it for a usable validation set", file=sys.stderr)
-        (tmp / fmt.TOKENIZER).write_bytes(tokenizer_bytes)
-        manifest = {
+        return splits
+
+    def _manifest(self, splits: dict) -> dict:
+        options, sources = self.options, self.sources
+        return {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
             "pytrain_version": __version__,
             "created_unix": time.time(),
-            "dtype": dtype.name,
-            "vocab_size": vocab_size(tok, top_id),
-            "max_token_id": top_id,
-            "eos_id": eos_id,
-            "bos_id": bos_id,
+            "dtype": self.dtype.name,
+            "vocab_size": vocab_size(self.tok, self.top_id),
+            "max_token_id": self.top_id,
+            "eos_id": self.eos_id,
+            "bos_id": self.bos_id,
             "append_eos": options.append_eos,
             "document_format": options.format,
-            "loss_mask": chat,
+            "loss_mask": self.chat,
             "prepend_bos": options.prepend_bos,
-            "tokenizer": {"file": fmt.TOKENIZER, "source": str(tokenizer_path.resolve()),
-                          "sha256": hashlib.sha256(tokenizer_bytes).hexdigest()},
-            "field": describe_path(field_path),
+            "tokenizer": {"file": fmt.TOKENIZER, "source": str(self.tokenizer_path.resolve()),
+                          "sha256": hashlib.sha256(self.tokenizer_bytes).hexdigest()},
+            "field": describe_path(self.field_path),
             "txt_split": options.txt_split,
             "sources": sources.per_source,
             "validation": {"val_docs": options.val_docs, "val_fraction": options.val_fraction},
             "splits": splits,
             "documents_read": sources.documents,
-            "empty_documents": sources.empty_documents + progress["empty_after_tokenizing"],
+            "empty_documents": sources.empty_documents + self.empty_after_tokenizing,
             "blank_lines": sources.blank_lines,
             "rejected": dict(sorted(sources.rejected.items())),
             "options": {k: v for k, v in asdict(options).items()
                         if k in ("on_bad_line", "batch_bytes", "max_doc_bytes", "encoder")},
-            "encoder": "fast" if fast is not None else "tokenizers",
-            **(manifest_extra or {}),
+            "encoder": "fast" if self.fast is not None else "tokenizers",
         }
-        with open(tmp / fmt.MANIFEST, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    _print_summary(Path(out), manifest, sources.total_bytes, time.perf_counter() - started)
-    return manifest
 
 
 def _choose_encoder(choice: str, tokenizer_bytes: bytes, tok, tokenizer_path: Path, threads: int) -> FastBpe | None:

@@ -78,7 +78,7 @@ class CpuThreads:
                 message = (f"note: other processes keep {others:.1f} of {len(self.cpus)} cores busy; training uses "
                            "the idle cores only (re-checked at every logging step; OMP_NUM_THREADS fixes it)")
         if not self.fixed_by_user:
-            threads = max(1, min(self.share, int(free // self.ranks_here + 0.5)))
+            threads = max(1, min(self.share, round(free / self.ranks_here)))
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
         return message
