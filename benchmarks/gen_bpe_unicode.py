@@ -8,7 +8,7 @@ a `Split(Regex(...), "removed")` pre-tokenizer and records which code points wer
 
     python benchmarks/gen_bpe_unicode.py            # rewrites csrc/bpe_unicode_table.h
 
-Rerun it when the pinned `tokenizers` changes; tests/test_bpe_unicode.py checks the table
+Rerun it when the pinned `tokenizers` changes; tests/data/test_bpe_unicode.py checks the table
 against the installed engine.
 """
 

@@ -70,8 +70,9 @@ note_stage() {  # note_stage NAME STATUS NOTE: a stage decided without running a
   echo "== $1: $2 ($3)"
 }
 
-KERNEL_TESTS=(tests/test_kernels_rmsnorm.py tests/test_kernels_rmsnorm_streamed.py tests/test_kernels_rope.py
-              tests/test_kernels_linear_ce.py tests/test_kernels_ce_padding.py tests/test_input_checks.py)
+KERNEL_TESTS=(tests/ops/test_kernels_rmsnorm.py tests/ops/test_kernels_rmsnorm_streamed.py tests/ops/test_kernels_rope.py
+              tests/ops/test_kernels_linear_ce.py tests/ops/test_kernels_ce_padding.py tests/ops/test_input_checks.py
+              tests/ops/test_attention.py)  # attention: its CUDA-only tests check the block-sparse backward
 
 # bench_train.py: train_stage NAME CAP PRESET; the GPU run times all four variants at seq 2048 in bf16.
 train_stage() {
@@ -88,7 +89,7 @@ train_stage() {
 if [ "$DRY" = 1 ]; then
   run_stage build 60 "$PY" -c "import pytrain._native, pytrain.kernels; print('dry run: pytrain and its extension import (no pip install)')"
   run_stage kernel_tests 60 env TRITON_INTERPRET=1 OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_kernels_ce_padding.py tests/test_aot_check.py -k "aligned or out_of_vocabulary or ptxas" \
+    tests/ops/test_kernels_ce_padding.py tests/ops/test_aot_check.py -k "aligned or out_of_vocabulary or ptxas" \
     --junitxml "$OUT/kernel_tests.xml"
   run_stage aot 60 "$PY" benchmarks/aot_check.py --arch 90 --ops rope --json "$OUT/aot.json"
   run_stage bench_kernels 30 "$PY" benchmarks/bench_kernels.py --help

@@ -17,7 +17,7 @@
 - the installed `tokenizers` is the release whose regex engine the Unicode tables were probed
   from (benchmarks/gen_bpe_unicode.py): another release may classify code points differently.
 
-Then ids equal `tokenizers`' for every text; tests/test_bpe_*.py check it against `tokenizers`.
+Then ids equal `tokenizers`' for every text; tests/data/test_bpe_*.py check it against `tokenizers`.
 As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text.
 """
 

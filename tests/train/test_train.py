@@ -17,7 +17,7 @@ import yaml
 from conftest import run_cli
 from _train_fixtures import ENV, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/, where the helper scripts live
 
 
 def test_loss_falls_and_run_dir_is_complete(base_run):
