@@ -52,7 +52,33 @@ class _Epoch:
             self.sample_order = np.arange(n_samples, dtype=np.int64)
 
 
-class PackedDataset:
+class SampleStream:
+    """One global stream of fixed-length samples, read by every rank: step k's global batch is samples
+    [consumed, consumed + batch x world) and rank r takes its r-th slice, so `consumed` alone resumes the
+    stream on any number of ranks. Subclasses say what sample g is (`sample_tokens`)."""
+
+    consumed: int
+    rank: int
+    world_size: int
+
+    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
+        return sample_arrays(*self.sample_tokens(int(g)))
+
+    def get_batch(self, indices) -> dict:
+        """Global samples `indices`, stacked into torch.LongTensors [len(indices), seq_len]."""
+        return stack_samples([self[int(g)] for g in indices])
+
+    def next_batch(self, batch_size: int) -> dict:
+        """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
+        first = self.consumed + self.rank * batch_size
+        self.consumed += batch_size * self.world_size
+        return self.get_batch(range(first, first + batch_size))
+
+
+class PackedDataset(SampleStream):
     """Fixed-length training samples over one split of a `pytrain pack` directory.
 
     `ds[g]` is sample g of the global stream (epoch g // len(ds)) as a dict of int64
@@ -125,19 +151,6 @@ class PackedDataset:
             k, off = k + 1, 0
         sample_mask = np.concatenate(masks) if mask is not None else None
         return np.concatenate(pieces).astype(np.int64), np.asarray(lengths, dtype=np.int64), sample_mask
-
-    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
-        return sample_arrays(*self.sample_tokens(int(g)))
-
-    def get_batch(self, indices) -> dict:
-        """Global samples `indices`, stacked into torch.LongTensors [len(indices), seq_len]."""
-        return stack_samples([self[int(g)] for g in indices])
-
-    def next_batch(self, batch_size: int) -> dict:
-        """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
-        first = self.consumed + self.rank * batch_size
-        self.consumed += batch_size * self.world_size
-        return self.get_batch(range(first, first + batch_size))
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len,

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.dataset import sample_arrays, stack_samples
+from pytrain.data.dataset import SampleStream
 from pytrain.errors import PytrainError
 
 CHUNK = 1 << 20  # nominal samples per chunk of the blending index
@@ -199,7 +199,7 @@ def _epoch_key(seed: int, name: str, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-class BlendedDataset:
+class BlendedDataset(SampleStream):
     """Fixed-length samples from weighted sources, as one global stream (see the module docstring).
 
     The interface is PackedDataset's: `get_batch`, `next_batch`, `state_dict`/`load_state_dict` with one
@@ -274,18 +274,6 @@ class BlendedDataset:
             j = int(_native.keyed_permutation(np.array([j]), stream.samples_per_epoch,
                                               _epoch_key(self.seed, stream.name, epoch))[0])
         return stream.window(j)
-
-    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
-        return sample_arrays(*self.sample_tokens(int(g)))
-
-    def get_batch(self, indices) -> dict:
-        return stack_samples([self[int(g)] for g in indices])
-
-    def next_batch(self, batch_size: int) -> dict:
-        """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
-        first = self.consumed + self.rank * batch_size
-        self.consumed += batch_size * self.world_size
-        return self.get_batch(range(first, first + batch_size))
 
     # ------------------------------------------------------------------ progress and resume
     def progress(self) -> dict:

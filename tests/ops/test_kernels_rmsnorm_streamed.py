@@ -6,31 +6,9 @@ import pytest
 import torch
 
 import pytrain.kernels.rms_norm as kmod
-from _kernel_checks import DEVICE, assert_close, leaf64, poisoned, requires_triton
+from _kernel_checks import requires_triton
+from _rms_norm_checks import check_rms_norm
 from pytrain.kernels._common import blocks_per_sm
-from pytrain.ops import rms_norm, rms_norm_reference
-
-
-def _check(shape, dtype, mode, with_residual, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen).to(DEVICE, dtype).requires_grad_()
-    w = (1.0 + 0.3 * torch.randn(shape[-1], generator=gen)).to(DEVICE, dtype).requires_grad_()
-    r = torch.randn(shape, generator=gen).to(DEVICE, dtype).requires_grad_() if with_residual else None
-    inputs = [x, w] + ([r] if with_residual else [])
-    with poisoned(kmod):
-        out = rms_norm(x, w, 1e-6, residual=r, mode=mode, backend="triton")
-        outs = out if with_residual else (out,)
-        grads_out = [torch.randn(o.shape, generator=gen).to(DEVICE, dtype) for o in outs]
-        grads = torch.autograd.grad(outs, inputs, grads_out)
-    ref_inputs = [leaf64(t) for t in inputs]
-    refs = rms_norm_reference(ref_inputs[0], ref_inputs[1], 1e-6, residual=ref_inputs[2] if with_residual else None,
-                              mode=mode)
-    refs = refs if with_residual else (refs,)
-    ref_grads = torch.autograd.grad(refs, ref_inputs, [g.double() for g in grads_out])
-    for name, a, b in zip(["y", "sum"], outs, refs):
-        assert_close(a, b, dtype, name)
-    for name, a, b in zip(["dx", "dw", "dresidual"], grads, ref_grads):
-        assert_close(a, b, dtype, name)
 
 
 @pytest.fixture
@@ -45,18 +23,18 @@ def short_resident_rows(monkeypatch):
 @pytest.mark.parametrize("mode", ["llama", "gemma"])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_streamed_rows_match_float64_reference(short_resident_rows, dtype, mode, with_residual):
-    _check((2, 19, 123), dtype, mode, with_residual, seed=11)  # 123 columns: 4 blocks, the last partial
+    check_rms_norm((2, 19, 123), dtype, mode, with_residual, seed=11)  # 123 columns: 4 blocks, the last partial
 
 
 @requires_triton
 def test_streamed_rows_at_the_largest_hidden_size():
     """65536 columns (MAX_HIDDEN) with the real thresholds: the path that used to spill registers."""
-    _check((3, kmod.MAX_HIDDEN), torch.float32, "gemma", True, seed=12)
+    check_rms_norm((3, kmod.MAX_HIDDEN), torch.float32, "gemma", True, seed=12)
 
 
 @requires_triton
 def test_streamed_backward_with_more_programs_than_rows(short_resident_rows):
-    _check((1, 200), torch.float32, "llama", True, seed=13)
+    check_rms_norm((1, 200), torch.float32, "llama", True, seed=13)
 
 
 def test_config_switches_to_streaming_above_the_threshold():
