@@ -26,6 +26,9 @@ import torch
 
 from pytrain.ops.attention import attention, document_block_mask, document_causal_mask
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import peak_extra_mib  # noqa: E402  (benchmarks/ is not a package)
+
 PROVIDERS = ("flex-document", "sdpa-causal", "dense-document")
 
 
@@ -64,17 +67,6 @@ def median_ms(fn, device: torch.device, reps: int) -> float:
             fn()
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def peak_extra_mib(fn, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def useful_tflop(segments: torch.Tensor, heads: int, head_dim: int) -> float:
@@ -120,7 +112,7 @@ def bench_shape(shape: dict, device: torch.device, dtype: torch.dtype, reps: int
             fwd_ms = median_ms(forward_fn(provider, *constants, segments), device, reps)
         full_ms = median_ms(full, device, reps) if backward_ok else None
         record = {"shape": label, **shape, "provider": provider, "fwd_ms": fwd_ms, "fwd_bwd_ms": full_ms,
-                  "peak_mib": peak_extra_mib(full, device) if backward_ok else None}
+                  "peak_mib": peak_extra_mib(full) if backward_ok and device.type == "cuda" else None}
         if provider == "flex-document":
             record.update(max_abs_error_vs_dense=max_error,
                           tiles_computed_fraction=float(tiles) / (b * n_tiles * (n_tiles + 1) / 2),
