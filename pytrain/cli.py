@@ -7,6 +7,7 @@ never pays for importing torch. User errors (`PytrainError`) print one line, exi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pytrain import __version__
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pytrain {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `pytrain inspect data/ | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 0
     except ImportError as error:
         if not (error.name or "").startswith("pytrain"):

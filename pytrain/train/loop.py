@@ -327,7 +327,7 @@ class _Run:
 
     def _sample(self) -> None:
         logging = self.config.logging
-        samples = sample_prompts(self.model, self.run_dir / "tokenizer.json", logging.sample_prompts, step=self.step,
+        samples = sample_prompts(self.model, self.rundir.tokenizer_file, logging.sample_prompts, step=self.step,
                                  seed=self.config.train.seed, max_new_tokens=logging.sample_max_tokens,
                                  max_len=self.seq_len, temperature=logging.sample_temperature, eos_id=self.eos_id,
                                  device=self.d.device)

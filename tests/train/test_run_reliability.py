@@ -317,3 +317,25 @@ def test_bad_generate_arguments_are_one_line(base_run, args, message):
         args = [*args, "--prompt", "x"]
     line = _one_line_error(run_cli("generate", "--run", base_run, *args, check=False))
     assert message in line
+
+
+def test_a_crafted_config_runs_no_code(base_run, tmp_path):
+    """YAML tags that build Python objects are refused, in a config file and in a run directory's config.yaml."""
+    marker = tmp_path / "pwned"
+    payload = f"!!python/object/apply:os.system [\"touch {marker}\"]"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"train: {payload}\ndata: {{path: x}}\n")
+    assert "cannot parse config" in _one_line_error(run_cli("train", "--config", config, check=False))
+    run = _copy_run(base_run, tmp_path)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + f"logging: {payload}\n")
+    line = _one_line_error(run_cli("generate", "--run", run, "--prompt", "x", check=False))
+    assert "config.yaml" in line and not marker.exists()
+
+
+def test_a_closed_pipe_is_not_an_error(packed_data):
+    """`pytrain inspect DATA | head -1`: the reader leaving early ends the command quietly, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytrain", "inspect", str(packed_data), "--doc", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and err == "", err
