@@ -172,6 +172,9 @@ def _add_pack(sub) -> None:
 def _run_inspect(args) -> int:
     from pytrain.data.inspect import inspect_dataset
 
+    if not 1 <= args.bins <= 1000:
+        raise PytrainError(f"--bins must be between 1 and 1000, not {args.bins}")
+
     inspect_dataset(args.dir, split=args.split, doc=args.doc, bins=args.bins)
     return 0
 

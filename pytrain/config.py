@@ -164,9 +164,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def _read(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PytrainError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as error:
+        raise PytrainError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
     try:
         if path.suffix == ".json":
             raw = json.loads(text, object_pairs_hook=_unique_keys_object)

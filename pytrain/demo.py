@@ -101,7 +101,10 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
 # Everything a demo folder can hold: what the demo writes, and what later commands on the run add.
 DEMO_ENTRIES = {"corpus.jsonl", "tokenizer.json", "data", "config.yaml", "run.json", ".lock", "checkpoints",
                 "train.log", "metrics.jsonl", "tensorboard", "wandb_id", SAMPLES, "plot.png", "hf", OUTPUT_MARKER}
-_CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*")
+# checkpoints/ entries, and (with a leading "/") the files inside a step or temporary directory
+_CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*|\.latest\.tmp-.*"
+                               r"|/(\.metadata|__\d+_\d+\.distcp|rng_rank\d+\.pt|train_state\.json|checksums\.json"
+                               r"|\.[\w.]+\.tmp-\w+)")
 
 
 def _clear_earlier_demo(out: Path, overwrite: bool) -> None:
@@ -113,7 +116,7 @@ def _clear_earlier_demo(out: Path, overwrite: bool) -> None:
     reason = _not_a_demo(out)
     if reason:
         raise PytrainError(f"{out}: already exists and {reason}, so the demo will not delete it; choose another --out")
-    finished = why_not_replaceable(out, "demo") is None
+    finished = bool(read_output_marker(out)["files"])  # the first marker lists nothing, the last one everything
     if finished and not overwrite:
         raise PytrainError(f"{out}: already exists (a finished demo); pass --overwrite to replace it, or choose "
                            "another --out")
@@ -140,7 +143,8 @@ def _not_a_demo(out: Path) -> str | None:
         if name in ("data", "hf") and why_not_replaceable(entry, "pack" if name == "data" else "export"):
             return f"holds {name}/, which is not the demo's {'pack' if name == 'data' else 'export'}"
         if name == "checkpoints":
-            odd = [p.name for p in entry.iterdir() if not _CHECKPOINT_ENTRY.fullmatch(p.name)]
+            odd = [str(p.relative_to(entry)) for p in entry.rglob("*")
+                   if not _CHECKPOINT_ENTRY.fullmatch(p.name if p.parent == entry else "/" + p.name)]
             if odd:
                 return f"holds checkpoints/{odd[0]}, which the trainer does not write"
     return None

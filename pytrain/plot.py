@@ -16,20 +16,31 @@ from pathlib import Path
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_file
 
+TRAIN_KEYS = ("step", "tokens", "loss", "lr", "tokens_per_s")
+EVAL_KEYS = ("step", "tokens", "val_loss")
+
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, evaluation rows) of a run's metrics.jsonl."""
+    """(training rows, evaluation rows) of a run's metrics.jsonl. A torn last line (a run killed while
+    writing, or still writing) is left out, as the trainer drops it on resume; rows without the fields a
+    curve needs are left out too."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PytrainError(f"{path}: not found; --run takes a directory written by `pytrain train`")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
+                if number == len(lines):
+                    break
                 raise PytrainError(f"{path}:{number}: not JSON ({error.msg})") from None
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+    rows = [r for r in rows if isinstance(r, dict)]
+    train = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in TRAIN_KEYS)]
+    evals = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in EVAL_KEYS)]
+    return train, evals
 
 
 def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
@@ -40,6 +51,7 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     if not any(train or val for _, train, val in runs):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
+    _check_replaceable(out)
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import EngFormatter
@@ -114,3 +126,17 @@ def _loss_chart(runs: list[tuple[str, list[dict], list[dict]]]) -> bytes:
             series.append(Series(f"{prefix}val", [r["step"] for r in val], [r["val_loss"] for r in val],
                                  COLORS[(index + 3) % len(COLORS)], dotted=True))
     return line_chart("loss", "step", series)
+
+
+def _check_replaceable(out: Path) -> None:
+    """The PNG replaces only an earlier PNG (a plot), never another file of a run or of the user."""
+    if out.is_dir():
+        raise PytrainError(f"--out {out}: is a directory; name the PNG file to write")
+    if out.exists() or out.is_symlink():
+        try:
+            with open(out, "rb") as handle:
+                is_png = not out.is_symlink() and handle.read(8) == b"\x89PNG\r\n\x1a\n"
+        except OSError:
+            is_png = False
+        if not is_png:
+            raise PytrainError(f"--out {out}: exists and is not a PNG; refusing to replace it (choose another --out)")

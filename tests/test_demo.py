@@ -50,6 +50,9 @@ def test_demo_small_end_to_end(tmp_path, capsys):
 
     assert main(["demo", "--small", "--out", str(out)]) == 2  # a finished run is kept unless --overwrite
     assert "already exists (a finished demo); pass --overwrite" in capsys.readouterr().err
+    (out / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\nlater")  # a later `pytrain plot`: still finished, still kept
+    assert main(["demo", "--small", "--out", str(out)]) == 2
+    assert "a finished demo" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -57,6 +60,8 @@ def test_demo_small_end_to_end(tmp_path, capsys):
     (lambda out: (out / "notes.txt").write_text("mine"), "holds notes.txt, which the demo does not write"),
     (lambda out: (out / "checkpoints").mkdir() or (out / "checkpoints" / "mine").write_text("x"),
      "holds checkpoints/mine, which the trainer does not write"),
+    (lambda out: (out / "checkpoints" / "step_2").mkdir(parents=True) or (out / "checkpoints" / "step_2" / "mine.txt")
+     .write_text("x"), "holds checkpoints/step_2/mine.txt, which the trainer does not write"),
 ])
 def test_demo_deletes_only_its_own_folder(tmp_path, capsys, damage, reason):
     out = _crashed_demo(tmp_path / "demo")

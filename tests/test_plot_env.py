@@ -41,7 +41,7 @@ def test_plot_errors(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     with pytest.raises(PytrainError, match="metrics.jsonl: not found"):
         plot_runs([str(tmp_path)])
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0\n{"step": 2, "loss": 1.0}\n')  # not the last
     with pytest.raises(PytrainError, match="metrics.jsonl:1: not JSON"):
         plot_runs([str(tmp_path)])
 
@@ -76,3 +76,16 @@ def test_env_reports_the_machine_and_the_kernel_choice(capsys):
         assert "PyTorch references for rms_norm, apply_rope, linear_cross_entropy: no CUDA device" in out
     assert _kernel_choice(True, True, None).startswith("Triton kernels")
     assert "PROBLEM" in _kernel_choice(True, False, "ModuleNotFoundError: No module named 'triton'")
+
+
+def test_plot_out_replaces_only_a_png(base_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(PytrainError, match="exists and is not a PNG; refusing to replace it"):
+        plot_runs([str(run)], run / "metrics.jsonl")
+    assert (run / "metrics.jsonl").read_bytes() == before
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 9, "lo')  # a torn last row (a run killed mid-write) is left out, not an error
+    assert plot_runs([str(run)]) == run / "plot.png"
+    plot_runs([str(run)])  # an earlier plot is replaced

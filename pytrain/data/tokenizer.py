@@ -6,6 +6,7 @@ tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pytrain.errors import PytrainError
@@ -71,6 +72,26 @@ def special_token_id(tokenizer, explicit: str | None, candidates: tuple[str, ...
     return None
 
 
+def _check_replaceable(out: Path, inputs, overwrite: bool) -> None:
+    """--out may replace only a tokenizer.json outside the run and pack folders pytrain reads it from, and
+    never one of the inputs."""
+    if (out.parent / "manifest.json").exists() or (out.parent / "config.yaml").exists():
+        raise PytrainError(f"{out}: is the tokenizer a pack or run in {out.parent} was made with; refusing to write "
+                           "it there (write the new tokenizer elsewhere)")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise PytrainError(f"{out}: already exists; choose another --out or pass --overwrite")
+    if any(out.resolve() == Path(given).resolve() for given in inputs):
+        raise PytrainError(f"{out}: is one of the inputs; refusing to replace it even with --overwrite")
+    try:
+        is_tokenizer = out.is_file() and not out.is_symlink() and "model" in json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        is_tokenizer = False
+    if not is_tokenizer:
+        raise PytrainError(f"{out}: is not a tokenizer.json; refusing to replace it even with --overwrite")
+
+
 def train_tokenizer(
     inputs, out, vocab_size: int, eos_token: str = "<|endoftext|>", special_tokens=("<pad>",),
     min_frequency: int = 2, field: str = "text", jq: str | None = None, txt_split: str = "file",
@@ -85,8 +106,7 @@ def train_tokenizer(
     out = Path(out)
     if out.is_dir() or str(out).endswith("/"):
         out = out / "tokenizer.json"
-    if out.exists() and not overwrite:
-        raise PytrainError(f"{out}: already exists; choose another --out or pass --overwrite")
+    _check_replaceable(out, inputs, overwrite)
     specials = [eos_token] + [t for t in special_tokens if t != eos_token]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(specials):

@@ -36,7 +36,7 @@ from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
 from pytrain.model.config import ModelConfig
 from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
-from pytrain.train.distributed import Distributed, all_gather_object, barrier
+from pytrain.train.distributed import Distributed, all_gather_object, barrier, broadcast_object
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -53,7 +53,13 @@ def step_name(step: int) -> str:
 
 
 def _is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in (TRAIN_STATE, ".metadata", CHECKSUMS))
+    """A renamed step directory: rank 0 writes train_state.json (and checksums.json) before the rename."""
+    return all((path / name).is_file() for name in (TRAIN_STATE, ".metadata"))
+
+
+def is_legacy(path: Path) -> bool:
+    """Saved by a pytrain that did not record checksums: it loads (through the safe reader), unverified."""
+    return not (path / CHECKSUMS).exists()
 
 
 def list_checkpoints(root: Path) -> dict[int, Path]:
@@ -68,12 +74,8 @@ def list_checkpoints(root: Path) -> dict[int, Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint `latest` names, or the newest complete one when the pointer is missing or stale."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text(errors="replace").strip()
-        if name.startswith("step_") and Path(name).name == name and _is_complete(root / name):
-            return root / name
+    """The newest complete checkpoint. (`latest` names it too, for people; a kill between a save's rename
+    and the pointer's update leaves the pointer one behind, so it is not what decides.)"""
     found = list_checkpoints(root)
     return found[max(found)] if found else None
 
@@ -111,6 +113,8 @@ def remove_partial(root: Path) -> None:
         for path in root.iterdir():
             if path.name.startswith(TMP_PREFIX):
                 shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(f".{LATEST}.tmp-"):  # an interrupted pointer update (fsutil.atomic_file)
+                path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -139,10 +143,13 @@ def read_checksums(path: Path) -> dict[str, dict]:
 def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[str]:
     """Problems found in checkpoint `path` (empty when intact): sizes first, then sha256 of this rank's
     share of the files (every `world_size`-th file from `rank`), hashed in parallel."""
-    try:
-        files = read_checksums(path)
-    except PytrainError as error:
-        return [str(error)]
+    if is_legacy(path):
+        files = {}
+    else:
+        try:
+            files = read_checksums(path)
+        except PytrainError as error:
+            return [str(error)]
     problems, to_hash = [], []
     for i, (name, entry) in enumerate(sorted(files.items())):
         if i % world_size != rank:
@@ -160,6 +167,12 @@ def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[st
     for file, digest in files_sha256(to_hash).items():
         if digest != files[file.name]["sha256"]:
             problems.append(f"{file}: sha256 differs from the one recorded at save time (the file is corrupt)")
+    if not problems and rank == 0:  # what loading will parse: refused here already, not only at load
+        for check in (lambda: read_metadata(path / ".metadata"), lambda: read_train_state(path)):
+            try:
+                check()
+            except PytrainError as error:
+                problems.append(str(error))
     return problems
 
 
@@ -230,27 +243,45 @@ def save_checkpoint(root: Path, step: int, model, optimizer, train_state: dict, 
     if failed:
         if d.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        latest = latest_checkpoint(root)
-        raise PytrainError(f"saving checkpoint {step_name(step)} in {root} failed ({failed[0][1]}); "
-                           f"{f'the last complete checkpoint is {latest}' if latest else 'no checkpoint was kept'}")
+        raise _save_failed(step, root, failed[0][1])
     final = root / step_name(step)
+    committed = None
     if d.is_main:
-        files = {name: entry for o in outcomes for name, entry in o.items()}
-        state_text = json.dumps(train_state, indent=1)
-        atomic_write_text(tmp / TRAIN_STATE, state_text)
-        files[TRAIN_STATE] = {"size": len(state_text.encode()),
-                              "sha256": files_sha256([tmp / TRAIN_STATE])[tmp / TRAIN_STATE]}
-        atomic_write_text(tmp / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "version": 1,
-                                                       "files": dict(sorted(files.items()))}, indent=1))
-        if final.exists():  # the same step saved again (a resumed run ending where it started)
-            _remove(final, root)
-        os.replace(tmp, final)
-        atomic_write_text(root / LATEST, final.name)  # also fsyncs `root`, making the rename durable
-        if keep_last_k:
-            for old_step in list(list_checkpoints(root))[:-keep_last_k]:
-                _remove(root / step_name(old_step), root)
+        try:
+            _commit(tmp, final, root, outcomes, train_state, keep_last_k)
+        except OSError as error:  # a full disk while writing the last small files: the same one line everywhere
+            shutil.rmtree(tmp, ignore_errors=True)
+            committed = _describe(error)
+    committed = broadcast_object(committed)
+    if committed is not None:
+        raise _save_failed(step, root, committed)
     barrier()
     return final
+
+
+def _save_failed(step: int, root: Path, reason: str) -> PytrainError:
+    latest = latest_checkpoint(root)
+    return PytrainError(f"saving checkpoint {step_name(step)} in {root} failed ({reason}); "
+                        f"{f'the last complete checkpoint is {latest}' if latest else 'no checkpoint was kept'}")
+
+
+def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dict, keep_last_k: int) -> None:
+    """Rank 0: train_state.json and checksums.json into the finished directory, rename it, point `latest` at
+    it, drop checkpoints beyond keep_last_k."""
+    files = {name: entry for o in outcomes for name, entry in o.items()}
+    state_text = json.dumps(train_state, indent=1)
+    atomic_write_text(tmp / TRAIN_STATE, state_text)
+    files[TRAIN_STATE] = {"size": len(state_text.encode()),
+                          "sha256": files_sha256([tmp / TRAIN_STATE])[tmp / TRAIN_STATE]}
+    atomic_write_text(tmp / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "version": 1,
+                                                   "files": dict(sorted(files.items()))}, indent=1))
+    if final.exists():  # the same step saved again (a resumed run ending where it started)
+        _remove(final, root)
+    os.replace(tmp, final)
+    atomic_write_text(root / LATEST, final.name)  # also fsyncs `root`, making the rename durable
+    if keep_last_k:
+        for old_step in list(list_checkpoints(root))[:-keep_last_k]:
+            _remove(root / step_name(old_step), root)
 
 
 def _remove(path: Path, root: Path) -> None:

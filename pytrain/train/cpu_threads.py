@@ -69,6 +69,8 @@ class CpuThreads:
         free = len(self.cpus) - others
         oversubscribed = others >= 0.5
         message = None
+        if self.fixed_by_user and torch.get_num_threads() * self.ranks_here <= round(free):
+            oversubscribed = False  # the threads the user fixed fit in the idle cores: nothing to say
         if oversubscribed and not self.warned:
             self.warned = True
             if self.fixed_by_user:

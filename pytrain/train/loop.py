@@ -111,6 +111,9 @@ class _Run:
         for path in candidates:
             problems = ckpt.verify_checkpoint_everywhere(path, self.d)
             if not problems:
+                if ckpt.is_legacy(path):
+                    self.notes.append(f"checkpoint {path.name} has no checksums.json (saved by an earlier pytrain): "
+                                      "resuming from it without an integrity check")
                 return path
             if explicit:
                 raise PytrainError(f"refusing to resume from {path}: {problems[0]}"
@@ -186,7 +189,7 @@ class _Run:
         if source.is_file():
             with atomic_file(self.rundir.tokenizer_file) as handle:
                 handle.write(source.read_bytes())
-        self.rundir.record_origin(self.config_source)
+        self.rundir.record(self.config_source, self.eos_id)
 
     def _build_model(self, r: ResolvedRun) -> torch.nn.Module:
         train, init_from = self.config.train, self.config.model.init_from

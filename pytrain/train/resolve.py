@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pytrain.config import ModelSection, RunConfig, activation_checkpoint_every
 from pytrain.errors import PytrainError
 from pytrain.model.config import ModelConfig, preset
+from pytrain.ops._backend import interpreter_enabled
 
 # Fields that fix the weights' shapes: with model.init_from they must be the folder's.
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -33,6 +34,9 @@ class ResolvedRun:
 
 
 def resolve_run(config: RunConfig, data_vocab_size: int, world_size: int, device_type: str) -> ResolvedRun:
+    if config.train.kernels == "triton" and device_type != "cuda" and not interpreter_enabled():
+        raise PytrainError("train.kernels=triton needs a CUDA device (on CPU only with TRITON_INTERPRET=1, slow, for "
+                           "tests); use train.kernels=auto")
     model = resolve_model(config.model, data_vocab_size)
     seq_len = config.data.seq_len or model.max_position_embeddings
     if seq_len > model.max_position_embeddings:

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -51,18 +52,26 @@ class RunDir:
                                "`pytrain train` or `pytrain demo`")
 
     # ------------------------------------------------------------------ which config made the run
-    def origin(self) -> str | None:
-        """The config file that created this run, or None (made in Python, or by an older pytrain)."""
+    def _record(self) -> dict:
         try:
             record = json.loads(self.origin_file.read_text())
         except (OSError, ValueError):
-            return None
-        origin = record.get("config") if isinstance(record, dict) else None
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def origin(self) -> str | None:
+        """The config file that created this run, or None (made in Python, or by an older pytrain)."""
+        origin = self._record().get("config")
         return origin if isinstance(origin, str) else None
 
-    def record_origin(self, config_source: str | None) -> None:
-        if not self.origin_file.exists():
-            atomic_write_text(self.origin_file, json.dumps({"config": config_source, "created": time.time()}) + "\n")
+    def record(self, config_source: str | None, eos_id: int | None) -> None:
+        """run.json: the creating config (kept from the first start) and the data's EOS id (what generation
+        stops at: the pack's, which `--eos-token` may have chosen, not a guess from token names)."""
+        record = self._record()
+        record.setdefault("config", config_source)
+        record.setdefault("created", time.time())
+        record["eos_id"] = eos_id
+        atomic_write_text(self.origin_file, json.dumps(record) + "\n")
 
     def check_origin(self, config_source: str | None, allow_other: bool) -> None:
         """Refuse to continue a run created by another config file, unless told to (or it is the run's own
@@ -127,7 +136,7 @@ class RunDir:
 
     def checkpoint(self, step: int | None = None) -> Path:
         """The latest (or `step`'s) checkpoint, verified against its checksums."""
-        from pytrain.train.checkpoint import find_checkpoint, verify_checkpoint
+        from pytrain.train.checkpoint import find_checkpoint, is_legacy, verify_checkpoint
 
         self.require()
         path = find_checkpoint(self.path, step)
@@ -136,6 +145,9 @@ class RunDir:
             more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
             raise PytrainError(f"refusing checkpoint {path}: {problems[0]}{more}; `pytrain verify {self.path}` "
                                "lists the intact checkpoints (pass one with --step)")
+        if is_legacy(path):
+            print(f"note: {path} has no checksums.json (saved by an earlier pytrain): loaded without an integrity "
+                  "check", file=sys.stderr)
         return path
 
     def load_model(self, step: int | None = None, device="cpu"):
@@ -149,8 +161,14 @@ class RunDir:
         from pytrain.model import Llama
         from pytrain.train.checkpoint import load_state
 
+        from pytrain.train.checkpoint import model_config_changes, read_train_state
+
         model_config = self.model_config()
         path = self.checkpoint(step)
+        changed = model_config_changes(read_train_state(path)["model_config"], model_config.to_dict())
+        if changed:
+            raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); restore "
+                               "the run's config.yaml")
         with torch.device("meta"):
             model = Llama(model_config)
         model.to_empty(device=device)
@@ -168,8 +186,12 @@ class RunDir:
         return load_tokenizer(self.tokenizer_file)
 
     def eos_id(self, tokenizer) -> int | None:
+        """The EOS id the data was packed with (run.json); for runs from before it was recorded, found by name."""
         from pytrain.data.tokenizer import EOS_CANDIDATES, special_token_id
 
+        record = self._record()
+        if "eos_id" in record and (record["eos_id"] is None or type(record["eos_id"]) is int):
+            return record["eos_id"]
         return special_token_id(tokenizer, None, EOS_CANDIDATES, "EOS", self.tokenizer_file)
 
 
@@ -183,7 +205,7 @@ def load_model_for_inference(run_dir: str | os.PathLike, step: int | None = None
 def verify_run(path: str | os.PathLike) -> None:
     """`pytrain verify RUN_DIR`: check every checkpoint of a run against its checksums; print one line per
     checkpoint, raise PytrainError listing the corrupt ones."""
-    from pytrain.train.checkpoint import list_checkpoints, verify_checkpoint
+    from pytrain.train.checkpoint import is_legacy, list_checkpoints, verify_checkpoint
 
     run = RunDir(path)
     found = list_checkpoints(run.checkpoints)
@@ -192,7 +214,8 @@ def verify_run(path: str | os.PathLike) -> None:
     bad = []
     for step, checkpoint in found.items():
         problems = verify_checkpoint(checkpoint)
-        print(f"{checkpoint}: {'OK' if not problems else 'CORRUPT: ' + '; '.join(problems)}")
+        state = "OK" if not is_legacy(checkpoint) else "UNVERIFIED (no checksums.json: saved by an earlier pytrain)"
+        print(f"{checkpoint}: {state if not problems else 'CORRUPT: ' + '; '.join(problems)}")
         bad += problems
     if bad:
         raise PytrainError(f"{run.path}: {len(bad)} problem(s) in its checkpoints (listed above); resume, "

@@ -37,3 +37,25 @@ def test_custom_special_tokens(tmp_path, corpus_jsonl):
             "--eos-token", "</s>", "--special-tokens", "<pad>", "<|user|>", "--max-documents", 50)
     vocab = json.loads(out.read_text())["added_tokens"]
     assert [t["content"] for t in vocab] == ["</s>", "<pad>", "<|user|>"]
+
+
+def test_overwrite_replaces_only_a_tokenizer_that_is_not_in_use(tmp_path, corpus_jsonl):
+    import shutil
+
+    corpus = tmp_path / "c.jsonl"
+    shutil.copy(corpus_jsonl, corpus)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {}\n")
+    out = tmp_path / "tok.json"
+    run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", out)
+    for target, reason in ((corpus, "is one of the inputs"), (notes, "is not a tokenizer.json"),
+                           (run, "is the tokenizer a pack or run")):
+        before = target.read_bytes() if target.is_file() else None
+        proc = run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", target, "--overwrite", check=False)
+        assert proc.returncode == 2 and reason in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert before is None or target.read_bytes() == before
+    assert not (run / "tokenizer.json").exists()
+    run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", out, "--overwrite")  # its own output: fine

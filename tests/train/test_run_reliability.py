@@ -339,3 +339,60 @@ def test_a_closed_pipe_is_not_an_error(packed_data):
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read()
     assert proc.wait() == 0 and err == "", err
+
+
+def test_a_checkpoint_from_before_checksums_resumes_with_a_note(base_run, base_config, tmp_path):
+    """Never start over while step folders exist: an earlier pytrain's checkpoint (no checksums.json) is
+    used, unverified and said so; verify lists it as UNVERIFIED."""
+    run = _copy_run(base_run, tmp_path)
+    for step in ("step_4", "step_8"):
+        (run / "checkpoints" / step / "checksums.json").unlink()
+    shutil.rmtree(run / "checkpoints" / "step_8")
+    train(base_config, f"train.run_dir={run}")
+    log = (run / "train.log").read_text()
+    assert "checkpoint step_4 has no checksums.json" in log and "resumed from" in log
+    assert losses(run) == losses(base_run)
+    proc = run_cli("verify", run)
+    assert "step_4: UNVERIFIED (no checksums.json" in proc.stdout and "step_8: OK" in proc.stdout
+
+
+def test_verify_and_loading_agree_on_a_crafted_metadata(base_run, tmp_path):
+    run = _copy_run(base_run, tmp_path)
+    step8 = run / "checkpoints" / "step_8"
+    (step8 / ".metadata").write_bytes(pickle.dumps(_RunsCode(tmp_path / "pwned")))
+    _rewrite_checksum(step8, ".metadata")
+    proc = run_cli("verify", run, check=False)
+    assert proc.returncode == 2 and f"{step8}: CORRUPT" in proc.stdout and "refusing to load posix.system" in proc.stdout
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_config_yaml_that_describes_another_model_is_refused(base_run, tmp_path):
+    run = _copy_run(base_run, tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["num_hidden_layers"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    line = _one_line_error(run_cli("export", "--run", run, "--out", tmp_path / "hf", check=False))
+    assert "describes another model than" in line and "num_hidden_layers: 2 -> 1" in line
+
+
+def test_triton_kernels_on_cpu_are_refused_before_any_file_changes(base_run, base_config, tmp_path):
+    run = _copy_run(base_run, tmp_path)
+    before = _snapshot(run)
+    env = {k: v for k, v in ENV.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "pytrain", "train", "--config", str(base_config), f"train.run_dir={run}",
+                           "train.steps=9", "train.kernels=triton"], capture_output=True, text=True, env=env)
+    assert "train.kernels=triton needs a CUDA device" in _one_line_error(proc)
+    assert _snapshot(run) == before
+
+
+def test_generation_stops_at_the_packs_eos(base_run):
+    from pytrain.train.run_dir import RunDir
+
+    run = RunDir(base_run)
+    assert json.loads(run.origin_file.read_text())["eos_id"] == run.eos_id(run.tokenizer()) == 0
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("# caf\u00e9\ndata: {path: x}\n".encode("latin-1"))
+    assert f"{path}: not UTF-8 text" in _one_line_error(run_cli("train", "--config", path, check=False))
