@@ -170,39 +170,45 @@ class HFWeights:
         from safetensors import safe_open
 
         self.folder = Path(folder)
+        self._handles: dict[Path, object] = {}
+        self._safe_open = safe_open
         index = self.folder / WEIGHTS_INDEX
         if index.is_file():
             weight_map = _read_weight_map(index)
         elif (self.folder / WEIGHTS).is_file():
-            with safe_open(self.folder / WEIGHTS, "pt") as handle:
-                weight_map = dict.fromkeys(handle.keys(), WEIGHTS)
+            weight_map = dict.fromkeys(self._handle(self.folder / WEIGHTS).keys(), WEIGHTS)
         else:
             raise PytrainError(f"{self.folder}: no {WEIGHTS} or {WEIGHTS_INDEX} (only safetensors weights are read)")
         self._files = {name: self.folder / file for name, file in weight_map.items()}
-        self._handles: dict[Path, object] = {}
-        self._safe_open = safe_open
         self.shapes = _parameter_shapes(model_config)
         missing = [hf_name(n) for n in self.shapes if hf_name(n) not in self._files]
         if missing:
             raise PytrainError(f"{self.folder}: missing tensor {missing[0]}"
                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+        for name, shape in self.shapes.items():  # from the files' headers, before anything is allocated
+            key = hf_name(name)
+            stored = tuple(self._handle(self._files[key]).get_slice(key).get_shape())
+            if stored != shape:
+                raise PytrainError(f"{self._files[key]}: {key} has shape {list(stored)}, config.json implies "
+                                   f"{list(shape)}")
         known = {hf_name(n) for n in self.shapes} | {"lm_head.weight"}
         unknown = sorted(n for n in self._files if n not in known and not n.endswith("rotary_emb.inv_freq"))
         if unknown:
             raise PytrainError(f"{self.folder}: unexpected tensor {unknown[0]}: not part of the Llama that "
                                "config.json describes")
 
-    def __call__(self, name: str):
-        """The tensor for pytrain parameter `name` (CPU, as stored)."""
-        key = hf_name(name)
-        file = self._files[key]
+    def _handle(self, file: Path):
         if file not in self._handles:
-            self._handles[file] = self._safe_open(file, "pt")
-        tensor = self._handles[file].get_tensor(key)
-        if tuple(tensor.shape) != self.shapes[name]:
-            raise PytrainError(f"{file}: {key} has shape {list(tensor.shape)}, config.json implies "
-                               f"{list(self.shapes[name])}")
-        return tensor
+            try:
+                self._handles[file] = self._safe_open(file, "pt")
+            except Exception as error:  # missing, truncated or not safetensors: one line naming the file
+                raise PytrainError(f"{file}: not a readable safetensors file ({' '.join(str(error).split())[:200]})") from None
+        return self._handles[file]
+
+    def __call__(self, name: str):
+        """The tensor for pytrain parameter `name` (CPU, as stored; its shape was checked at construction)."""
+        key = hf_name(name)
+        return self._handle(self._files[key]).get_tensor(key)
 
 
 def _read_weight_map(index: Path) -> dict:

@@ -294,6 +294,10 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = [self.train_data.next_batch(self.micro) for _ in range(self.accumulation)]
+        top = max(int(b["input_ids"].max()) for b in batches)  # host tensors: no device sync
+        if top >= self.model_config.vocab_size:  # only reachable with data.verify=none
+            raise PytrainError(f"step {step}: token id {top} >= model.vocab_size {self.model_config.vocab_size} in the "
+                               "training data; `pytrain verify DATA` finds it (data.verify=none skipped that check)")
         loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.config.optim.grad_clip,
                                                    document_masking=self.config.data.document_masking,
                                                    device=self.d.device)

@@ -143,3 +143,17 @@ def test_malformed_files_are_one_line_errors(tmp_path):
     index.write_text("{}")
     with pytest.raises(PytrainError, match="not a safetensors index"):
         load_hf(tmp_path / "sharded")
+
+
+def test_a_config_that_disagrees_with_the_weights_is_refused_before_allocating(tmp_path):
+    """A crafted config.json (vocab_size 10^12: terabytes of embedding) meets the tensors' headers first."""
+    save_transformers_model(tmp_path / "hf", None)
+    path = tmp_path / "hf" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "vocab_size": 10**12}))
+    with pytest.raises(PytrainError, match=r"model.safetensors: model.embed_tokens.weight has shape \[\d+, \d+\], "
+                                           r"config.json implies \[1000000000000, "):
+        load_hf(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"not safetensors")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "vocab_size": VOCAB}))
+    with pytest.raises(PytrainError, match="model.safetensors: "):
+        load_hf(tmp_path / "hf")

@@ -251,6 +251,22 @@ def test_training_refuses_a_corrupt_pack(packed_data, base_config, tmp_path, mod
     assert not run.exists()  # the refused start left nothing behind
 
 
+def test_out_of_vocabulary_ids_are_one_line_even_unverified(packed_data, base_config, tmp_path):
+    """data.verify=none skips the pack check; an id the embedding lacks still stops the step in one line."""
+    import numpy as np
+
+    from pytrain.data import format as fmt
+
+    data = tmp_path / "data"
+    shutil.copytree(packed_data, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    tokens = fmt.tokens_path(data, "train")
+    np.full(tokens.stat().st_size // np.dtype(manifest["dtype"]).itemsize, manifest["vocab_size"] + 7,
+            dtype=manifest["dtype"]).tofile(tokens)
+    with pytest.raises(PytrainError, match=f"step 1: token id {manifest['vocab_size'] + 7} >= model.vocab_size"):
+        _train_raising(base_config, f"train.run_dir={tmp_path / 'run'}", f"data.path={data}", "data.verify=none")
+
+
 # ----------------------------------------------------------------------------- one line, never a traceback
 def test_a_torn_metrics_row_does_not_block_resume(base_run, base_config, tmp_path):
     run = _copy_run(base_run, tmp_path)

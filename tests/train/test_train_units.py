@@ -70,7 +70,7 @@ def _fake_checkpoint(root, step):
     path.mkdir(parents=True)
     (path / ".metadata").write_bytes(b"")
     (path / "train_state.json").write_text("{}")
-    (path / "checksums.json").write_text("{}")  # complete = all three exist; their contents are checked on use
+    (path / "checksums.json").write_text("{}")  # complete = metadata and train state; contents are checked on use
     return path
 
 
@@ -81,8 +81,8 @@ def test_checkpoint_lookup(tmp_path):
     (root / "step_11").mkdir()                        # incomplete: ignored
     assert list(list_checkpoints(root)) == [2, 10]
     assert latest_checkpoint(root) == second           # no pointer: the newest complete one
-    (root / "latest").write_text("step_2")
-    assert find_checkpoint(tmp_path / "run") == first  # the pointer wins
+    (root / "latest").write_text("step_2")  # a pointer left behind by a kill between rename and pointer update
+    assert find_checkpoint(tmp_path / "run") == second  # the newest complete checkpoint wins
     assert find_checkpoint(root, step=10) == second and find_checkpoint(second) == second
     with pytest.raises(PytrainError, match="no complete checkpoint for step 11 \\(have: 2, 10\\)"):
         find_checkpoint(tmp_path / "run", step=11)
