@@ -46,7 +46,9 @@ def main() -> None:
         root = Path(tmp) / "checkpoints"
         for step in range(1, args.repeat + 1):
             started = time.perf_counter()
-            path = ckpt.save_checkpoint(root, step, model, optimizer, {"step": step}, d, keep_last_k=1)
+            state = {"step": step, "tokens": 0, "world_size": 1, "batch_size": 1, "seq_len": 16, "data": {},
+                     "model_config": config.to_dict()}
+            path = ckpt.save_checkpoint(root, step, model, optimizer, state, d, keep_last_k=1)
             saves.append(time.perf_counter() - started)
             files = [p for p in path.iterdir() if p.is_file()]
             size = sum(p.stat().st_size for p in files)
