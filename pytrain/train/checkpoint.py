@@ -20,6 +20,7 @@ so a corrupt or crafted checkpoint is refused with a one-line error instead of l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -80,11 +81,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[max(found)] if found else None
 
 
-def checkpoints_root(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-
-
 def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> Path:
     """Resolve a run directory, a checkpoints directory or a step directory (+ optional step) to a checkpoint."""
     path = Path(path)
@@ -92,7 +88,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> Path:
         if step is not None and path.name != step_name(step):
             raise PytrainError(f"{path} is the checkpoint of {path.name}, not step {step}")
         return path
-    root = checkpoints_root(path)
+    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
     if not root.is_dir():
         raise PytrainError(f"{path}: no such run or checkpoint directory")
     found = list_checkpoints(root)
@@ -174,6 +170,11 @@ def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[st
             except PytrainError as error:
                 problems.append(str(error))
     return problems
+
+
+def summarize(problems: list[str]) -> str:
+    """The first problem, and how many more there are (the whole list is `pytrain verify`'s)."""
+    return problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
 
 
 def verify_checkpoint_everywhere(path: Path, d: Distributed) -> list[str]:
@@ -271,8 +272,8 @@ def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dic
     files = {name: entry for o in outcomes for name, entry in o.items()}
     state_text = json.dumps(train_state, indent=1)
     atomic_write_text(tmp / TRAIN_STATE, state_text)
-    files[TRAIN_STATE] = {"size": len(state_text.encode()),
-                          "sha256": files_sha256([tmp / TRAIN_STATE])[tmp / TRAIN_STATE]}
+    state_bytes = state_text.encode()
+    files[TRAIN_STATE] = {"size": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest()}
     atomic_write_text(tmp / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "version": 1,
                                                    "files": dict(sorted(files.items()))}, indent=1))
     if final.exists():  # the same step saved again (a resumed run ending where it started)

@@ -116,8 +116,7 @@ class _Run:
                                       "resuming from it without an integrity check")
                 return path
             if explicit:
-                raise PytrainError(f"refusing to resume from {path}: {problems[0]}"
-                                   + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+                raise PytrainError(f"refusing to resume from {path}: {ckpt.summarize(problems)}")
             self.notes.append(f"skipped checkpoint {path.name}: {problems[0]}")
         if candidates:
             raise PytrainError(f"{self.ckpt_root}: no intact checkpoint to resume from ({'; '.join(self.notes)}); "
@@ -140,9 +139,7 @@ class _Run:
                 if not existing:
                     raise PytrainError(f"checkpoint.resume_step={step}: {self.run_dir} has no checkpoints")
                 return [str(ckpt.find_checkpoint(self.run_dir, step))]
-            latest = ckpt.latest_checkpoint(self.ckpt_root)
-            newest_first = sorted(existing.items(), reverse=True)
-            return [str(latest)] * bool(latest) + [str(p) for _, p in newest_first if p != latest]
+            return [str(path) for _, path in sorted(existing.items(), reverse=True)]  # newest first
         return [str(ckpt.find_checkpoint(spec, step))]
 
     def _check_resume_compatible(self) -> None:

@@ -136,14 +136,13 @@ class RunDir:
 
     def checkpoint(self, step: int | None = None) -> Path:
         """The latest (or `step`'s) checkpoint, verified against its checksums."""
-        from pytrain.train.checkpoint import find_checkpoint, is_legacy, verify_checkpoint
+        from pytrain.train.checkpoint import find_checkpoint, is_legacy, summarize, verify_checkpoint
 
         self.require()
         path = find_checkpoint(self.path, step)
         problems = verify_checkpoint(path)
         if problems:
-            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-            raise PytrainError(f"refusing checkpoint {path}: {problems[0]}{more}; `pytrain verify {self.path}` "
+            raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
                                "lists the intact checkpoints (pass one with --step)")
         if is_legacy(path):
             print(f"note: {path} has no checksums.json (saved by an earlier pytrain): loaded without an integrity "
@@ -159,9 +158,7 @@ class RunDir:
         import torch.distributed as dist
 
         from pytrain.model import Llama
-        from pytrain.train.checkpoint import load_state
-
-        from pytrain.train.checkpoint import model_config_changes, read_train_state
+        from pytrain.train.checkpoint import load_state, model_config_changes, read_train_state
 
         model_config = self.model_config()
         path = self.checkpoint(step)
