@@ -142,7 +142,8 @@ class Sources:
         self.blank_lines = 0
         self.rejected: Counter[str] = Counter()
         self.per_source: list[dict] = []
-        # Sizes when the command started: a bad line in a file that has changed since is the cut, not the data.
+        # Sizes when the command started: every reader compares against these, so a file cut or grown at any
+        # moment after is reported as changed (not as a bad last line, nor a SIGBUS).
         self._start_size = {path: path.stat().st_size for path in self.paths if path.is_file()}
 
     def batches(self) -> Iterator[DocBatch]:
@@ -154,8 +155,8 @@ class Sources:
             for batch in readers[kind](path) if part is None else readers[kind](path, part):
                 self.documents += len(batch.texts)
                 yield batch
-            if not path.is_dir() and path.stat().st_size != stat.st_size:
-                raise _changed(path, stat.st_size)
+            if not path.is_dir() and path.stat().st_size != self._start_size[path]:
+                raise _changed(path, self._start_size[path])
             self.per_source.append({
                 "path": str(path.resolve()), "kind": kind, "size": input_bytes(path),
                 "mtime": stat.st_mtime, "documents": self.documents - before,
@@ -164,8 +165,6 @@ class Sources:
 
     # ------------------------------------------------------------------ bad input
     def _reject(self, path: Path, where: str, reason_code: int, reason: str, raw: str | None) -> dict:
-        if path.is_file() and path.stat().st_size != self._start_size.get(path, path.stat().st_size):
-            raise _changed(path, self._start_size[path])  # the bad line is the cut, not the user's data
         if self.on_bad_line == "error":
             fix = "raise --max-doc-mb" if reason_code == TOO_LARGE else "fix it"
             raise PytrainError(f"{path}:{where}: {reason} ({fix}, or pass --on-bad-line skip to skip such lines)")
@@ -229,8 +228,10 @@ class Sources:
         """Plain JSONL, read (not memory-mapped: a file truncated while being packed must give an
         error naming it, not a SIGBUS), checking between windows that the file keeps its size. A shard's
         `part` is the byte range [start, end) of the file, both at line starts."""
+        size = self._start_size[path]  # as the command found it: a change since is refused, even before opening
         with open(path, "rb", buffering=0) as handle:
-            size = os.fstat(handle.fileno()).st_size
+            if os.fstat(handle.fileno()).st_size != size:
+                raise _changed(path, size)
             start, end = (0, size) if part is None else (part.start, part.end)
             handle.seek(start)
             left = [end - start]
