@@ -108,9 +108,9 @@ _CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*|\.latest\.tmp-.*"
 
 
 def _clear_earlier_demo(out: Path, overwrite: bool) -> None:
-    """Make room for a demo in `out`: an absent or empty folder is used as is; a demo that crashed (its
-    marker lists fewer files than it holds) is started again; a finished one needs --overwrite. Only a
-    folder that is provably the demo's own is deleted (see _not_a_demo); anything else is refused."""
+    """Make room for a demo in `out`: an absent or empty folder is used as is; a demo that never finished (its
+    marker is still the first one, listing nothing) is started again; a finished one, continued or not,
+    needs --overwrite. Only a folder that is provably the demo's own is deleted (see _not_a_demo)."""
     if not out.exists() or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
         return
     reason = _not_a_demo(out)
@@ -142,6 +142,10 @@ def _not_a_demo(out: Path) -> str | None:
             return f"holds {name}, which the demo does not write"
         if name in ("data", "hf") and why_not_replaceable(entry, "pack" if name == "data" else "export"):
             return f"holds {name}/, which is not the demo's {'pack' if name == 'data' else 'export'}"
+        if name == "tensorboard":
+            odd = [str(p.relative_to(entry)) for p in entry.rglob("*") if not p.name.startswith("events.out.tfevents")]
+            if odd:
+                return f"holds tensorboard/{odd[0]}, which TensorBoard's writer does not write"
         if name == "checkpoints":
             odd = [str(p.relative_to(entry)) for p in entry.rglob("*")
                    if not _CHECKPOINT_ENTRY.fullmatch(p.name if p.parent == entry else "/" + p.name)]

@@ -62,6 +62,8 @@ def test_demo_small_end_to_end(tmp_path, capsys):
      "holds checkpoints/mine, which the trainer does not write"),
     (lambda out: (out / "checkpoints" / "step_2").mkdir(parents=True) or (out / "checkpoints" / "step_2" / "mine.txt")
      .write_text("x"), "holds checkpoints/step_2/mine.txt, which the trainer does not write"),
+    (lambda out: (out / "tensorboard").mkdir() or (out / "tensorboard" / "notes.md").write_text("x"),
+     "holds tensorboard/notes.md, which TensorBoard's writer does not write"),
 ])
 def test_demo_deletes_only_its_own_folder(tmp_path, capsys, damage, reason):
     out = _crashed_demo(tmp_path / "demo")
