@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from pytrain import __version__
 from pytrain.errors import PytrainError
@@ -180,8 +181,6 @@ def _run_inspect(args) -> int:
 
 
 def _run_verify(args) -> int:
-    from pathlib import Path
-
     if not (Path(args.dir) / "manifest.json").exists() and (Path(args.dir) / "checkpoints").is_dir():
         from pytrain.train.run_dir import verify_run
 
@@ -223,8 +222,6 @@ def _run_train(args) -> int:
     from pytrain.config import load_config
 
     config = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
-    from pathlib import Path
-
     from pytrain.train import train
 
     train(config, config_source=str(Path(args.config).resolve()))

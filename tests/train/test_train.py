@@ -192,10 +192,7 @@ def test_checkpointing_every_second_block_keeps_the_numbers(base_config, base_ru
     run_dir = tmp_path / "checkpointed"
     train(base_config, f"train.run_dir={run_dir}", "train.activation_checkpointing=2", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
-    expected = losses(base_run)
-    assert sorted(losses(run_dir)) == list(range(1, 9))
-    for step, loss in losses(run_dir).items():
-        assert loss == pytest.approx(expected[step], rel=1e-6), step
+    _assert_same_losses(run_dir, base_run, rel=1e-6)
     (model,) = built
     assert [isinstance(block, CheckpointWrapper) for block in model.layers] == [True, False]  # blocks 0, 2, 4, ...
     assert calls == {0: 2 * 8, 1: 8}  # block 0 recomputed in each of the 8 backwards, block 1 not
@@ -209,10 +206,7 @@ def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path, monke
     run_dir = tmp_path / "compiled"
     train(base_config, f"train.run_dir={run_dir}", "train.compile=true", "train.steps=8", "train.eval_every=0",
           "checkpoint.every=0", "logging.sample_every=0")
-    expected = losses(base_run)
-    assert sorted(losses(run_dir)) == list(range(1, 9))
-    for step, loss in losses(run_dir).items():
-        assert loss == pytest.approx(expected[step], rel=1e-4), step
+    _assert_same_losses(run_dir, base_run, rel=1e-4)
     (model,) = built
     assert all(block._compiled_call_impl is not None for block in model.layers)  # nn.Module.compile on each block
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture a graph (blocks share one)
@@ -339,3 +333,11 @@ def test_chat_training_normalises_by_trained_tokens(base_config, chat_data, tmp_
     assert got[1] == pytest.approx(masked_mean, rel=1e-5)
     assert got[1] != pytest.approx(per_token.mean().item(), rel=1e-3)
     assert got[3] < got[1]
+
+
+def _assert_same_losses(run_dir, base_run, rel: float) -> None:
+    """Every one of the 8 steps was logged, each loss equal to the base run's within `rel`."""
+    expected = losses(base_run)
+    assert sorted(losses(run_dir)) == list(range(1, 9))
+    for step, loss in losses(run_dir).items():
+        assert loss == pytest.approx(expected[step], rel=rel), step
