@@ -80,8 +80,10 @@ class TrainSection:
     batch_size: int = 32              # sequences per optimizer step, all ranks together
     micro_batch_size: int | None = None  # sequences per rank per forward; null: no accumulation
     seed: int = 0
-    dtype: str = "auto"               # parameter/compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    reduce_dtype: str = "fp32"        # gradient reduction dtype: fp32 | bf16
+    dtype: str = "auto"               # compute dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    reduce_dtype: str = "fp32"        # gradient reduction dtype: fp32 | bf16 (fp16 runs reduce in fp32)
+    loss_scale_init: float = 65536.0  # fp16: the dynamic loss scale's start (torch.amp.GradScaler's 2^16)
+    loss_scale_growth_interval: int = 2000  # fp16: overflow-free steps in a row before the scale doubles
     activation_checkpointing: int | str = "none"  # none | full | k (every k-th block)
     compile: bool = False             # torch.compile each block
     kernels: str = "auto"             # pytrain.ops backend: auto | triton | torch
@@ -139,7 +141,7 @@ class RunConfig:
 CHOICES = {
     "schedule.name": ("cosine", "linear", "constant", "wsd"),
     "data.verify": ("full", "quick", "none"),
-    "train.dtype": ("auto", "bf16", "fp32"),
+    "train.dtype": ("auto", "bf16", "fp16", "fp32"),
     "train.reduce_dtype": ("fp32", "bf16"),
     "train.kernels": ("auto", "triton", "torch"),
     "train.device": ("auto", "cuda", "cpu"),
@@ -335,6 +337,7 @@ def _validate(config: RunConfig) -> None:
     if config.data.mixture:
         _validate_mixture(config.data.mixture)
     positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
+                "train.loss_scale_init", "train.loss_scale_growth_interval",
                 "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
                     "schedule.warmup_steps", "optim.grad_clip", "optim.weight_decay", "checkpoint.resume_step",
@@ -355,6 +358,9 @@ def _validate(config: RunConfig) -> None:
     if config.schedule.warmup_steps is not None and config.schedule.warmup_steps > config.train.steps:
         raise PytrainError(f"schedule.warmup_steps ({config.schedule.warmup_steps}) exceeds train.steps "
                            f"({config.train.steps})")
+    if config.train.dtype == "fp16" and config.train.reduce_dtype != "fp32":
+        raise PytrainError(f"train.dtype=fp16 reduces gradients in fp32 (fp16 would overflow, bf16 would lose the "
+                           f"loss-scaled precision): remove train.reduce_dtype={config.train.reduce_dtype}")
     activation_checkpoint_every(config.train)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pytrain.config import DataSection
 from pytrain.data.format import read_manifest
 from pytrain.errors import PytrainError
-from pytrain.train.distributed import Distributed
+from pytrain.train.distributed import Distributed, all_gather_object
 from pytrain.train.evaluate import Evaluator, MixtureEvaluator
 
 
@@ -67,3 +67,18 @@ class RunData:
     def progress(self, dataset) -> dict:
         """A mixture's tokens_by_source and epoch_by_source for a training row; nothing for one pack."""
         return dataset.progress() if self.mixture else {}
+
+    def verify(self, mode: str, d: Distributed) -> None:
+        """data.verify: check every pack before trusting it (one process per node reads the files; every
+        rank raises the same error)."""
+        from pytrain.data.verify import verify_pack
+
+        if mode == "none":
+            return
+        packs = self.pack_dirs
+        problems = [p for pack in packs for p in verify_pack(pack, mode)] if d.local_rank == 0 else []
+        found = sorted({p for rank_problems in all_gather_object(problems) for p in rank_problems})
+        if found:
+            where = f"data.path {packs[0]}" if len(packs) == 1 else f"{len(packs)} packs of data.mixture"
+            raise PytrainError(f"{where} failed the {mode} check ({len(found)} problem(s)): {'; '.join(found)}; "
+                               "re-pack, or see `pytrain verify DIR` (data.verify=none skips this check)")

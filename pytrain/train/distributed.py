@@ -96,3 +96,17 @@ def all_gather_object(obj) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def on_main(d: Distributed, fn):
+    """Run `fn` on rank 0 only and give every rank its result, or raise its PytrainError on every rank."""
+    outcome = None
+    if d.is_main:
+        try:
+            outcome = ("ok", fn())
+        except PytrainError as error:
+            outcome = ("error", str(error))
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise PytrainError(value)
+    return value

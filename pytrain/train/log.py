@@ -2,7 +2,8 @@
 
     train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
     metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
-                    mfu (null when the device peak is unknown), memory_gib, elapsed_s; and one per
+                    mfu (null when the device peak is unknown), memory_gib, elapsed_s (under train.dtype=fp16
+                    also loss_scale and skipped_steps; grad_norm is null on a skipped step); and one per
                     evaluation: step, tokens, val_loss, val_ppl. With data.mixture, training rows also carry
                     tokens_by_source and epoch_by_source and evaluation rows val_loss_by_source ({name: value});
                     TensorBoard and W&B get them as train/tokens_by_source/NAME, val/val_loss_by_source/NAME, ...
@@ -113,8 +114,10 @@ class RunLogger:
             return
         self._write_row(row, prefix="train")
         mfu = "" if row["mfu"] is None else f" | mfu {row['mfu']:.1%}"
+        gnorm = "overflow, step skipped" if row["grad_norm"] is None else f"{row['grad_norm']:.3f}"
+        scale = f" | scale {row['loss_scale']:g} ({row['skipped_steps']} skipped)" if "loss_scale" in row else ""
         text = (f"step {row['step']}/{self.total_steps} | loss {row['loss']:.4f} | ppl {row['ppl']:.2f} | "
-                f"lr {row['lr']:.2e} | gnorm {row['grad_norm']:.3f} | {human(row['tokens_per_s'])} tok/s{mfu} | "
+                f"lr {row['lr']:.2e} | gnorm {gnorm}{scale} | {human(row['tokens_per_s'])} tok/s{mfu} | "
                 f"mem {row['memory_gib']:.2f}GiB | ETA {duration(eta_s)}")
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._log.write(f"{stamp} {text}\n")

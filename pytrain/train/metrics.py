@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 
 import torch
 
@@ -75,3 +76,29 @@ def peak_memory_gib(device: torch.device) -> float:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+class ThroughputWindow:
+    """Tokens and time since the last logged step. Throughput and MFU count training steps only (each
+    step syncs on its loss, so device time counts); the wall time also counts evaluation, samples and
+    saves (for the ETA). Restarting also resets the peak-memory counter."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        self.started, self.tokens, self.train_s = time.perf_counter(), 0, 0.0
+        reset_peak_memory(self.device)
+
+    def add(self, tokens: int, train_s: float) -> None:
+        self.tokens += tokens
+        self.train_s += train_s
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.train_s, 1e-9)

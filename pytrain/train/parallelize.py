@@ -18,7 +18,9 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from pytrain.errors import PytrainError
 from pytrain.train.distributed import Distributed
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# FSDP2's MixedPrecisionPolicy: the sharded parameters stay fp32 (the optimizer's master weights); bf16
+# and fp16 are the dtype they are all-gathered and computed in. fp16 also needs loss scaling (pytrain.train.precision).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Wrappers that prefix parameter names; stripped to get the model's own names (as DCP does).
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
 

@@ -27,7 +27,7 @@ class ResolvedRun:
     model: ModelConfig
     seq_len: int
     warmup_steps: int
-    dtype: str               # bf16 | fp32
+    dtype: str               # bf16 | fp16 | fp32
     ac_every: int            # activation checkpointing: every k-th block, 0 none
     micro_batch_size: int    # sequences per rank per forward
     accumulation: int        # micro-batches per optimizer step

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_write_text
+from pytrain.fsutil import atomic_file, atomic_write_text
 
 CONFIG = "config.yaml"
 ORIGIN = "run.json"
@@ -83,6 +83,20 @@ class RunDir:
             return
         raise PytrainError(f"{self.path} was created by {origin}, not {config_source}: give this config its own "
                            f"train.run_dir, or set checkpoint.resume_other_config=true to continue that run with it")
+
+    def write_run_files(self, resolved_yaml: str, tokenizer_source: Path, config_source: str | None,
+                        eos_id: int | None) -> None:
+        """Rank 0, once every check of a (re)start has passed: name the lock holder, remove the debris of
+        interrupted saves, write the resolved config, the data's tokenizer and run.json."""
+        from pytrain.train.checkpoint import remove_partial
+
+        self.name_lock_holder()
+        remove_partial(self.checkpoints)
+        atomic_write_text(self.config_file, resolved_yaml)
+        if tokenizer_source.is_file():
+            with atomic_file(self.tokenizer_file) as handle:
+                handle.write(tokenizer_source.read_bytes())
+        self.record(config_source, eos_id)
 
     # ------------------------------------------------------------------ lock
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ resume restores it exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 
 def lr_at(step: int, *, peak: float, total: int, warmup: int, name: str = "cosine", min_ratio: float = 0.1,
@@ -34,3 +35,29 @@ def lr_at(step: int, *, peak: float, total: int, warmup: int, name: str = "cosin
     if name == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {name!r}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One run's schedule: what `lr_at` needs besides the step. Saved with each checkpoint (`to_dict`), so a
+    resumed run can say how its schedule differs from the one the checkpoint was trained under."""
+    peak: float
+    total: int
+    warmup: int
+    name: str = "cosine"
+    min_ratio: float = 0.1
+    decay_fraction: float = 0.2
+
+    @classmethod
+    def of(cls, config, warmup: int) -> "Schedule":
+        """From a RunConfig and its resolved warmup (pytrain.train.resolve)."""
+        s = config.schedule
+        return cls(peak=config.optim.lr, total=config.train.steps, warmup=warmup, name=s.name,
+                   min_ratio=s.min_lr_ratio, decay_fraction=s.decay_fraction)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, peak=self.peak, total=self.total, warmup=self.warmup, name=self.name,
+                     min_ratio=self.min_ratio, decay_fraction=self.decay_fraction)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

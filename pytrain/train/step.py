@@ -1,12 +1,19 @@
-"""One optimizer step's gradient computation, shared by the training loop and the benchmark.
+"""One optimizer step: gradients, precision, clipping, the non-finite policy and the update.
 
 The W ranks each run their micro-batches; each rank's summed token loss is divided by the number of
 target tokens in the whole global batch and FSDP2 sums the gradients over ranks, so the gradient is
 that of the global mean whatever W and the accumulation: 4 micro-batches of 2 equal one batch of 8,
 on one rank or many. Gradients are reduced only after the last micro-batch.
+
+Non-finite values: a non-finite loss stops the run before its update is applied, in every dtype. A
+non-finite gradient norm stops it too under fp32/bf16; under fp16 it is an overflow of the loss
+scale (pytrain.train.precision): the update is skipped, the scale halved, and the run goes on.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,14 +22,17 @@ from torch.distributed.tensor import DTensor
 from pytrain.labels import IGNORE_INDEX
 from pytrain.train.batch import model_inputs
 from pytrain.train.distributed import all_reduce_sum
+from pytrain.train.precision import LossScaler
 
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+                     device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Accumulate the gradients of `batches` (this rank's micro-batches) and clip them.
 
-    Returns (global mean loss, global gradient norm before clipping) as device scalars, and the global
-    number of target tokens. The optimizer step is the caller's, after it has checked the two values.
+    The backward runs on the loss times `loss_scale` (fp16; a power of two, so exact) and the gradients
+    are divided by it again before the norm. Returns (global mean loss, global gradient norm before
+    clipping) as device scalars, and the global number of target tokens. The optimizer step is the
+    caller's, after it has checked the two values.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
     local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
@@ -31,10 +41,20 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
     for i, batch in enumerate(batches):
         model.set_requires_gradient_sync(i == len(batches) - 1)
         loss = model(**model_inputs(batch, document_masking, device), reduction="sum")
-        (loss / global_tokens).backward()
+        (loss * loss_scale / global_tokens).backward()
         loss_sum += loss.detach()
+    if loss_scale != 1.0:
+        _unscale(model, loss_scale)
     grad_norm = clip_gradients(model, grad_clip)
     return all_reduce_sum(loss_sum) / global_tokens, grad_norm.to(device), global_tokens
+
+
+@torch.no_grad()
+def _unscale(model: nn.Module, loss_scale: float) -> None:
+    """Divide this rank's gradient shards by the loss scale (an inf or NaN stays one)."""
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+             for p in model.parameters() if p.grad is not None]
+    torch._foreach_mul_(grads, 1.0 / loss_scale)
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
@@ -46,3 +66,69 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
+
+
+class NonFinite(Exception):
+    """A step's loss (or, outside fp16, gradient norm) is not finite: the run stops, the update not applied."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"non-finite {what} ({value})")
+        self.what, self.value = what, value
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    grad_norm: float     # before clipping; inf or nan on a skipped step
+    tokens: int          # target tokens of the global batch
+    skipped: bool        # fp16 only: the gradients overflowed, no update was applied
+
+
+class TrainStep:
+    """Owns everything between a step's batches and its update: the learning rate, the loss scale (fp16),
+    accumulation, clipping, the non-finite policy and the optimizer step. One host sync per step."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, dtype: str, grad_clip: float,
+                 document_masking: bool, device: torch.device, loss_scale_init: float = 2.0**16,
+                 loss_scale_growth_interval: int = 2000):
+        self.model, self.optimizer = model, optimizer
+        self.grad_clip, self.document_masking, self.device = grad_clip, document_masking, device
+        self.scaler = LossScaler(loss_scale_init, loss_scale_growth_interval) if dtype == "fp16" else None
+
+    def __call__(self, batches: list[dict], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.grad_clip,
+                                                   document_masking=self.document_masking, device=self.device,
+                                                   loss_scale=self.scaler.scale if self.scaler else 1.0)
+        loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the step's one host sync
+        if not math.isfinite(loss_value):
+            raise NonFinite("loss", loss_value)
+        finite = math.isfinite(norm_value)
+        if self.scaler is not None:
+            self.scaler.update(finite)
+        elif not finite:
+            raise NonFinite("gradient norm", norm_value)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_value, norm_value, tokens, skipped=not finite)
+
+    # ------------------------------------------------------------------ checkpointed state (fp16's loss scale)
+    def state_dict(self) -> dict:
+        return {"loss_scale": self.scaler.state_dict()} if self.scaler else {}
+
+    def load_state_dict(self, state: dict, where: str) -> str | None:
+        """Restore the loss scale from a checkpoint's train state; a note when there is none to restore."""
+        if self.scaler is None:
+            return None
+        if "loss_scale" not in state:
+            return f"the checkpoint has no fp16 loss scale (it was not trained in fp16): starting at {self.scaler.scale:g}"
+        self.scaler.load_state_dict(state["loss_scale"], where)
+        return None
+
+    def metrics(self) -> dict:
+        """loss_scale and skipped_steps (fp16) for the metrics row."""
+        if self.scaler is None:
+            return {}
+        return {"loss_scale": self.scaler.scale, "skipped_steps": self.scaler.skipped_steps}

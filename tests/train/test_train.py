@@ -237,15 +237,15 @@ def test_rng_is_restored_on_resume(base_config, tmp_path, monkeypatch):
     run drew in the same steps (a re-seeded or untouched RNG would not)."""
     import random
 
-    import pytrain.train.loop as loop
+    import pytrain.train.step as step
 
-    draws, forward_backward = [], loop.forward_backward
+    draws, forward_backward = [], step.forward_backward
 
     def drawing_forward_backward(*args, **kwargs):
         draws.append((torch.rand(3).tolist(), random.random()))
         return forward_backward(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "forward_backward", drawing_forward_backward)
+    monkeypatch.setattr(step, "forward_backward", drawing_forward_backward)
     quiet = ("train.eval_every=0", "logging.sample_every=0")
     train(base_config, f"train.run_dir={tmp_path / 'full'}", *quiet)
     uninterrupted = draws[:]
