@@ -68,6 +68,33 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
+@torch.no_grad()
+def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give the optimizer the state of "no step taken yet" now, as its first step would lazily.
+
+    DCP's get_state_dict creates a missing state by stepping with zero gradients at lr 0, which counts
+    one Adam step. Only a checkpoint saved before the first update meets a missing state (under fp16,
+    when every step so far was skipped), but then the run's later updates would depend on whether it
+    was saved. The same zero step is taken here, with the step counters reset: the weights are left
+    bit for bit (lr 0, zero gradients) and the moments are zeros, as a lazy first step makes them.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"].zero_()
+        elif "step" in state:
+            state["step"] = 0
+
+
 class NonFinite(Exception):
     """A step's loss (or, outside fp16, gradient norm) is not finite: the run stops, the update not applied."""
 
@@ -94,6 +121,7 @@ class TrainStep:
         self.model, self.optimizer = model, optimizer
         self.grad_clip, self.document_masking, self.device = grad_clip, document_masking, device
         self.scaler = LossScaler(loss_scale_init, loss_scale_growth_interval) if dtype == "fp16" else None
+        _create_optimizer_state(optimizer)
 
     def __call__(self, batches: list[dict], lr: float) -> StepResult:
         for group in self.optimizer.param_groups:
