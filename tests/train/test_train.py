@@ -341,3 +341,31 @@ def _assert_same_losses(run_dir, base_run, rel: float) -> None:
     assert sorted(losses(run_dir)) == list(range(1, 9))
     for step, loss in losses(run_dir).items():
         assert loss == pytest.approx(expected[step], rel=rel), step
+
+
+def test_a_run_with_nothing_to_do_leaves_its_files(base_config, base_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "done"
+    shutil.copytree(base_run, run_dir)  # copy2: the files keep their mtimes
+    files = ("config.yaml", "run.json", "tokenizer.json", "metrics.jsonl")
+    before = {name: ((run_dir / name).read_bytes(), (run_dir / name).stat().st_mtime_ns) for name in files}
+    train(base_config, f"train.run_dir={run_dir}")
+    assert {name: ((run_dir / name).read_bytes(), (run_dir / name).stat().st_mtime_ns) for name in files} == before
+    assert "already at step 8 of 8: nothing to do" in (run_dir / "train.log").read_text()
+
+
+def test_changing_train_steps_on_resume_says_how_the_schedule_changes(base_config, base_run, tmp_path):
+    import shutil
+
+    from pytrain.train.schedule import lr_at
+
+    run_dir = tmp_path / "longer"
+    shutil.copytree(base_run, run_dir)
+    train(base_config, f"train.run_dir={run_dir}", "train.steps=10", "train.eval_every=0", "logging.sample_every=0")
+    new, old = (lr_at(9, peak=1e-2, total=total, warmup=2) for total in (10, 8))
+    line = next(line for line in (run_dir / "train.log").read_text().splitlines() if "resumed from" in line)
+    assert (f"note: the learning-rate schedule changed (train.steps 8 -> 10): it is re-stretched over the new "
+            f"steps, so step 9 trains at lr {new:.3g} where the saved run's schedule had {old:.3g}") in line
+    rows = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows if row.get("step") == 9 and "lr" in row] == [pytest.approx(new, rel=1e-12)]

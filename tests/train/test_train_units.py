@@ -116,3 +116,29 @@ def test_run_logger_progress_modes(tmp_path, progress, tty):
     assert line in (tmp_path / "train.log").read_text()
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [row, {"step": 5, "tokens": 640, "val_loss": 2.1, "val_ppl": 8.17}]
+
+
+def test_loss_scaler_follows_grad_scaler():
+    """200 steps of random overflows: LossScaler's scale equals torch.amp.GradScaler's after every step."""
+    from pytrain.train.precision import LossScaler
+
+    weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    reference = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=5)
+    ours = LossScaler(2.0**16, growth_interval=5)
+    overflows = torch.rand(200, generator=torch.Generator().manual_seed(0)) < 0.15
+    for overflow in overflows.tolist():
+        reference.scale(torch.ones(()))  # GradScaler creates its scale on first use
+        weight.grad = torch.full((1,), float("inf") if overflow else 1.0)
+        reference.step(optimizer)
+        reference.update()
+        ours.update(finite=not overflow)
+        assert ours.scale == reference.get_scale()
+    assert ours.skipped_steps == int(overflows.sum())
+
+
+def test_loss_scaler_refuses_a_bad_saved_state():
+    from pytrain.train.precision import LossScaler
+
+    with pytest.raises(PytrainError, match="train_state.json: loss_scale must be"):
+        LossScaler().load_state_dict({"scale": -1.0, "good_steps": 0, "skipped_steps": 0}, "step_4/train_state.json")
