@@ -67,11 +67,10 @@ def _reference(packed_data, steps: int) -> dict[int, tuple]:
         torch.nn.utils.clip_grad_norm_(master.parameters(), 1.0)
         before = scaler.get_scale()
         scaler.step(optimizer)
-        was_skipped = sum(v.item() for v in scaler._found_inf_per_device(optimizer).values()) > 0
         scaler.update()
+        was_skipped = scaler.get_scale() < before  # GradScaler lowers the scale only when it skipped the step
         skipped += was_skipped
         found[step] = (loss.item(), scaler.get_scale(), skipped, was_skipped)
-        assert before > scaler.get_scale() if was_skipped else True
         optimizer.zero_grad(set_to_none=True)
         half.zero_grad(set_to_none=True)
     return found
@@ -98,7 +97,7 @@ def test_a_skipped_step_changes_no_weight(fp16_run):
     assert 1 in skipped
     initial = Llama(preset("tiny", vocab_size=600))
     initial.init_weights(seed=0)
-    weights = {step: load_model_for_inference(fp16_run, step=step)[0].state_dict() for step in range(0, 9) if step}
+    weights = {step: load_model_for_inference(fp16_run, step=step)[0].state_dict() for step in range(1, 9)}
     weights[0] = initial.state_dict()
     for step in range(1, 9):
         same = all(torch.equal(weights[step][k], weights[step - 1][k]) for k in weights[0])
