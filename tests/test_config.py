@@ -67,6 +67,8 @@ def test_overrides_are_typed(minimal):
     ("model: {preset: 350M}\n", 'unknown value "350M" (did you mean "350m"?)'),
     ("train: {steps: 0}\n", "train.steps must be positive"),
     ("train: {activation_checkpointing: some}\n", 'train.activation_checkpointing must be "none", "full" or k'),
+    ("train: {dtype: fp16, reduce_dtype: bf16}\n", "train.dtype=fp16 reduces gradients in fp32"),
+    ("train: {dtype: fp16, loss_scale_init: 0}\n", "train.loss_scale_init must be positive"),
     ("train: [1, 2]\n", 'section "train" must be a mapping'),
     ("train: {steps: [\n", "cannot parse config"),
 ])
