@@ -175,7 +175,7 @@ class _Run:
         self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
         if train.eval_every:
-            self.evaluator = self.data.evaluator(self.seq_len, train.seed, d, self.micro, train.eval_max_batches)
+            self.evaluator = self.data.evaluator(self.seq_len, d, self.micro, train.eval_max_batches)
 
     def _write_run_files(self) -> None:
         """Rank 0, after every check has passed: the resolved config, the data's tokenizer, the run's origin."""
