@@ -64,10 +64,12 @@ def write_source(root: Path, docs: int, dense: bool, rng) -> None:
             handle.write(fmt.index_header(2, docs, tokens))
             handle.seek(fmt.INDEX_HEADER.size + 8 * docs)
             handle.write(np.array([tokens], dtype="<i8").tobytes())
+    placeholder = "0" * 64  # well-formed digests of nothing: start-up and reads never hash (`pytrain verify` does)
     manifest = {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "dtype": "uint16",
                 "vocab_size": 1000, "eos_id": 0, "bos_id": None, "append_eos": True, "prepend_bos": False,
-                "tokenizer": {"file": fmt.TOKENIZER, "sha256": "synthetic"},
-                "splits": {"train": {"documents": docs, "tokens": tokens, "tokens_sha256": "-", "index_sha256": "-"}}}
+                "tokenizer": {"file": fmt.TOKENIZER, "sha256": placeholder},
+                "splits": {"train": {"documents": docs, "tokens": tokens, "tokens_sha256": placeholder,
+                                     "index_sha256": placeholder}}}
     (root / fmt.MANIFEST).write_text(json.dumps(manifest))
 
 

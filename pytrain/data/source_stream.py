@@ -105,13 +105,22 @@ class SourceStream:
             return positions
         return _native.keyed_permutation(positions, self.num_docs, document_order_key(self.seed, self.name, epoch))
 
+    def _by_shard(self, docs: np.ndarray):
+        """(shard k, which of `docs` are in it, their numbers inside it) for every shard that `docs` touch."""
+        if len(self.shards) == 1:
+            yield 0, slice(None), docs
+            return
+        shard_of = self._shard_of(docs)
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(shard_of, minlength=len(self.shards)))))
+        for k in np.flatnonzero(np.diff(bounds)).tolist():
+            chosen = order[bounds[k]:bounds[k + 1]]
+            yield k, chosen, docs[chosen] - self.doc_starts[k]
+
     def _lengths(self, docs: np.ndarray) -> np.ndarray:
         """Token counts of documents `docs`."""
         lengths = np.empty(len(docs), dtype=np.int64)
-        shard_of = self._shard_of(docs)
-        for k in np.unique(shard_of).tolist():
-            chosen = shard_of == k
-            local = docs[chosen] - self.doc_starts[k]
+        for k, chosen, local in self._by_shard(docs):
             offsets = self._split(k).offsets
             lengths[chosen] = offsets[local + 1] - offsets[local]
         return lengths
@@ -148,39 +157,48 @@ class SourceStream:
     def _block_key(self, epoch: int, b: int) -> tuple:
         return self.name, self.split, self.seed, self.shuffle, epoch, b
 
-    def _block(self, epoch: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Block b of the epoch (already reached): its documents and the stream position where each ends."""
+    def _block(self, epoch: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block b of the epoch (already reached): its documents and the stream positions where each starts and ends."""
         ends = self._block_ends(epoch)
-        return self.cache.blocks.get(self._block_key(epoch, b), lambda: self._block_arrays(ends, b, *self._evaluate(epoch, b, 1)))
+        return self.cache.blocks.get(self._block_key(epoch, b),
+                                     lambda: self._block_arrays(ends, b, *self._evaluate(epoch, b, 1)))
 
     @staticmethod
-    def _block_arrays(ends: array, b: int, docs: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return docs, np.cumsum(lengths) + (ends[b - 1] if b else 0)
+    def _block_arrays(ends: array, b: int, docs: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+        doc_ends = np.cumsum(lengths) + (ends[b - 1] if b else 0)
+        return docs, doc_ends - lengths, doc_ends
+
+    def _documents_between(self, epoch: int, first: int, end: int) -> tuple[np.ndarray, ...]:
+        """The documents holding stream tokens [first, end) of the epoch: their numbers, starts and ends."""
+        parts, position = [], first
+        while position < end:
+            docs, starts, ends = self._block(epoch, self._block_of(epoch, position))
+            lo, hi = np.searchsorted(ends, position, side="right"), np.searchsorted(starts, end, side="left")
+            parts.append((docs[lo:hi], starts[lo:hi], ends[lo:hi]))
+            position = int(ends[-1])
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     # ------------------------------------------------------------------ samples
     def window(self, epoch: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Sample j of the epoch: its seq_len + 1 stream tokens, the lengths of the document pieces in them, and
         their loss mask when any shard has one."""
-        position, need = j * self.seq_len, self.seq_len + 1
-        pieces, masks, lengths = [], [], []
-        while need:
-            b = self._block_of(epoch, position)
-            docs, ends = self._block(epoch, b)
-            i = int(np.searchsorted(ends, position, side="right"))
-            while need and i < len(docs):
-                left = int(ends[i]) - position  # tokens of document i from `position` on
-                if left > 0:
-                    take, doc = min(left, need), int(docs[i])
-                    k = int(self._shard_of(doc))
-                    data = self._split(k)
-                    start = int(data.offsets[doc - int(self.doc_starts[k]) + 1]) - left
-                    pieces.append(np.asarray(data.tokens[start:start + take], dtype=np.int64))
-                    if self.has_mask:
-                        masks.append(np.ones(take, np.uint8) if data.mask is None else
-                                     np.asarray(data.mask[start:start + take]))
-                    lengths.append(take)
-                    position, need = position + take, need - take
-                i += 1
-        mask = np.concatenate(masks) if self.has_mask else None
-        return np.concatenate(pieces), np.asarray(lengths, dtype=np.int64), mask
+        first, end = j * self.seq_len, (j + 1) * self.seq_len + 1
+        docs, starts, ends = self._documents_between(epoch, first, end)
+        lo, hi = np.maximum(starts, first), np.minimum(ends, end)
+        kept = hi > lo  # empty documents hold no piece
+        docs, skip, take = docs[kept], (lo - starts)[kept], (hi - lo)[kept]
+        place = np.cumsum(take) - take  # where each piece goes in the sample
+        tokens = np.empty(end - first, dtype=np.int64)
+        mask = np.empty(end - first, dtype=np.uint8) if self.has_mask else None
+        for k, chosen, local in self._by_shard(docs):
+            data = self._split(k)
+            source, target = _ranges(data.offsets[local] + skip[chosen], take[chosen]), _ranges(place[chosen], take[chosen])
+            tokens[target] = data.tokens[source]
+            if mask is not None:
+                mask[target] = 1 if data.mask is None else data.mask[source]
+        return tokens, take, mask
 
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The integers of [starts[i], starts[i] + counts[i]) for every i, concatenated."""
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
