@@ -88,6 +88,11 @@ class SourceStream:
         self.has_mask = any(s.manifest.get("loss_mask") for s in self.shards)
         self._ends: OrderedDict[int, array] = OrderedDict()  # epoch -> token count at the end of each block reached
 
+    @property
+    def walked_documents(self) -> int:
+        """Documents whose place and length the walk has evaluated, in the epochs kept."""
+        return sum(min(len(ends) * BLOCK, self.num_docs) for ends in self._ends.values())
+
     # ------------------------------------------------------------------ documents
     def _split(self, k: int) -> fmt.PackedSplit:
         shard = self.shards[k]
