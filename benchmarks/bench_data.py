@@ -15,9 +15,9 @@ written to a temporary folder, then a fresh process (so the peak memory is its o
   each of those sources' shuffled document order from its epoch's start (walk: documents walked per second);
 - peak RSS of that process (and its RSS before the mixture was opened: Python, numpy, torch).
 Packs of 10^6 documents are real files (random tokens, document lengths 1..99). Packs of 10^9 documents
-would need terabytes, so they are sparse files of the same sizes (tokens.bin and the offsets of
-index.idx read as zeros, except the last offset): start-up does not depend on their contents, since
-nothing in the mixture reads or allocates per document, and reads go through the same code.
+would need terabytes of tokens, so their tokens.bin is a sparse file of the right size (it reads as zeros),
+while index.idx holds real offsets (document lengths 1..1999, 8 GB in all: the walk of a shuffled document
+order reads them). Start-up does not depend on either, since nothing in it reads or allocates per document.
 Goal (issue 11): 10,000 sources and 10^9 documents ready in < 10 s with < 2 GB.
 Prints a table and writes results/bench_data.json.
 """
@@ -58,14 +58,20 @@ def write_source(root: Path, docs: int, dense: bool, rng) -> None:
         with open(split / "index.idx", "wb") as handle:
             handle.write(fmt.index_header(2, docs, tokens))
             handle.write(offsets.tobytes())
-    else:
-        tokens = docs * TOKENS_PER_SPARSE_DOC
+    else:  # real document lengths (the walk of a shuffled order reads them), a sparse tokens.bin
+        tokens = 0
+        with open(split / "index.idx", "wb") as handle:
+            handle.seek(fmt.INDEX_HEADER.size)
+            handle.write(np.zeros(1, dtype="<i8").tobytes())
+            for start in range(0, docs, 10**7):
+                lengths = rng.integers(1, 2 * TOKENS_PER_SPARSE_DOC, size=min(10**7, docs - start))
+                ends = np.cumsum(lengths) + tokens
+                handle.write(ends.astype("<i8").tobytes())
+                tokens = int(ends[-1])
+            handle.seek(0)
+            handle.write(fmt.index_header(2, docs, tokens))
         with open(split / "tokens.bin", "wb") as handle:
             handle.truncate(2 * tokens)
-        with open(split / "index.idx", "wb") as handle:
-            handle.write(fmt.index_header(2, docs, tokens))
-            handle.seek(fmt.INDEX_HEADER.size + 8 * docs)
-            handle.write(np.array([tokens], dtype="<i8").tobytes())
     placeholder = "0" * 64  # well-formed digests of nothing: start-up and reads never hash (`pytrain verify` does)
     manifest = {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "dtype": "uint16",
                 "vocab_size": 1000, "eos_id": 0, "bos_id": None, "append_eos": True, "prepend_bos": False,
