@@ -32,6 +32,7 @@ import numpy as np
 
 from pytrain.data import format as fmt
 from pytrain.data.samples import SampleStream
+from pytrain.data import source_stream
 from pytrain.data.source_stream import ReadCache, SourceStream
 from pytrain.errors import PytrainError
 
@@ -210,9 +211,17 @@ class BlendedDataset(SampleStream):
         }
 
     def state_dict(self) -> dict:
+        """The counter and what must match to continue it; "walks" only saves a resumed run from walking each
+        source's document order from its epoch's start (it is derived from the counter)."""
+        walks = {}
+        for stream, count in zip(self.streams, self.samples_by_source(self.consumed).tolist()):
+            epoch, j = divmod(count, stream.samples_per_epoch)
+            if j:
+                walks[stream.name] = [epoch, *stream.walk_position(epoch, j)]
         return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "shuffle": self.shuffle,
                 "sampling": SAMPLING,
-                "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)]}
+                "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)],
+                "walks": {"block": source_stream.BLOCK, "at": walks}}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
@@ -223,6 +232,14 @@ class BlendedDataset(SampleStream):
                     f"cannot resume the data position: checkpoint has {key}={state.get(key)!r}, this run has "
                     f"{mine[key]!r} (the same sources, weights, seq_len and seed are needed for an exact resume)")
         self.consumed = int(state["consumed"])
+        walks = state.get("walks", {})
+        if walks.get("block") == source_stream.BLOCK:  # else (another block size) the walks start over
+            streams = dict(zip(self.names, self.streams))
+            for name, position in walks.get("at", {}).items():
+                if name not in streams or not (isinstance(position, list) and len(position) == 3):
+                    raise PytrainError(f"cannot resume the data position: the checkpoint's walk position {position!r} "
+                                       f"for source {name!r} is malformed")
+                streams[name].resume_walk(*map(int, position))
 
 
 def _from_older_pytrain(state: dict, mine: dict) -> dict:

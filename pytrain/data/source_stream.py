@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pytrain.data import format as fmt
+from pytrain.errors import PytrainError
 
 BLOCK = 1024  # positions of an epoch's document order per block
 MAX_BLOCKS = 256  # blocks whose documents stay in memory (16 KB each), all sources together
@@ -87,11 +88,12 @@ class SourceStream:
         self.samples_per_epoch = (self.num_tokens - 1) // seq_len if self.num_tokens >= 2 else 0
         self.has_mask = any(s.manifest.get("loss_mask") for s in self.shards)
         self._ends: OrderedDict[int, array] = OrderedDict()  # epoch -> token count at the end of each block reached
+        self._known: dict[int, int] = {}  # epoch -> its first block whose end is known (where a resumed walk began)
 
     @property
     def walked_documents(self) -> int:
         """Documents whose place and length the walk has evaluated, in the epochs kept."""
-        return sum(min(len(ends) * BLOCK, self.num_docs) for ends in self._ends.values())
+        return sum(min((len(ends) - self._known.get(e, 0)) * BLOCK, self.num_docs) for e, ends in self._ends.items())
 
     # ------------------------------------------------------------------ documents
     def _split(self, k: int) -> fmt.PackedSplit:
@@ -141,12 +143,16 @@ class SourceStream:
         if epoch not in self._ends:
             self._ends[epoch] = array("q")
             if len(self._ends) > EPOCHS_KEPT:
-                self._ends.popitem(last=False)
+                self._known.pop(self._ends.popitem(last=False)[0], None)
         return self._ends[epoch]
 
     def _block_of(self, epoch: int, position: int) -> int:
         """The block of the epoch holding stream token `position` (< num_tokens), walking the order as needed."""
         ends = self._block_ends(epoch)
+        known = self._known.get(epoch, 0)
+        if known and position < ends[known - 1]:  # before where a resumed walk began: walk from the start
+            del ends[:]
+            del self._known[epoch]
         step = 1
         while not ends or ends[-1] <= position:
             first = len(ends)
@@ -158,6 +164,24 @@ class SourceStream:
                 ends, last, docs[(last - first) * BLOCK:], lengths[(last - first) * BLOCK:]))
             step = min(2 * step, MAX_WALK)
         return bisect.bisect_right(ends, position)
+
+    def walk_position(self, epoch: int, j: int) -> list[int]:
+        """[block, tokens before it] of sample j's first token in the epoch: where a walk to it can start again
+        (`resume_walk`), so that a resumed run need not walk the epoch from its start."""
+        b = self._block_of(epoch, j * self.seq_len)
+        return [b, self._ends[epoch][b - 1] if b else 0]
+
+    def resume_walk(self, epoch: int, block: int, before: int) -> None:
+        """Start the epoch's walk at `block`, `before` stream tokens in (a `walk_position` saved with a checkpoint),
+        unless the walk already got there. The ends of the blocks before it are unknown: they read as `before`,
+        which keeps the bisect right for every position from there on (earlier ones walk from the start)."""
+        if not (0 <= block and block * BLOCK < self.num_docs and 0 <= before < self.num_tokens):
+            raise PytrainError(f"cannot resume the data position: the checkpoint's walk position {[block, before]} "
+                               f"is outside {self.label}'s {self.num_docs} documents / {self.num_tokens} tokens")
+        ends = self._block_ends(epoch)
+        if block and len(ends) < block:
+            ends[:] = array("q", [before]) * block
+            self._known[epoch] = block
 
     def _block_key(self, epoch: int, b: int) -> tuple:
         return self.name, self.split, self.seed, self.shuffle, epoch, b

@@ -144,6 +144,28 @@ def test_resume_at_any_sample_continues_identically(packed):
         np.testing.assert_array_equal(got, np.stack(stream[start:start + 6]))
 
 
+def test_resume_starts_each_walk_where_the_checkpoint_left_it(tmp_path, monkeypatch):
+    """The state carries where each source's walk of its document order stood: a resumed dataset starts there
+    (walking few documents) and continues identically; a position before it walks from the start, still right."""
+    monkeypatch.setattr(source_stream, "BLOCK", 4)
+    lengths = np.random.default_rng(5).integers(0, 9, size=400).tolist()
+    id_pack(tmp_path / "ids", lengths)
+    ds = PackedDataset(tmp_path / "ids", 8, seed=2)
+    n = len(ds)
+    expected = [ds[g]["input_ids"].tolist() for g in range(2 * n)]
+    for start in (n // 2, n + n // 3):
+        ds.consumed = start
+        resumed = PackedDataset(tmp_path / "ids", 8, seed=2, rank=1, world_size=2)
+        resumed.load_state_dict(ds.state_dict())
+        assert resumed.next_batch(3)["input_ids"].tolist() == expected[start + 3:start + 6]
+        walked_from_start = PackedDataset(tmp_path / "ids", 8, seed=2, rank=1, world_size=2)
+        walked_from_start.consumed = start  # the counter alone: the walk starts at the epoch's start
+        assert walked_from_start.next_batch(3)["input_ids"].tolist() == expected[start + 3:start + 6]
+        assert resumed.streams[0].walked_documents <= 8 * 4 < 80 <= walked_from_start.streams[0].walked_documents
+        assert resumed[start - 7]["input_ids"].tolist() == expected[start - 7]
+    assert ds.state_dict()["walks"]["at"]["data"][0] == 1  # the position in epoch 1
+
+
 def test_older_resume_states(packed):
     """Before samples were cut from shuffled documents: an unshuffled data.path state continues exactly (the order
     was the pack's then too), a shuffled one is refused in one line."""
