@@ -31,7 +31,7 @@ class PackedDataset(BlendedDataset):
                  rank: int = 0, world_size: int = 1, shuffle: bool = True):
         if seq_len < 1:
             raise PytrainError(f"seq_len must be >= 1, not {seq_len}")
-        mixture = Mixture.of_path(path, label=str(path))
+        mixture = Mixture.of_path(path, label=f"PackedDataset({path})")
         super().__init__([SourceStream(mixture.sources[0], split, seq_len, ReadCache(), seed, shuffle)], [1.0],
                          rank, world_size)
         self.path, self.split, self.manifest = Path(path), split, mixture.manifest

@@ -193,3 +193,14 @@ def test_val_split_and_errors(packed, tmp_path):
         PackedDataset(packed, 16).load_state_dict(PackedDataset(packed, 32).state_dict())
     with pytest.raises(PytrainError, match="no manifest.json"):
         PackedDataset(tmp_path, 16)
+
+
+def test_a_path_may_be_a_glob_or_a_folder_of_shards(tmp_path):
+    """data.path is a mixture of one source, so it takes what a mixture entry takes: shards are one source."""
+    first = id_pack(tmp_path / "shards" / "shard-00000-of-00002", [3, 1, 4, 1, 5])
+    second = id_pack(tmp_path / "shards" / "shard-00001-of-00002", [9, 2, 6])
+    docs, seq_len = first + second, 4
+    for path in (tmp_path / "shards", tmp_path / "shards" / "shard-*"):
+        ds = PackedDataset(path, seq_len, seed=1)
+        windows = epoch_windows(docs, document_order(len(docs), 1, PATH_SOURCE, 0), seq_len)
+        assert [ds[j]["input_ids"].tolist() for j in range(len(ds))] == [w[:-1].tolist() for w in windows]
