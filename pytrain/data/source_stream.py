@@ -13,8 +13,9 @@ token lies in the document where the lengths of pi_e(0), pi_e(1), ... first pass
 cut into blocks of BLOCK consecutive positions, and the token count at the end of every block reached so far is
 kept (8 bytes per BLOCK documents), found by evaluating pi_e and the documents' lengths block after block.
 Training reads a source's samples in increasing order, so this walk advances with it, about one block per BLOCK
-documents trained on; resuming at sample j walks once from the start of j's epoch (timed in
-benchmarks/bench_data.py). The documents of at most MAX_BLOCKS blocks are held, shared by all sources.
+documents trained on. A checkpoint records where each walk stood (`walk_position`), so a resumed run starts
+there (`resume_walk`); from the counter alone, reaching sample j walks once from the start of j's epoch (timed
+in benchmarks/bench_data.py). The documents of at most MAX_BLOCKS blocks are held, shared by all sources.
 With shuffle off, pi_e is the identity: the pack's own order, every epoch.
 """
 
