@@ -1,4 +1,4 @@
-"""Start-up, memory and read speed of a weighted mixture (`data.mixture`) at scale.
+"""Start-up, memory, read and resume speed of a weighted mixture (`data.mixture`; `data.path` is one source) at scale.
 
     python benchmarks/bench_data.py                 # 10 / 1,000 / 10,000 sources x 10^6 / 10^9 documents
     python benchmarks/bench_data.py --quick         # 10 and 1,000 sources, 10^6 documents
@@ -11,11 +11,13 @@ written to a temporary folder, then a fresh process (so the peak memory is its o
 - index chunk: one chunk (~1M samples) of the blending index alone (the C++ builder);
 - first batch: ready + reading and stacking 8 samples of 2048 tokens;
 - read: samples/s and tokens/s over 4,000 consecutive samples (the training access pattern);
+- resume: a fresh dataset's first batch of 8 samples at the middle of the mixture's first epoch, which walks
+  each of those sources' shuffled document order from its epoch's start (walk: documents walked per second);
 - peak RSS of that process (and its RSS before the mixture was opened: Python, numpy, torch).
 Packs of 10^6 documents are real files (random tokens, document lengths 1..99). Packs of 10^9 documents
-would need terabytes, so they are sparse files of the same sizes (tokens.bin and the offsets of
-index.idx read as zeros, except the last offset): start-up does not depend on their contents, since
-nothing in the mixture reads or allocates per document, and reads go through the same code.
+would need terabytes of tokens, so their tokens.bin is a sparse file of the right size (it reads as zeros),
+while index.idx holds real offsets (document lengths 1..1999, 8 GB in all: the walk of a shuffled document
+order reads them). Start-up does not depend on either, since nothing in it reads or allocates per document.
 Goal (issue 11): 10,000 sources and 10^9 documents ready in < 10 s with < 2 GB.
 Prints a table and writes results/bench_data.json.
 """
@@ -56,18 +58,26 @@ def write_source(root: Path, docs: int, dense: bool, rng) -> None:
         with open(split / "index.idx", "wb") as handle:
             handle.write(fmt.index_header(2, docs, tokens))
             handle.write(offsets.tobytes())
-    else:
-        tokens = docs * TOKENS_PER_SPARSE_DOC
+    else:  # real document lengths (the walk of a shuffled order reads them), a sparse tokens.bin
+        tokens = 0
+        with open(split / "index.idx", "wb") as handle:
+            handle.seek(fmt.INDEX_HEADER.size)
+            handle.write(np.zeros(1, dtype="<i8").tobytes())
+            for start in range(0, docs, 10**7):
+                lengths = rng.integers(1, 2 * TOKENS_PER_SPARSE_DOC, size=min(10**7, docs - start))
+                ends = np.cumsum(lengths) + tokens
+                handle.write(ends.astype("<i8").tobytes())
+                tokens = int(ends[-1])
+            handle.seek(0)
+            handle.write(fmt.index_header(2, docs, tokens))
         with open(split / "tokens.bin", "wb") as handle:
             handle.truncate(2 * tokens)
-        with open(split / "index.idx", "wb") as handle:
-            handle.write(fmt.index_header(2, docs, tokens))
-            handle.seek(fmt.INDEX_HEADER.size + 8 * docs)
-            handle.write(np.array([tokens], dtype="<i8").tobytes())
+    placeholder = "0" * 64  # well-formed digests of nothing: start-up and reads never hash (`pytrain verify` does)
     manifest = {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "dtype": "uint16",
                 "vocab_size": 1000, "eos_id": 0, "bos_id": None, "append_eos": True, "prepend_bos": False,
-                "tokenizer": {"file": fmt.TOKENIZER, "sha256": "synthetic"},
-                "splits": {"train": {"documents": docs, "tokens": tokens, "tokens_sha256": "-", "index_sha256": "-"}}}
+                "tokenizer": {"file": fmt.TOKENIZER, "sha256": placeholder},
+                "splits": {"train": {"documents": docs, "tokens": tokens, "tokens_sha256": placeholder,
+                                     "index_sha256": placeholder}}}
     (root / fmt.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -112,8 +122,15 @@ def child(entries_file: str) -> dict:
     for g in range(8, 8 + count):
         dataset[g]
     read_s = time.perf_counter() - read_started
+    resumed = mixture.train_dataset(SEQ_LEN, seed=1)  # another seed: nothing walked yet
+    resumed.consumed = sum(stream.samples_per_epoch for stream in resumed.streams) // 2
+    resume_started = time.perf_counter()
+    resumed.next_batch(8)
+    resume_s = time.perf_counter() - resume_started
+    walked = sum(stream.walked_documents for stream in resumed.streams)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"resolve_s": resolved - started, "ready_s": ready - started, "first_batch_s": first_batch - started,
+    return {"resume_s": resume_s, "resume_docs_per_s": walked / resume_s,
+            "resolve_s": resolved - started, "ready_s": ready - started, "first_batch_s": first_batch - started,
             "index_chunk_s": chunk_s, "samples_per_s": count / read_s, "tokens_per_s": count * SEQ_LEN / read_s,
             "peak_rss_mb": peak, "baseline_rss_mb": baseline, "open_splits": len(dataset.streams[0].files)}
 
@@ -137,13 +154,14 @@ def measure(sources: int, docs: int) -> dict:
 
 def report(rows: list[dict]) -> None:
     header = (f"{'sources':>8} {'documents':>10} {'files':>6} {'ready s':>8} {'1st batch s':>11} {'chunk s':>8} "
-              f"{'samples/s':>10} {'Mtok/s':>7} {'peak MB':>8} {'base MB':>8}")
+              f"{'samples/s':>10} {'Mtok/s':>7} {'resume s':>8} {'walk Mdoc/s':>11} {'peak MB':>8} {'base MB':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['sources']:>8,} {r['documents']:>10.0e} {r['files']:>6} {r['ready_s']:>8.2f} "
               f"{r['first_batch_s']:>11.2f} {r['index_chunk_s']:>8.3f} {r['samples_per_s']:>10,.0f} "
-              f"{r['tokens_per_s'] / 1e6:>7.1f} {r['peak_rss_mb']:>8.0f} {r['baseline_rss_mb']:>8.0f}")
+              f"{r['tokens_per_s'] / 1e6:>7.1f} {r['resume_s']:>8.2f} {r['resume_docs_per_s'] / 1e6:>11.2f} "
+              f"{r['peak_rss_mb']:>8.0f} {r['baseline_rss_mb']:>8.0f}")
     goal = [r for r in rows if r["sources"] == 10_000 and r["documents"] == 10**9]
     for r in goal:
         ok = r["ready_s"] < GOAL_S and r["peak_rss_mb"] / 1024 < GOAL_GB
@@ -166,10 +184,12 @@ def main(argv=None) -> int:
     sources = args.sources or ([10, 1000] if args.quick else [10, 1000, 10_000])
     docs = [int(d) for d in (args.docs or ([1e6] if args.quick else [1e6, 1e9]))]
     rows = [measure(s, d) for d in docs for s in sources]
+    load = os.getloadavg()
     report(rows)
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_data.json").write_text(json.dumps({"seq_len": SEQ_LEN, "rows": rows}, indent=1))
+    (out / "bench_data.json").write_text(json.dumps({"seq_len": SEQ_LEN, "load_average": load, "cpus": os.cpu_count(), "rows": rows}, indent=1))
     print(f"wrote {out / 'bench_data.json'}")
     return 0
 

@@ -2,12 +2,10 @@
 #include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, shuffles, sample index, blending index, byte-level BPE encoder";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level BPE encoder";
     pytrain::bind_line_index(m);
     pytrain::bind_json_extract(m);
     pytrain::bind_tokens(m);
-    pytrain::bind_permutation(m);
-    pytrain::bind_sample_index(m);
     pytrain::bind_blend_index(m);
     pytrain::bind_bpe(m);
 }

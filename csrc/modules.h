@@ -8,8 +8,6 @@ namespace pytrain {
 void bind_line_index(pybind11::module_& m);
 void bind_json_extract(pybind11::module_& m);
 void bind_tokens(pybind11::module_& m);
-void bind_permutation(pybind11::module_& m);
-void bind_sample_index(pybind11::module_& m);
 void bind_blend_index(pybind11::module_& m);
 void bind_bpe(pybind11::module_& m);
 

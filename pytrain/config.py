@@ -48,7 +48,7 @@ ModelSection = _model_section()
 
 @dataclass
 class DataSection:
-    path: str | None = None           # a directory written by `pytrain pack` (this or mixture is required)
+    path: str | None = None           # a pack, `pack --shard` folder or glob: a one-source mixture (this or mixture)
     mixture: list[dict] | None = None  # weighted sources: [{name, path (pack, sharded pack or glob), weight}]
     seq_len: int | None = None        # null: the model's max_position_embeddings
     document_masking: bool = False    # attend within documents only, positions restart per document

@@ -1,34 +1,28 @@
-"""Weighted mixtures of packed sources: `data.mixture` in the run configuration.
+"""Weighted mixtures of packed sources: the run's data (`data.mixture`, and `data.path` as a mixture of one source).
 
 A source is one pack directory, a directory written by `pytrain pack --shard` (its shard-K-of-N
-packs), or a glob of either. Its shards are read as one token stream (in path order), so each shard
-is sampled in proportion to its size. Source s of a mixture gets the share w_s / sum(w) of the
+packs), or a glob of either. Its shards are read as one collection of documents (in path order), so each
+shard is sampled in proportion to its size. Source s of a mixture gets the share w_s / sum(w) of the
 training samples, hence of the training tokens: a source smaller than its share repeats (one epoch
-per pass over its samples), a larger one is subsampled.
+per pass over its samples), a larger one is subsampled. `data.path` is the mixture of that one source
+with weight 1.
 
-The stream is deterministic from (seed, sources, weights) and nothing in it grows with the number
-of documents, so 10,000 shards and 10^9 documents start in seconds (reading their manifests dominates):
-- which source global sample g comes from, and which of that source's samples it is, is the
-  blending index, built in C++ one chunk of about CHUNK samples at a time
+The stream is deterministic from (seed, sources, weights) and nothing in it grows with the number of
+sources' documents, so 10,000 shards and 10^9 documents start in seconds (reading their manifests dominates):
+- which source global sample g comes from, and which of that source's samples it is (counted across
+  its epochs), is the blending index, built in C++ one chunk of about CHUNK samples at a time
   (`_native.blend_chunk`); a chunk depends on its number only, so any position is reached in
   O(sources + CHUNK log sources) without replaying the stream;
-- a source's samples are consecutive windows of seq_len + 1 tokens of its stream (neighbours share
-  one token, as in PackedDataset); epoch e visits them in the order of a keyed pseudo-random
-  permutation (`_native.keyed_permutation`, seeded by (seed, source name, e)), which needs no
-  memory. Unlike PackedDataset (data.path), documents are not reshuffled inside a source: a sample
-  holds documents that are neighbours in the pack.
-- pack files are memory-mapped on first use, without read-ahead (reads jump around), and at most
-  MAX_OPEN_SPLITS stay open (least recently used first out), so 10,000 shards never approach the
-  usual limit of 1,024 open files.
+- a source's samples in epoch e are cut from its documents laid end to end in a shuffled order of
+  their own, pi_e, seeded by (seed, source name, e) and evaluated lazily (pytrain.data.source_stream).
 
-The resume state is one global counter, as for PackedDataset; per-source token counts and epochs are
-derived from the index at that counter, never tracked by hand.
+The resume state is one global counter; per-source token counts and epochs are derived from the index
+at that counter, never tracked by hand.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,12 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.dataset import SampleStream
+from pytrain.data.samples import SampleStream
+from pytrain.data import source_stream
+from pytrain.data.source_stream import ReadCache, SourceStream
 from pytrain.errors import PytrainError
 
 CHUNK = 1 << 20  # nominal samples per chunk of the blending index
 WEIGHT_UNITS = 1 << 40  # weights are quantised to integers summing to about this, so quotas are exact
-MAX_OPEN_SPLITS = 128  # 2 (chat: 3) open files each
+PATH_SOURCE = "data"  # the name of data.path's one source
+SAMPLING = "shuffled-documents"  # in the resume state: how samples are cut (older pytrain had none)
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)$")
 
 
@@ -62,14 +59,15 @@ class Source:
     shards: tuple[Shard, ...]
 
 
-def resolve_sources(entries: list[dict]) -> list[Source]:
+def resolve_sources(entries: list[dict], labels: list[str] | None = None) -> list[Source]:
     """Expand each entry's path into pack directories and check that all share one tokenizer.
 
-    `entries` are checked dicts {name, path, weight} (see pytrain.config).
+    `entries` are checked dicts {name, path, weight} (see pytrain.config); `labels` name them in errors
+    (default: data.mixture[i] (name)).
     """
     sources, reference = [], None
     for i, entry in enumerate(entries):
-        label = f"data.mixture[{i}] ({entry['name']})"
+        label = labels[i] if labels else f"data.mixture[{i}] ({entry['name']})"
         shards = tuple(Shard(path, _read_manifest(path, label)) for path in _pack_dirs(entry["path"], label))
         for shard in shards:
             sha = shard.manifest["tokenizer"].get("sha256")
@@ -93,12 +91,12 @@ def _read_manifest(path: Path, label: str) -> dict:
 def _pack_dirs(pattern: str, label: str) -> list[Path]:
     """The pack directories of one entry: `pattern` is a pack, a `pack --shard` output folder, or a glob of them."""
     matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches or not Path(matches[0]).exists():
+    if not matches:
         raise PytrainError(f'{label}: path "{pattern}" matches nothing; give a pack directory or a glob of them')
     packs = []
     for match in map(Path, matches):
-        if (match / fmt.MANIFEST).is_file():
-            packs.append(match)
+        if (match / fmt.MANIFEST).is_file() or not match.exists():
+            packs.append(match)  # reading its manifest says what is wrong with it, if anything
         elif match.is_dir() and any(_SHARD_NAME.match(p.name) for p in match.iterdir()):
             packs += sorted(p for p in match.iterdir() if _SHARD_NAME.match(p.name))
         else:
@@ -131,93 +129,24 @@ def weight_units(weights: list[float]) -> np.ndarray:
     return units
 
 
-class _OpenSplits:
-    """Memory-mapped pack splits, opened on first use; the least recently used beyond `limit` are dropped
-    (their maps, and file descriptors, close once no sample refers to them)."""
-
-    def __init__(self, limit: int = MAX_OPEN_SPLITS):
-        self.limit = limit
-        self._open: OrderedDict[tuple[Path, str], fmt.PackedSplit] = OrderedDict()
-
-    def get(self, shard: Shard, split: str) -> fmt.PackedSplit:
-        key = (shard.path, split)
-        if key in self._open:
-            self._open.move_to_end(key)
-            return self._open[key]
-        data = fmt.open_split(shard.path, split, shard.manifest, random_access=True)
-        self._open[key] = data
-        if len(self._open) > self.limit:
-            self._open.popitem(last=False)
-        return data
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-
-class SourceStream:
-    """One source's split as a single token stream: its shards' documents end to end, in path order."""
-
-    def __init__(self, source: Source, split: str, seq_len: int, files: _OpenSplits):
-        self.name, self.label = source.name, source.label
-        self.split, self.seq_len, self.files = split, seq_len, files
-        self.shards = [s for s in source.shards if s.manifest["splits"].get(split, {}).get("tokens", 0) > 0]
-        tokens = [int(s.manifest["splits"][split]["tokens"]) for s in self.shards]
-        self.starts = np.concatenate(([0], np.cumsum(tokens, dtype=np.int64)))
-        self.num_tokens = int(self.starts[-1])
-        self.samples_per_epoch = (self.num_tokens - 1) // seq_len if self.num_tokens >= 2 else 0
-        self.has_mask = any(s.manifest.get("loss_mask") for s in self.shards)
-
-    def window(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Sample `slot` of an epoch: stream tokens [slot*seq_len, slot*seq_len + seq_len] (seq_len + 1 of them),
-        the lengths of the document pieces in it, and its loss mask when any shard has one."""
-        position, need = slot * self.seq_len, self.seq_len + 1
-        k = int(np.searchsorted(self.starts, position, side="right")) - 1
-        pieces, masks, lengths = [], [], []
-        while need:
-            data = self.files.get(self.shards[k], self.split)
-            local = position - int(self.starts[k])
-            take = min(need, data.num_tokens - local)
-            pieces.append(np.asarray(data.tokens[local:local + take], dtype=np.int64))
-            if self.has_mask:
-                masks.append(np.ones(take, np.uint8) if data.mask is None else np.asarray(data.mask[local:local + take]))
-            lengths += _piece_lengths(data.offsets, local, local + take)
-            position, need, k = position + take, need - take, k + 1
-        mask = np.concatenate(masks) if self.has_mask else None
-        return np.concatenate(pieces), np.asarray(lengths, dtype=np.int64), mask
-
-
-def _piece_lengths(offsets: np.ndarray, start: int, end: int) -> list[int]:
-    """Lengths of the pieces that document boundaries cut [start, end) of a split into."""
-    lo = int(np.searchsorted(offsets, start, side="right"))
-    hi = int(np.searchsorted(offsets, end, side="left"))
-    pieces = np.diff(np.concatenate(([start], offsets[lo:hi], [end])))
-    return pieces[pieces > 0].tolist()
-
-
-def _epoch_key(seed: int, name: str, epoch: int) -> int:
-    digest = hashlib.sha256(f"pytrain-mixture:{seed}:{epoch}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 class BlendedDataset(SampleStream):
     """Fixed-length samples from weighted sources, as one global stream (see the module docstring).
 
-    The interface is PackedDataset's: `get_batch`, `next_batch`, `state_dict`/`load_state_dict` with one
-    global counter `consumed`, so resuming on another number of ranks continues the same stream.
+    `get_batch`, `next_batch`, `state_dict`/`load_state_dict` with one global counter `consumed`, so resuming
+    on another number of ranks continues the same stream. The streams share seq_len, seed and shuffle.
     """
 
-    def __init__(self, streams: list[SourceStream], weights: list[float], seq_len: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(self, streams: list[SourceStream], weights: list[float], rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise PytrainError(f"rank {rank} is outside world_size {world_size}")
         for stream in streams:
             if stream.samples_per_epoch == 0:
                 raise PytrainError(f"{stream.label}: the {stream.split} split has {stream.num_tokens} tokens, too few "
-                                   f"for one sample of seq_len {seq_len}; add data or lower seq_len")
+                                   f"for one sample of seq_len {stream.seq_len}; add data or lower seq_len")
         self.streams, self.weights = streams, list(weights)
         self.names = [s.name for s in streams]
         self.units = weight_units(self.weights)
-        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.seq_len, self.seed, self.shuffle = streams[0].seq_len, streams[0].seed, streams[0].shuffle
         self.rank, self.world_size = rank, world_size
         self.consumed = 0
         self._chunks: OrderedDict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
@@ -265,15 +194,11 @@ class BlendedDataset(SampleStream):
 
     # ------------------------------------------------------------------ samples
     def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        from pytrain import _native
-
+        """Global sample g: its seq_len+1 tokens, the length of each document piece in it, and (chat data) the
+        loss mask of those tokens."""
         s, i = self.locate(g)
         stream = self.streams[s]
-        epoch, j = divmod(i, stream.samples_per_epoch)
-        if self.shuffle:
-            j = int(_native.keyed_permutation(np.array([j]), stream.samples_per_epoch,
-                                              _epoch_key(self.seed, stream.name, epoch))[0])
-        return stream.window(j)
+        return stream.window(*divmod(i, stream.samples_per_epoch))
 
     # ------------------------------------------------------------------ progress and resume
     def progress(self) -> dict:
@@ -286,25 +211,70 @@ class BlendedDataset(SampleStream):
         }
 
     def state_dict(self) -> dict:
+        """The counter and what must match to continue it; "walks" only saves a resumed run from walking each
+        source's document order from its epoch's start (it is derived from the counter)."""
+        walks = {}
+        for stream, count in zip(self.streams, self.samples_by_source(self.consumed).tolist()):
+            epoch, j = divmod(count, stream.samples_per_epoch)
+            if j:
+                walks[stream.name] = [epoch, *stream.walk_position(epoch, j)]
         return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "shuffle": self.shuffle,
-                "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)]}
+                "sampling": SAMPLING,
+                "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)],
+                "walks": {"block": source_stream.BLOCK, "at": walks}}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
+        state = _from_older_pytrain(state, mine)
         for key in ("seed", "seq_len", "shuffle", "sources"):
             if state.get(key) != mine[key]:
                 raise PytrainError(
                     f"cannot resume the data position: checkpoint has {key}={state.get(key)!r}, this run has "
                     f"{mine[key]!r} (the same sources, weights, seq_len and seed are needed for an exact resume)")
         self.consumed = int(state["consumed"])
+        walks = state.get("walks", {})
+        if walks.get("block") == source_stream.BLOCK:  # else (another block size) the walks start over
+            streams = dict(zip(self.names, self.streams))
+            for name, position in walks.get("at", {}).items():
+                if name not in streams or not (isinstance(position, list) and len(position) == 3):
+                    raise PytrainError(f"cannot resume the data position: the checkpoint's walk position {position!r} "
+                                       f"for source {name!r} is malformed")
+                streams[name].resume_walk(*map(int, position))
+
+
+def _from_older_pytrain(state: dict, mine: dict) -> dict:
+    """A resume state saved before samples were cut from shuffled documents (no "sampling" key), in today's form.
+
+    Without shuffling the order is the same as today's (documents in pack order, windows in turn), so such a run
+    continues exactly; a shuffled one cannot (its order was another), and is refused rather than continued on
+    other samples. `data.path` states had samples_per_epoch instead of sources.
+    """
+    if "sampling" in state:
+        return state
+    if state.get("shuffle", True):
+        raise PytrainError(
+            "cannot resume the data position: the checkpoint was saved by an older pytrain, whose shuffled sample "
+            "order this version no longer makes (documents are now reshuffled every epoch inside each source), so "
+            "its continuation cannot be reproduced; finish that run with the pytrain that started it, or start a new "
+            "run from its weights (`pytrain export`, then model.init_from)")
+    if "sources" in state or len(mine["sources"]) != 1:
+        return state
+    name, units, _ = mine["sources"][0]
+    return {**state, "sources": [[name, units, state.get("samples_per_epoch")]]}
 
 
 class Mixture:
-    """The resolved `data.mixture` of a run: its sources, and datasets over their train and val splits."""
+    """The resolved sources of a run (`data.mixture`, or `data.path` as one source), and datasets over their train
+    and val splits."""
 
-    def __init__(self, entries: list[dict]):
-        self.sources = resolve_sources(entries)
-        self._files = _OpenSplits()
+    def __init__(self, entries: list[dict], labels: list[str] | None = None):
+        self.sources = resolve_sources(entries, labels)
+        self._cache = ReadCache()
+
+    @classmethod
+    def of_path(cls, path, label: str = "data.path") -> Mixture:
+        """`data.path`: the mixture of one source, named PATH_SOURCE, with weight 1."""
+        return cls([{"name": PATH_SOURCE, "path": str(path), "weight": 1.0}], labels=[label])
 
     @property
     def first_pack(self) -> Path:
@@ -317,20 +287,19 @@ class Mixture:
 
     def train_dataset(self, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                       shuffle: bool = True) -> BlendedDataset:
-        streams = [SourceStream(source, "train", seq_len, self._files) for source in self.sources]
-        return BlendedDataset(streams, [s.weight for s in self.sources], seq_len, seed, rank, world_size, shuffle)
+        streams = [SourceStream(source, "train", seq_len, self._cache, seed, shuffle) for source in self.sources]
+        return BlendedDataset(streams, [s.weight for s in self.sources], rank, world_size)
 
     def validation_datasets(self, seq_len: int, rank: int = 0,
                             world_size: int = 1) -> tuple[dict[str, tuple[float, BlendedDataset]], list[str]]:
         """({name: (weight, dataset over its val split, in order)}, notes on the sources left out)."""
         datasets, notes = {}, []
         for source in self.sources:
-            stream = SourceStream(source, "val", seq_len, self._files)
+            stream = SourceStream(source, "val", seq_len, self._cache, shuffle=False)
             if stream.samples_per_epoch == 0:
                 why = ("has no validation split" if not stream.shards else
                        f"has {stream.num_tokens} validation tokens, too few for one sample of seq_len {seq_len}")
                 notes.append(f"{source.label} {why}: not evaluated on its own")
                 continue
-            datasets[source.name] = (source.weight, BlendedDataset([stream], [1.0], seq_len, 0, rank, world_size,
-                                                                   shuffle=False))
+            datasets[source.name] = (source.weight, BlendedDataset([stream], [1.0], rank, world_size))
         return datasets, notes

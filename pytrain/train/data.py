@@ -1,4 +1,4 @@
-"""What a run trains and evaluates on: one pack (`data.path`) or a weighted mixture (`data.mixture`).
+"""What a run trains and evaluates on: the mixture of `data.mixture`'s sources, or of `data.path` alone.
 
 The loop sees one interface either way: the manifest and tokenizer that describe the data, a training
 dataset with `next_batch`/`state_dict`, an evaluator, and the per-source progress fields of a mixture.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytrain.config import DataSection
-from pytrain.data.format import read_manifest
 from pytrain.errors import PytrainError
 from pytrain.train.distributed import Distributed, all_gather_object
 from pytrain.train.evaluate import Evaluator, MixtureEvaluator
@@ -20,53 +19,43 @@ class RunData:
         from pytrain.data.mixture import Mixture
 
         self.section = data
-        self.mixture = Mixture(data.mixture) if data.mixture else None
-        self.pack_dir = self.mixture.first_pack if self.mixture else Path(data.path)
-        self.manifest = self.mixture.manifest if self.mixture else read_manifest(data.path)
+        self.mixture = Mixture(data.mixture) if data.mixture else Mixture.of_path(data.path)
+        self.pack_dir = self.mixture.first_pack
+        self.manifest = self.mixture.manifest
         self.notes: list[str] = []
 
     @property
     def pack_dirs(self) -> list[Path]:
         """Every pack the run reads (a mixture's shards included), for the data.verify check."""
-        if self.mixture:
-            return [shard.path for source in self.mixture.sources for shard in source.shards]
-        return [Path(self.section.path)]
+        return [shard.path for source in self.mixture.sources for shard in source.shards]
 
     @property
     def tokenizer_file(self) -> Path:
         return self.pack_dir / "tokenizer.json"
 
     def train_dataset(self, seq_len: int, seed: int, d: Distributed):
-        from pytrain.data.dataset import PackedDataset
+        return self.mixture.train_dataset(seq_len, seed, d.rank, d.world_size, self.section.shuffle)
 
-        if self.mixture:
-            return self.mixture.train_dataset(seq_len, seed, d.rank, d.world_size, self.section.shuffle)
-        return PackedDataset(self.section.path, seq_len, split="train", seed=seed, rank=d.rank,
-                             world_size=d.world_size, shuffle=self.section.shuffle)
-
-    def evaluator(self, seq_len: int, seed: int, d: Distributed, micro: int, max_batches: int):
-        """An Evaluator of the val split, or for a mixture a MixtureEvaluator of each source's (sources without
-        one are left out, with a note in self.notes)."""
-        from pytrain.data.dataset import PackedDataset
-
+    def evaluator(self, seq_len: int, d: Distributed, micro: int, max_batches: int):
+        """An Evaluator of data.path's val split, or for a mixture a MixtureEvaluator of each source's (sources
+        without one are left out, with a note in self.notes)."""
         masking = self.section.document_masking
-        if self.mixture:
-            datasets, self.notes = self.mixture.validation_datasets(seq_len, d.rank, d.world_size)
+        datasets, notes = self.mixture.validation_datasets(seq_len, d.rank, d.world_size)
+        if not self.section.mixture:
             if not datasets:
-                raise PytrainError("evaluation needs a validation split in at least one data.mixture source (pack "
-                                   "with --val-docs/--val-fraction, or set train.eval_every=0)")
-            return MixtureEvaluator({name: (weight, Evaluator(dataset, micro, max_batches, masking, d.device))
-                                     for name, (weight, dataset) in datasets.items()})
-        try:
-            val = PackedDataset(self.section.path, seq_len, split="val", seed=seed, rank=d.rank,
-                                world_size=d.world_size, shuffle=False)
-        except PytrainError as error:
-            raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {error}") from None
-        return Evaluator(val, micro, max_batches, masking, d.device)
+                raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {notes[0]}; "
+                                   "pack with --val-docs/--val-fraction")
+            return Evaluator(datasets[next(iter(datasets))][1], micro, max_batches, masking, d.device)
+        self.notes = notes
+        if not datasets:
+            raise PytrainError("evaluation needs a validation split in at least one data.mixture source (pack "
+                               "with --val-docs/--val-fraction, or set train.eval_every=0)")
+        return MixtureEvaluator({name: (weight, Evaluator(dataset, micro, max_batches, masking, d.device))
+                                 for name, (weight, dataset) in datasets.items()})
 
     def progress(self, dataset) -> dict:
-        """A mixture's tokens_by_source and epoch_by_source for a training row; nothing for one pack."""
-        return dataset.progress() if self.mixture else {}
+        """A mixture's tokens_by_source and epoch_by_source for a training row; nothing for data.path."""
+        return dataset.progress() if self.section.mixture else {}
 
     def verify(self, mode: str, d: Distributed) -> None:
         """data.verify: check every pack before trusting it (one process per node reads the files; every

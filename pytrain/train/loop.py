@@ -134,7 +134,7 @@ class _Run:
         self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
         if train.eval_every:
-            self.evaluator = self.data.evaluator(self.seq_len, train.seed, d, self.micro, train.eval_max_batches)
+            self.evaluator = self.data.evaluator(self.seq_len, d, self.micro, train.eval_max_batches)
         self.model = self._build_model(r)
         self.optimizer = build_optimizer(self.model, config.optim, d.device)
         self.train_step = TrainStep(self.model, self.optimizer, dtype=r.dtype, grad_clip=config.optim.grad_clip,

@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 
 from conftest import run_cli
 from pytrain.data import format as fmt
-from pytrain.data.dataset import IGNORE_INDEX, PackedDataset
+from pytrain.data.dataset import PackedDataset
+from pytrain.labels import IGNORE_INDEX
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},

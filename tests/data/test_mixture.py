@@ -4,7 +4,6 @@ references, samples against the sources' token streams, shares, upsampling, lazy
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import subprocess
@@ -17,35 +16,17 @@ import numpy as np
 import pytest
 import yaml
 
+from _sampling import document_order, documents_seen, epoch_windows, write_pack
 from _train_fixtures import BASE, ENV, losses, packed_data, torchrun, train  # noqa: F401
 from pytrain import _native
 from pytrain.config import load_config
 from pytrain.data import format as fmt
-from pytrain.data.mixture import (
-    CHUNK, MAX_OPEN_SPLITS, BlendedDataset, Mixture, _epoch_key, resolve_sources, weight_units,
-)
-from pytrain.data.format import SplitWriter
+from pytrain.data.mixture import CHUNK, BlendedDataset, Mixture, resolve_sources, weight_units
+from pytrain.data.source_stream import MAX_OPEN_SPLITS
 from pytrain.errors import PytrainError
 
 
 # ----------------------------------------------------------------------------- synthetic packs
-def write_pack(root: Path, docs: list[np.ndarray], val_docs: list[np.ndarray] = (), tokenizer: str = "tok-a") -> Path:
-    """A pack written with pytrain's own SplitWriter; `tokenizer` names the tokenizer (its sha256 is the name's)."""
-    splits = {}
-    for split, split_docs in (("train", docs), ("val", val_docs)):
-        if split == "val" and not split_docs:
-            continue
-        writer = SplitWriter(root, split, np.dtype("<u2"))
-        writer.write(np.concatenate(split_docs).astype("<u2"), np.array([len(d) for d in split_docs]))
-        splits[split] = writer.close()
-    manifest = {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "dtype": "uint16",
-                "vocab_size": 1000, "eos_id": 0, "bos_id": None, "append_eos": True, "prepend_bos": False,
-                "tokenizer": {"file": fmt.TOKENIZER, "sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
-                "splits": splits}
-    (root / fmt.MANIFEST).write_text(json.dumps(manifest))
-    return root
-
-
 def random_docs(rng, count: int, base: int) -> list[np.ndarray]:
     """Documents whose tokens name their source (base) so every sample can be traced."""
     return [base + rng.integers(0, 100, size=int(rng.integers(1, 40))) for _ in range(count)]
@@ -67,9 +48,7 @@ def sources(tmp_path_factory):
     write_pack(root / "code", code)
     tiny = random_docs(rng, 3, 500)
     write_pack(root / "tiny", tiny)
-    streams = {"web": np.concatenate([d for docs in web for d in docs]), "code": np.concatenate(code),
-               "tiny": np.concatenate(tiny)}
-    return root, streams
+    return root, {"web": [d for docs in web for d in docs], "code": code, "tiny": tiny}
 
 
 # ----------------------------------------------------------------------------- the native index
@@ -130,19 +109,42 @@ def open_mixture(root, weights=(0.5, 0.3, 0.2), seq_len=16, **kwargs) -> Blended
     return mixture.train_dataset(seq_len, **kwargs)
 
 
-def test_samples_are_windows_of_their_source_stream(sources):
-    root, streams = sources
+def test_samples_are_windows_of_their_sources_shuffled_documents(sources):
+    root, docs = sources
     ds = open_mixture(root)
-    names = ds.names
+    windows = {}
     for g in range(0, 400, 7):
         s, i = ds.locate(g)
-        stream = ds.streams[s]
-        epoch, j = divmod(i, stream.samples_per_epoch)
-        slot = int(_native.keyed_permutation(np.array([j]), stream.samples_per_epoch, _epoch_key(0, names[s], epoch))[0])
-        expected = streams[names[s]][slot * 16: slot * 16 + 17]
+        name, (epoch, j) = ds.names[s], divmod(i, ds.streams[s].samples_per_epoch)
+        if (name, epoch) not in windows:
+            order = document_order(len(docs[name]), 0, name, epoch)
+            windows[name, epoch] = epoch_windows(docs[name], order, 16)
+        expected = windows[name, epoch][j]
         sample = ds[g]
         assert sample["input_ids"].tolist() == expected[:-1].tolist()
         assert sample["labels"].tolist() == expected[1:].tolist()
+
+
+def test_every_source_sees_each_of_its_documents_once_per_epoch(tmp_path):
+    rng = np.random.default_rng(3)
+    seq_len, bases = 16, {"a": (300, 1), "b": (120, 1001)}  # token base + d names document d of each source
+    for name, (count, base) in bases.items():
+        lengths = rng.integers(1, 6, size=count)
+        lengths[-1] += seq_len - (lengths.sum() - 1) % seq_len  # the epoch's windows cover every token
+        write_pack(tmp_path / name, [np.full(n, base + d) for d, n in enumerate(lengths)])
+    ds = Mixture([entry("a", tmp_path / "a", 2), entry("b", tmp_path / "b", 1)]).train_dataset(seq_len, seed=5)
+    windows = [[], []]
+    g = 0
+    while min(len(w) // stream.samples_per_epoch for w, stream in zip(windows, ds.streams)) < 3:
+        sample = ds[g]
+        windows[ds.locate(g)[0]].append(np.concatenate([sample["input_ids"], sample["labels"][-1:]]))
+        g += 1
+    for (count, base), got, stream in zip(bases.values(), windows, ds.streams):
+        n = stream.samples_per_epoch
+        epochs = [documents_seen(got[e * n:(e + 1) * n]) for e in range(3)]
+        assert all(sorted(seen) == list(range(base, base + count)) for seen in epochs)
+        assert len({tuple(seen) for seen in epochs}) == 3
+        assert sum(abs(a - b) == 1 for a, b in zip(epochs[0], epochs[0][1:])) < 0.05 * count
 
 
 def test_positions_restart_at_document_starts(tmp_path):
@@ -157,7 +159,7 @@ def test_positions_restart_at_document_starts(tmp_path):
 
 
 def test_shares_follow_weights_and_a_tiny_source_repeats(sources):
-    root, streams = sources
+    root, _ = sources
     ds = open_mixture(root, weights=(5, 3, 2))
     for n in (10, 100, 1000, 5000):
         counts = ds.samples_by_source(n)
@@ -169,10 +171,10 @@ def test_shares_follow_weights_and_a_tiny_source_repeats(sources):
     assert tiny.samples_per_epoch < 20 and ds.progress()["epoch_by_source"]["tiny"] == 0
     ds.consumed = 1000
     assert ds.progress()["epoch_by_source"]["tiny"] == pytest.approx(200 / tiny.samples_per_epoch, abs=1e-3)
-    # Each epoch of the tiny source is one pass over all its samples, in an order that changes per epoch.
-    slots = [tuple(ds.sample_tokens(g)[0][:4]) for g in range(1000) if ds.locate(g)[0] == 2]
-    per_epoch = [slots[e * tiny.samples_per_epoch:(e + 1) * tiny.samples_per_epoch] for e in range(3)]
-    assert all(sorted(p) == sorted(per_epoch[0]) for p in per_epoch) and len(set(map(tuple, per_epoch))) > 1
+    # Each epoch of the tiny source is one pass over its documents, in an order that changes per epoch.
+    slots = [tuple(ds.sample_tokens(g)[0]) for g in range(1000) if ds.locate(g)[0] == 2]
+    per_epoch = [tuple(slots[e * tiny.samples_per_epoch:(e + 1) * tiny.samples_per_epoch]) for e in range(3)]
+    assert len(set(per_epoch)) == 3
 
 
 def test_chunk_boundaries_and_far_positions(sources):
