@@ -174,6 +174,34 @@ def _add_pack(sub) -> None:
                         "K and N from torchrun (RANK/WORLD_SIZE) or a Slurm array; a finished shard is skipped")
 
 
+def _run_convert(args) -> int:
+    import signal
+    import time
+
+    from pytrain.data.megatron import write_pack
+
+    signal.signal(signal.SIGTERM, _terminate)  # the temporary files are removed as on Ctrl-C
+    started = time.perf_counter()
+    done = write_pack(args.dir, args.split, args.out)
+    seconds = time.perf_counter() - started
+    print(f"wrote {done['bin']} and {done['idx']}: {done['documents']} documents, {done['tokens']} tokens "
+          f"({done['dtype']}), {seconds:.2f} s")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = _command(
+        sub, "convert", "write a packed dataset's split in another tool's format (Megatron-LM / GPT-NeoX indexed dataset)",
+        "  pytrain convert data/ --to megatron out/corpus_text_document   # writes out/corpus_text_document.bin/.idx\n"
+        "  pytrain convert data/ --to megatron out/val_text_document --split val",
+        _run_convert,
+    )
+    p.add_argument("dir", help="a directory written by `pytrain pack`")
+    p.add_argument("--to", required=True, choices=["megatron"], help="the output format")
+    p.add_argument("out", metavar="OUT_PREFIX", help="Megatron: writes OUT_PREFIX.bin and OUT_PREFIX.idx (neither may exist)")
+    p.add_argument("--split", default="train", help="the split to write (default: train)")
+
+
 # ----------------------------------------------------------------------------- inspect / verify
 def _run_inspect(args) -> int:
     from pytrain.data.inspect import inspect_dataset
@@ -370,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tokenizer(sub)
     _add_pack(sub)
+    _add_convert(sub)
     _add_inspect_verify(sub)
     _add_train(sub)
     _add_generate(sub)

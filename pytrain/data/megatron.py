@@ -154,3 +154,53 @@ def dtype_for(pack_dtype: np.dtype, max_id: int) -> np.dtype:
 
 def index_header(dtype: np.dtype, sequences: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, CODES[np.dtype(dtype).newbyteorder("=")], sequences, sequences + 1)
+
+
+def write_pack(root: str | os.PathLike, split: str, prefix: str | os.PathLike) -> dict:
+    """Write split `split` of the pack at `root` as PREFIX.bin + PREFIX.idx, one Megatron document (of one
+    sequence) per pack document, ids as they are (EOS included when the pack appended it).
+
+    Both files are written under temporary names and renamed when complete (the .bin first, so an .idx
+    under its final name always has its data); an existing PREFIX.bin or PREFIX.idx is never replaced.
+    The tokens are hashed as they are copied and must match the manifest's sha256."""
+    import hashlib
+
+    from pytrain.data import format as fmt
+    from pytrain.fsutil import atomic_file
+
+    root, prefix = Path(root), Path(prefix)
+    manifest = fmt.read_manifest(root)
+    if manifest.get("loss_mask"):
+        raise PytrainError(f"{root}: a chat pack with a loss mask; Megatron's format has no mask, so it cannot carry it")
+    data = fmt.open_split(root, split, manifest)
+    idx, bin_ = prefix.with_name(prefix.name + ".idx"), prefix.with_name(prefix.name + ".bin")
+    for path in (bin_, idx):
+        if path.exists() or path.is_symlink():
+            raise PytrainError(f"{path}: exists; pytrain never replaces a Megatron file, choose another prefix or remove it")
+    dtype = dtype_for(data.tokens.dtype, manifest["vocab_size"] - 1)
+    lengths = np.diff(data.offsets)
+    if data.num_docs and int(lengths.max()) >= 1 << 31:
+        raise PytrainError(f"{root}: a document of {int(lengths.max())} tokens does not fit Megatron's int32 sequence lengths")
+    digest = hashlib.sha256()
+    with atomic_file(idx) as idx_out:
+        with atomic_file(bin_) as bin_out:
+            for start in range(0, data.num_tokens, _WINDOW):
+                window = np.ascontiguousarray(data.tokens[start:start + _WINDOW])
+                digest.update(memoryview(window))
+                if dtype != window.dtype and len(window) and int(window.max()) >= 1 << 31:
+                    raise PytrainError(f"{root}: token id {int(window.max())} does not fit Megatron's int32")
+                bin_out.write(memoryview(window.view(dtype)))
+            if digest.hexdigest() != manifest["splits"][split]["tokens_sha256"]:
+                raise PytrainError(f"{fmt.tokens_path(root, split)}: sha256 differs from the manifest; the pack is "
+                                   "corrupted, run `pytrain verify` and re-pack")
+        idx_out.write(index_header(dtype, data.num_docs))
+        for start in range(0, data.num_docs, _WINDOW):
+            idx_out.write(lengths[start:start + _WINDOW].astype("<i4").tobytes())
+        for start in range(0, data.num_docs, _WINDOW):
+            idx_out.write((data.offsets[start:min(start + _WINDOW, data.num_docs)] * dtype.itemsize).astype("<i8").tobytes())
+        for start in range(0, data.num_docs + 1, _WINDOW):
+            idx_out.write(np.arange(start, min(start + _WINDOW, data.num_docs + 1), dtype="<i8").tobytes())
+    return {"bin": str(bin_), "idx": str(idx), "documents": data.num_docs, "tokens": data.num_tokens, "dtype": dtype.name}
+
+
+_WINDOW = 1 << 23  # tokens (or documents) per write: bounded memory for any pack size
