@@ -290,6 +290,10 @@ class Packer:
 
     def run(self, out, manifest_extra: dict) -> dict:
         options = self.options
+        target = Path(out).resolve()
+        for folder in (Path(p).resolve() for p in self.sources.guarded if Path(p).is_dir()):
+            if target == folder or folder in target.parents:
+                raise PytrainError(f"{out}: lies inside the input {folder}; pytrain never writes into an input, choose another --out")
         self.bar = ProgressBar(self.sources.total_bytes, enabled=options.progress)
         with atomic_directory(out, overwrite=options.overwrite, command="pack",
                               inputs=[*self.sources.guarded, self.tokenizer_path], legacy_files=_legacy_pack_files) as tmp:

@@ -33,6 +33,8 @@ class HfReader(Reader):
             import datasets
         except ImportError:
             raise PytrainError(f"{self.given}: hf: inputs need the `datasets` package; pip install datasets") from None
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as one line, below
+        datasets.logging.disable_progress_bar()
         try:
             self.dataset = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
         except Exception as error:  # datasets raises many types (not found, offline, bad split): one line each
