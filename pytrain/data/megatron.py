@@ -130,8 +130,8 @@ def read_index(idx: Path, bin_: Path) -> MegatronIndex:
 
 def check_ids(ids: np.ndarray, max_id: int, path: Path, first_position: int) -> None:
     """Refuse ids outside [0, max_id], naming the first bad position (a token index into `path`)."""
-    if not len(ids):
-        return
+    if not len(ids) or (ids.dtype.kind == "u" and np.iinfo(ids.dtype).max <= max_id):
+        return  # no value of this dtype can be out of range (uint16 ids, a vocabulary of 65,536 or more)
     low, high = ids.min(), ids.max()
     if low >= 0 and high <= max_id:
         return

@@ -210,3 +210,22 @@ def test_idx_without_bin_and_bin_without_idx(tmp_path, tokenizer_path):
     _refused(tmp_path, tokenizer_path, idx, "d.bin", "missing")
     write_megatron(tmp_path / "e", [[[5, 6]]])[0].unlink()
     _refused(tmp_path, tokenizer_path, tmp_path / "e.bin", "e.idx", "beside it")
+
+
+@pytest.mark.parametrize("bos, eos", [(-1, 0), (1, -1), (1, 0), (0, 0), (-1, -1)])
+def test_framing_ready_ids_adds_only_what_is_missing(bos, eos):
+    from pytrain.data.pack import frame
+
+    rng = np.random.default_rng(bos + 7 * eos)
+    for _ in range(50):
+        lengths = rng.integers(1, 6, size=rng.integers(1, 30))
+        tokens = rng.integers(0, 4, size=int(lengths.sum())).astype(np.uint16)
+        expected, start = [], 0
+        for length in lengths:
+            doc = tokens[start:start + length].tolist()
+            start += length
+            doc = ([bos] if bos >= 0 and doc[0] != bos else []) + doc
+            expected.append(doc + ([eos] if eos >= 0 and doc[-1] != eos else []))
+        framed, framed_lengths = frame(tokens, lengths, bos, eos)
+        assert framed.dtype == tokens.dtype and framed.tolist() == sum(expected, [])
+        assert framed_lengths.tolist() == [len(doc) for doc in expected]
