@@ -11,7 +11,8 @@ Cases (each a synthetic NAME.bin/NAME.idx written here from Megatron's published
 Each is the whole CLI command in a fresh process (interpreter start, tokenizer load, manifest, fsync), with
 the input already in the page cache, timed against `cp` of the same input files to the same folder, and
 against `cp` followed by fsync of the copy (pytrain makes its output durable before renaming it into place).
-GB/s = input bytes / wall seconds. Goal (issue 20): within 2x of `cp`.
+GB/s = input bytes / wall seconds; CPU s = user + system seconds of the pytrain process (on a machine whose
+cores are busy with other work, wall time follows CPU time, so both are printed). Goal (issue 20): within 2x of `cp`.
 Prints a table and writes results/bench_megatron.json.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -85,10 +87,16 @@ def warm(paths) -> None:
                 pass
 
 
-def timed(command, env=None) -> float:
-    started = time.perf_counter()
+def child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command, env=None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + system) of one command."""
+    cpu, started = child_cpu(), time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, child_cpu() - cpu
 
 
 def cp_seconds(files, folder: Path, fsync: bool) -> float:
@@ -117,9 +125,9 @@ def measure(work: Path, gb: float) -> list[dict]:
         files = [prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")]
         warm(files)
         out = work / f"pack-{np.dtype(dtype).name}"
-        seconds = timed([*pytrain, "pack", str(prefix), "--tokenizer", str(tokenizer), "--out", str(out)], env)
+        seconds, cpu = timed([*pytrain, "pack", str(prefix), "--tokenizer", str(tokenizer), "--out", str(out)], env)
         nbytes = sum(p.stat().st_size for p in files)
-        rows.append({"case": name, "bytes": nbytes, "bin_bytes": size, "seconds": seconds,
+        rows.append({"case": name, "bytes": nbytes, "bin_bytes": size, "seconds": seconds, "cpu_s": cpu,
                      "cp_s": cp_seconds(files, work / "cp", False), "cp_fsync_s": cp_seconds(files, work / "cp", True),
                      "tokens": json.loads((out / "manifest.json").read_text())["splits"]["train"]["tokens"]})
         for path in files:
@@ -129,9 +137,9 @@ def measure(work: Path, gb: float) -> list[dict]:
     pack = work / "pack-uint16"
     files = [pack / "train" / "tokens.bin", pack / "train" / "index.idx"]
     warm(files)
-    seconds = timed([*pytrain, "convert", str(pack), "--to", "megatron", str(work / "back")], env)
+    seconds, cpu = timed([*pytrain, "convert", str(pack), "--to", "megatron", str(work / "back")], env)
     rows.append({"case": "pack -> megatron", "bytes": sum(p.stat().st_size for p in files),
-                 "bin_bytes": files[0].stat().st_size, "seconds": seconds,
+                 "bin_bytes": files[0].stat().st_size, "seconds": seconds, "cpu_s": cpu,
                  "cp_s": cp_seconds(files, work / "cp", False), "cp_fsync_s": cp_seconds(files, work / "cp", True),
                  "tokens": json.loads((pack / "manifest.json").read_text())["splits"]["train"]["tokens"]})
     for row in rows:
@@ -142,10 +150,10 @@ def measure(work: Path, gb: float) -> list[dict]:
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'case':<18} {'input GB':>8} {'tokens':>13} {'pytrain s':>9} {'GB/s':>6} {'cp s':>6} {'cp+fsync s':>10} "
-          f"{'x cp':>5} {'x cp+fsync':>10}")
+    print(f"{'case':<18} {'input GB':>8} {'tokens':>13} {'pytrain s':>9} {'CPU s':>6} {'GB/s':>6} {'cp s':>6} "
+          f"{'cp+fsync s':>10} {'x cp':>5} {'x cp+fsync':>10}")
     for r in rows:
-        print(f"{r['case']:<18} {r['bytes'] / 1e9:8.2f} {r['tokens']:13,d} {r['seconds']:9.2f} {r['gbps']:6.2f} "
+        print(f"{r['case']:<18} {r['bytes'] / 1e9:8.2f} {r['tokens']:13,d} {r['seconds']:9.2f} {r['cpu_s']:6.2f} {r['gbps']:6.2f} "
               f"{r['cp_s']:6.2f} {r['cp_fsync_s']:10.2f} {r['vs_cp']:5.2f} {r['vs_cp_fsync']:10.2f}")
 
 
