@@ -273,8 +273,6 @@ class Packer:
                                "pass --bos-token NAME or drop --bos")
         self.top_id = max_token_id(self.tok)
         self.dtype = fmt.dtype_for_vocab(self.top_id)
-        self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
-                                    options.threads)
         self.chat = options.format == "chat"
         self.field_path = parse_field_path(options.field, options.jq, chat=self.chat)
         documents = ChatDocuments(self.tok.id_to_token(self.eos_id)) if self.chat else TextDocuments()
@@ -282,6 +280,9 @@ class Packer:
             self.field_path, documents, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
             batch_bytes=options.batch_bytes, max_doc_bytes=options.max_doc_bytes, threads=options.threads,
             max_token_id=self.top_id, token_dtype=self.dtype, hf_split=options.split), parts)
+        self.tokenizing = tokenizing = not all(reader.reads_token_ids for reader in self.sources.readers)  # else the encoder is idle
+        self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
+                                    options.threads) if tokenizing else None
         self.texts_q: queue.Queue = queue.Queue(maxsize=2)
         self.ids_q: queue.Queue = queue.Queue(maxsize=2)
         self.stop = threading.Event()
@@ -441,7 +442,7 @@ class Packer:
             "rejected": dict(sorted(sources.rejected.items())),
             "options": {k: v for k, v in asdict(options).items()
                         if k in ("on_bad_line", "batch_bytes", "max_doc_bytes", "encoder")},
-            "encoder": "fast" if self.fast is not None else "tokenizers",
+            "encoder": "fast" if self.fast is not None else "tokenizers" if self.tokenizing else "none",
         }
 
 

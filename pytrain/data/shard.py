@@ -5,7 +5,9 @@ The inputs, in the order given, are laid end to end by size and cut into N equal
 reads what falls in range K:
 - plain JSONL is cut inside files at line starts (a line belongs to the range holding its first byte),
   so one huge file splits evenly;
-- parquet files and datasets folders are cut by rows, in proportion to their size;
+- parquet files and datasets folders are cut by rows, and Megatron datasets by documents, in proportion to
+  their size;
+- `hf:` datasets are streamed, with no size to cut: refused (pack them whole);
 - `.gz` files (which cannot seek) and `.txt` files are never cut: each goes whole to the shard
   holding its middle byte, so a shard may get no input when there are fewer such files than shards.
 Every shard computes the same cuts from the same input list (paths, sizes), so together the N

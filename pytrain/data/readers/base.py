@@ -95,6 +95,7 @@ class Reader:
 
     kind = ""
     splittable = False  # whether a shard may take a Part of it (see pytrain.data.shard)
+    reads_token_ids = False  # batches hold ready token ids (`tokens`, `lengths`), not texts for the tokenizer
 
     def __init__(self, path: Path, settings: ReadSettings, tally: Tally, part: Part | None = None):
         self.path, self.settings, self.tally, self.part = path, settings, tally, part

@@ -23,6 +23,7 @@ WINDOW_BYTES = 16 << 20  # at least this much .bin per batch: fewer, larger nump
 class MegatronReader(Reader):
     kind = "megatron"
     splittable = True  # a shard's part is a range of documents
+    reads_token_ids = True
 
     def __init__(self, given: Path, settings, tally, part=None):
         idx, bin_ = megatron.pair_paths(given)
