@@ -46,7 +46,8 @@ def _command(sub, name: str, help: str, examples: str, handler):
 def _add_input_options(parser: argparse.ArgumentParser, chat: bool) -> None:
     """Options shared by every command that reads raw documents (tokenizer train, pack; `chat`: has --format)."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, or a datasets.save_to_disk folder")
+                        help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, a datasets.save_to_disk folder, hf:NAME[:CONFIG]"
+                             + (", or a Megatron NAME.bin/NAME.idx pair (either file or NAME)" if chat else ""))
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--field", default=None,
                        help="JSON/parquet/dataset field holding the document (default: text"
@@ -109,7 +110,7 @@ def _run_pack(args) -> int:
     options = PackOptions(
         format=args.format, field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
         append_eos=args.eos, prepend_bos=args.bos, eos_token=args.eos_token, bos_token=args.bos_token,
-        threads=args.threads, encoder=args.encoder,
+        threads=args.threads, encoder=args.encoder, split=args.split,
         val_docs=args.val_docs or 0, val_fraction=args.val_fraction or 0.0,
         batch_bytes=int(args.batch_mb * 2**20), overwrite=args.overwrite, progress=args.progress, **sizes,
     )
@@ -129,15 +130,19 @@ def _add_pack(sub) -> None:
         "  pytrain pack a.jsonl.gz b.parquet --tokenizer tok.json --out data/ --jq .doc.body --val-docs 1000\n"
         "  pytrain pack notes/*.txt --txt-split paragraph --tokenizer tok.json --out data/ --on-bad-line skip\n"
         "  pytrain pack chats.jsonl --format chat --tokenizer tok.json --out sft/   # trains assistant turns only\n"
-        "  pytrain pack web/*.jsonl --tokenizer tok.json --out packs/web --shard 3/16   # writes packs/web/shard-00003-of-00016",
+        "  pytrain pack web/*.jsonl --tokenizer tok.json --out packs/web --shard 3/16   # writes packs/web/shard-00003-of-00016\n"
+        "  pytrain pack pile_text_document --tokenizer neox.json --out pile/   # a Megatron NAME.bin/NAME.idx pair, ids copied\n"
+        "  pytrain pack hf:roneneldan/TinyStories --split train --tokenizer tok.json --out stories/",
         _run_pack,
     )
     _add_input_options(p, chat=True)
     p.add_argument("--format", choices=["text", "chat"], default="text",
                    help="plain documents, or conversations ({'messages': [...]} or 'User: ...\\n\\nAgent: ...<eos>' "
                         "text) packed with a loss mask that trains assistant turns only")
-    p.add_argument("--tokenizer", required=True, help="a tokenizer.json (ours, GPT-2's, Llama-3's, ...)")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer.json (ours, GPT-2's, Llama-3's, ...); for a Megatron "
+                   "dataset, the one it was made with (every id is checked against it)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--split", default=None, metavar="S", help="for hf:NAME inputs, the split to read (default: train)")
     p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
                    help="append the EOS token after every document")
     p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
@@ -167,6 +172,34 @@ def _add_pack(sub) -> None:
     p.add_argument("--shard", default=None, metavar="K/N|auto",
                    help="pack only the K-th (0-based) of N balanced parts of the inputs into OUT/shard-K-of-N; auto: "
                         "K and N from torchrun (RANK/WORLD_SIZE) or a Slurm array; a finished shard is skipped")
+
+
+def _run_convert(args) -> int:
+    import signal
+    import time
+
+    from pytrain.data.megatron import write_pack
+
+    signal.signal(signal.SIGTERM, _terminate)  # the temporary files are removed as on Ctrl-C
+    started = time.perf_counter()
+    done = write_pack(args.dir, args.split, args.out)
+    seconds = time.perf_counter() - started
+    print(f"wrote {done['bin']} and {done['idx']}: {done['documents']} documents, {done['tokens']} tokens "
+          f"({done['dtype']}), {seconds:.2f} s")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = _command(
+        sub, "convert", "write a packed dataset's split in another tool's format (Megatron-LM / GPT-NeoX indexed dataset)",
+        "  pytrain convert data/ --to megatron out/corpus_text_document   # writes out/corpus_text_document.bin/.idx\n"
+        "  pytrain convert data/ --to megatron out/val_text_document --split val",
+        _run_convert,
+    )
+    p.add_argument("dir", help="a directory written by `pytrain pack`")
+    p.add_argument("--to", required=True, choices=["megatron"], help="the output format")
+    p.add_argument("out", metavar="OUT_PREFIX", help="Megatron: writes OUT_PREFIX.bin and OUT_PREFIX.idx (neither may exist)")
+    p.add_argument("--split", default="train", help="the split to write (default: train)")
 
 
 # ----------------------------------------------------------------------------- inspect / verify
@@ -365,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tokenizer(sub)
     _add_pack(sub)
+    _add_convert(sub)
     _add_inspect_verify(sub)
     _add_train(sub)
     _add_generate(sub)

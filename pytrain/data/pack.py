@@ -31,7 +31,8 @@ from pytrain import __version__
 from pytrain.data import format as fmt
 from pytrain.data.format import SplitWriter
 from pytrain.data.fast_bpe import FastBpe, fast_encoder
-from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, describe_path, open_sources, parse_field_path
+from pytrain.data.documents import ChatDocuments, TextDocuments
+from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, ReadSettings, describe_path, open_sources, parse_field_path
 from pytrain.data.tokenizer import (
     BOS_CANDIDATES, EOS_CANDIDATES, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
@@ -61,6 +62,7 @@ class PackOptions:
     overwrite: bool = False
     progress: bool | None = None
     encoder: str = "auto"  # "fast" (native BPE, exact where supported), "tokenizers", or "auto" (fast if supported)
+    split: str | None = None  # hf: inputs: the split to read (default train)
 
     def validate(self) -> None:
         if self.format not in ("text", "chat"):
@@ -202,6 +204,25 @@ def _encode_documents(tokenizer, documents: list, chat: bool) -> list:
     return [[next(encoded) if text is not None else None for text, _ in conversation] for conversation in documents]
 
 
+def frame(tokens: np.ndarray, lengths: np.ndarray, bos_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ready token ids framed like tokenized ones: BOS first / EOS last in every document (ids < 0: none),
+    added only where a document does not already start / end with it, so ids that carry their own
+    EOS (Megatron's --append-eod, or a pack converted back) keep exactly one."""
+    if not len(lengths):
+        return tokens, lengths
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    no = np.zeros(len(lengths), dtype=bool)
+    need_eos = tokens[ends - 1] != eos_id if eos_id >= 0 else no
+    need_bos = tokens[starts] != bos_id if bos_id >= 0 else no
+    if not (need_eos.any() or need_bos.any()):
+        return tokens, lengths
+    # np.insert keeps equal positions in the order given: a document's EOS lands before the next one's BOS.
+    positions = np.concatenate([ends[need_eos], starts[need_bos]])
+    values = np.concatenate([np.full(int(need_eos.sum()), eos_id), np.full(int(need_bos.sum()), bos_id)]).astype(tokens.dtype)
+    return np.insert(tokens, positions, values), lengths + need_eos + need_bos
+
+
 def _chat_ids_and_mask(conversations: list, encoded: list, eos_id: int, bos: bool) -> tuple[list[list[int]], np.ndarray]:
     """Concatenate each conversation's segment ids (EOS by id) and build its per-token loss mask."""
     ids, mask_parts = [], []
@@ -252,15 +273,16 @@ class Packer:
                                "pass --bos-token NAME or drop --bos")
         self.top_id = max_token_id(self.tok)
         self.dtype = fmt.dtype_for_vocab(self.top_id)
-        self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
-                                    options.threads)
         self.chat = options.format == "chat"
         self.field_path = parse_field_path(options.field, options.jq, chat=self.chat)
-        self.sources = open_sources(
-            inputs, self.field_path, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
-            batch_bytes=options.batch_bytes, threads=options.threads, max_doc_bytes=options.max_doc_bytes,
-            chat_eos_token=self.tok.id_to_token(self.eos_id) if self.chat else None, parts=parts,
-        )
+        documents = ChatDocuments(self.tok.id_to_token(self.eos_id)) if self.chat else TextDocuments()
+        self.sources = open_sources(inputs, ReadSettings(
+            self.field_path, documents, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
+            batch_bytes=options.batch_bytes, max_doc_bytes=options.max_doc_bytes, threads=options.threads,
+            max_token_id=self.top_id, token_dtype=self.dtype, hf_split=options.split), parts)
+        self.tokenizing = tokenizing = not all(reader.reads_token_ids for reader in self.sources.readers)  # else the encoder is idle
+        self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
+                                    options.threads) if tokenizing else None
         self.texts_q: queue.Queue = queue.Queue(maxsize=2)
         self.ids_q: queue.Queue = queue.Queue(maxsize=2)
         self.stop = threading.Event()
@@ -269,9 +291,13 @@ class Packer:
 
     def run(self, out, manifest_extra: dict) -> dict:
         options = self.options
+        target = Path(out).resolve()
+        for folder in (Path(p).resolve() for p in self.sources.guarded if Path(p).is_dir()):
+            if target == folder or folder in target.parents:
+                raise PytrainError(f"{out}: lies inside the input {folder}; pytrain never writes into an input, choose another --out")
         self.bar = ProgressBar(self.sources.total_bytes, enabled=options.progress)
         with atomic_directory(out, overwrite=options.overwrite, command="pack",
-                              inputs=[*self.inputs, self.tokenizer_path], legacy_files=_legacy_pack_files) as tmp:
+                              inputs=[*self.sources.guarded, self.tokenizer_path], legacy_files=_legacy_pack_files) as tmp:
             self.train = SplitWriter(tmp, "train", self.dtype, with_mask=self.chat)
             self.val = (SplitWriter(tmp, "val", self.dtype, with_mask=self.chat)
                         if options.val_docs or options.val_fraction else None)
@@ -327,7 +353,9 @@ class Packer:
         framing = (self.bos_id if self.options.prepend_bos else -1, self.eos_id if self.options.append_eos else -1,
                    self.dtype.name)
         while (batch := _get(self.texts_q, self._failed)) is not _DONE:
-            if self.fast is not None and not self.chat:
+            if batch.tokens is not None:  # token ids read as they are (a Megatron dataset): framed by the writer
+                ids = None
+            elif self.fast is not None and not self.chat:
                 ids = self.fast.encode_framed(batch.texts, *framing)
             else:
                 ids = _encode_documents(self.fast or self.tok, batch.texts, self.chat) if batch.texts else []
@@ -342,7 +370,10 @@ class Packer:
         while (item := _get(self.ids_q, self._failed)) is not _DONE:
             batch, ids = item
             mask = None
-            if isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
+            if ids is None:
+                tokens, lengths = frame(batch.tokens, batch.lengths, self.bos_id if self.options.prepend_bos else -1,
+                                        self.eos_id if self.options.append_eos else -1)
+            elif isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
                 tokens, lengths, dropped = ids
                 self.empty_after_tokenizing += dropped
             else:
@@ -411,7 +442,7 @@ class Packer:
             "rejected": dict(sorted(sources.rejected.items())),
             "options": {k: v for k, v in asdict(options).items()
                         if k in ("on_bad_line", "batch_bytes", "max_doc_bytes", "encoder")},
-            "encoder": "fast" if self.fast is not None else "tokenizers",
+            "encoder": "fast" if self.fast is not None else "tokenizers" if self.tokenizing else "none",
         }
 
 

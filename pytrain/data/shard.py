@@ -5,7 +5,9 @@ The inputs, in the order given, are laid end to end by size and cut into N equal
 reads what falls in range K:
 - plain JSONL is cut inside files at line starts (a line belongs to the range holding its first byte),
   so one huge file splits evenly;
-- parquet files and datasets folders are cut by rows, in proportion to their size;
+- parquet files and datasets folders are cut by rows, and Megatron datasets by documents, in proportion to
+  their size;
+- `hf:` datasets are streamed, with no size to cut: refused (pack them whole);
 - `.gz` files (which cannot seek) and `.txt` files are never cut: each goes whole to the shard
   holding its middle byte, so a shard may get no input when there are fewer such files than shards.
 Every shard computes the same cuts from the same input list (paths, sizes), so together the N
@@ -27,7 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pytrain.data import format as fmt
-from pytrain.data.sources import Part, input_bytes, input_kind, open_parquet
+from pytrain.data.readers import READERS, input_bytes, input_kind
+from pytrain.data.readers.base import Part
 from pytrain.errors import PytrainError
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -95,9 +98,6 @@ def _from_environment(environ) -> ShardSpec:
 def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
     """The inputs shard `spec` reads and the part of each (None: the whole file)."""
     paths = [Path(p) for p in inputs]
-    for path in paths:
-        if not path.exists():
-            raise PytrainError(f"{path}: no such file or directory")
     kinds = [input_kind(p) for p in paths]
     sizes = [input_bytes(p) for p in paths]
     total = sum(sizes)
@@ -105,7 +105,7 @@ def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
     lo, hi = bounds[spec.index], bounds[spec.index + 1]
     chosen, parts, start = [], [], 0
     for path, kind, size in zip(paths, kinds, sizes):
-        if kind in ("jsonl", "parquet", "arrow"):
+        if READERS[kind].splittable:
             a, b = min(max(lo - start, 0), size), min(max(hi - start, 0), size)
             part = _line_part(path, a, b, size) if kind == "jsonl" else _row_part(path, kind, a, b, size)
             if part is not None:
@@ -139,17 +139,9 @@ def _line_start(path: Path, position: int, size: int) -> int:
 
 
 def _row_part(path: Path, kind: str, a: int, b: int, size: int) -> Part | None:
-    rows = _row_count(path, kind)
+    rows = READERS[kind].row_count(path)
     first, last = a * rows // max(size, 1), b * rows // max(size, 1)
     return Part(first, last) if first < last else None
-
-
-def _row_count(path: Path, kind: str) -> int:
-    if kind == "parquet":
-        return open_parquet(path).metadata.num_rows
-    import datasets
-
-    return len(datasets.load_from_disk(str(path)))
 
 
 # ----------------------------------------------------------------------------- packing one shard
@@ -160,9 +152,9 @@ def shard_identity(inputs, tokenizer, options, spec: ShardSpec) -> dict:
 
     files = []
     for path in map(Path, inputs):
-        if not path.exists():
-            raise PytrainError(f"{path}: no such file or directory")
-        files.append({"path": str(path.resolve()), "size": input_bytes(path), "mtime": path.stat().st_mtime})
+        size = input_bytes(path)  # refuses what no reader reads
+        data = path if path.exists() else path.with_name(path.name + ".bin")  # a Megatron prefix: its .bin
+        files.append({"path": str(path.resolve()), "size": size, "mtime": data.stat().st_mtime})
     return {"index": spec.index, "count": spec.count, "inputs": files,
             "tokenizer_sha256": file_sha256(Path(tokenizer)) if Path(tokenizer).is_file() else None,
             "options": {k: v for k, v in asdict(options).items() if k not in _NEUTRAL_OPTIONS}}

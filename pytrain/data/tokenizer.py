@@ -100,7 +100,7 @@ def train_tokenizer(
     """Train a GPT-2-style byte-level BPE on the documents `pack` would read from `inputs`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from pytrain.data.sources import open_sources, parse_field_path
+    from pytrain.data.sources import ReadSettings, open_sources, parse_field_path
     from pytrain.fsutil import atomic_write_text
 
     out = Path(out)
@@ -114,7 +114,7 @@ def train_tokenizer(
             f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least "
             f"{len(alphabet) + len(specials)} (256 bytes + {len(specials)} special tokens)"
         )
-    sources = open_sources(inputs, parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line)
+    sources = open_sources(inputs, ReadSettings(parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line))
 
     used = 0
 
