@@ -141,8 +141,9 @@ def read_fields(config: dict, path: Path, names, defaults: dict) -> dict:
 
 
 def _typed(value, kind: str, key: str, path: Path):
-    """`value` checked against ModelConfig's annotation `kind` ("int", "float", "bool", "str", "int | None")."""
-    if "int" in kind and isinstance(value, int) and not isinstance(value, bool):
+    """`value` checked against ModelConfig's annotation `kind` ("int", "float", "bool", "str", "int | None", ...)."""
+    kind = kind.removesuffix(" | None")
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

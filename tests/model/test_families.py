@@ -1,0 +1,103 @@
+"""Every model family against transformers' own implementation: random tiny models that transformers builds
+and saves here (no downloads) load with `load_hf` and give its logits (fp32, within 1e-4) and its greedy
+tokens; `pytrain export` writes a folder transformers' AutoModelForCausalLM loads with the same logits, and
+export -> import -> export is byte-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytrain.export import export_model
+from pytrain.model import load_hf
+from pytrain.model.generation import generate_tokens
+from pytrain.model.hf import hf_model_config
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 600  # the test tokenizer's vocabulary, so these folders can also be trained from (model.init_from)
+SHAPE = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+
+# (family, variant) -> (transformers model class, its config); each variant exercises one option
+REFERENCES = {
+    ("llama", "tied"): ("LlamaForCausalLM", "LlamaConfig",
+                        dict(intermediate_size=128, num_key_value_heads=2, tie_word_embeddings=True)),
+    ("qwen2", "untied"): ("Qwen2ForCausalLM", "Qwen2Config",
+                          dict(intermediate_size=128, num_key_value_heads=2, tie_word_embeddings=False)),
+    ("qwen2", "tied"): ("Qwen2ForCausalLM", "Qwen2Config",
+                        dict(intermediate_size=128, num_key_value_heads=1, tie_word_embeddings=True)),
+    ("qwen3", "head_dim32"): ("Qwen3ForCausalLM", "Qwen3Config",
+                              dict(intermediate_size=128, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)),
+    ("qwen3", "bias"): ("Qwen3ForCausalLM", "Qwen3Config",
+                        dict(intermediate_size=128, num_key_value_heads=2, head_dim=16, attention_bias=True,
+                             tie_word_embeddings=False)),
+    ("mistral", "window"): ("MistralForCausalLM", "MistralConfig",
+                            dict(intermediate_size=128, num_key_value_heads=2, sliding_window=4096)),
+    ("mistral", "no_window"): ("MistralForCausalLM", "MistralConfig",
+                               dict(intermediate_size=128, num_key_value_heads=1, sliding_window=None,
+                                    rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    ("gpt_neox", "parallel"): ("GPTNeoXForCausalLM", "GPTNeoXConfig",
+                               dict(intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True,
+                                    rotary_emb_base=10000, layer_norm_eps=1e-5)),
+    ("gpt_neox", "sequential"): ("GPTNeoXForCausalLM", "GPTNeoXConfig",
+                                 dict(intermediate_size=256, rotary_pct=0.5, use_parallel_residual=False,
+                                      attention_bias=False, tie_word_embeddings=False)),
+}
+CASES = [pytest.param(*key, id=f"{key[0]}-{key[1]}") for key in REFERENCES]
+
+
+def save_reference(folder, family, variant):
+    """transformers' model of (family, variant) with every weight random (biases and norms included, so a
+    misplaced bias or LayerNorm shift shows), written with save_pretrained."""
+    model_class, config_class, options = REFERENCES[(family, variant)]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**SHAPE, **options)
+    model = getattr(transformers, model_class)(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.2 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(folder)
+    return model
+
+
+def ids(batch=2, seq=40, seed=1):
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family,variant", CASES)
+def test_load_hf_gives_transformers_logits_and_tokens(tmp_path, family, variant):
+    reference = save_reference(tmp_path / "hf", family, variant)
+    model, config = load_hf(tmp_path / "hf")
+    assert config.family == family
+    inputs = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), reference(inputs).logits, atol=1e-4, rtol=1e-4)
+    prompt = inputs[0, :10].tolist()
+    ours = list(generate_tokens(model, prompt, max_new_tokens=12, max_len=config.context_length))
+    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, min_new_tokens=12,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == theirs  # no EOS id given: ours runs all 12 steps too
+
+
+@pytest.mark.parametrize("family,variant", CASES)
+def test_export_loads_in_transformers_and_round_trips_byte_identical(tmp_path, tokenizer_path, family, variant):
+    save_reference(tmp_path / "hf", family, variant)
+    model, config = load_hf(tmp_path / "hf")
+    export_model(model, config, tokenizer_path, tmp_path / "out")
+    assert hf_model_config(tmp_path / "out") == config
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert type(exported).__name__ == REFERENCES[(family, variant)][0]
+    inputs = ids(seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(inputs).logits, model(inputs), atol=1e-4, rtol=1e-4)
+
+    again, again_config = load_hf(tmp_path / "out")
+    export_model(again, again_config, tokenizer_path, tmp_path / "again")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "again").iterdir())
+    assert {"config.json", "model.safetensors"} <= set(names)
+    for name in names:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
