@@ -361,7 +361,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytrain",
-        description="Pre-train Llama-style language models from scratch.",
+        description="Pre-train (or continue) Llama, Qwen2/3, Mistral and GPT-NeoX language models.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"pytrain {__version__}")
