@@ -12,6 +12,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+# The tiny presets' shape (Llama's "tiny"; the other families' tiny presets start from it): seconds-long CPU runs
+TINY_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
 # ModelConfig fields that only some families have; every other family requires them null.
 FAMILY_OPTIONS = ("sliding_window", "rotary_pct", "use_parallel_residual", "layer_norm_eps")
 
@@ -60,3 +63,13 @@ def llama_like_vector_params(config, *, qkv_bias: bool, out_bias: bool, qk_norm:
     q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
     return (2 * config.hidden_size + (q + 2 * kv if qkv_bias else 0) + (config.hidden_size if out_bias else 0)
             + (2 * config.head_dim if qk_norm else 0))
+
+
+def refuse_attention_bias(family_name: str, why: str) -> Callable:
+    """An `extra_check` for families whose attention biases are fixed by the architecture (`why`)."""
+    def check(config) -> None:
+        if config.attention_bias:
+            from pytrain.errors import PytrainError
+
+            raise PytrainError(f"model.attention_bias is not an option of family {family_name} ({why}); remove it")
+    return check

@@ -5,7 +5,7 @@
 """
 
 from pytrain.errors import PytrainError
-from pytrain.model.families.family import Family
+from pytrain.model.families.family import TINY_SHAPE, Family
 
 
 def _check(config) -> None:
@@ -33,8 +33,7 @@ FAMILY = Family(
     adapter="pytrain.model.families.gpt_neox.hf", hidden_acts=("gelu",),
     options=("rotary_pct", "use_parallel_residual", "layer_norm_eps"),
     option_defaults={"rotary_pct": 0.25, "use_parallel_residual": True, "layer_norm_eps": 1e-5},
-    presets={"tiny-gpt_neox": dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                   rotary_pct=0.25, attention_bias=True, tie_word_embeddings=False)},
+    presets={"tiny-gpt_neox": dict(TINY_SHAPE, intermediate_size=256, num_key_value_heads=4, rotary_pct=0.25,
+                                   attention_bias=True, tie_word_embeddings=False)},
     mlp_matrices=2, vector_params=_vector_params, extra_check=_check,
 )

@@ -7,13 +7,12 @@ Every family shares one FSDP2 / activation-checkpointing plan (pytrain.train.par
 and one checkpoint region per block in `model.layers`, the embedding, final norm and LM head in the root.
 """
 
-from pytrain.model.families.family import Family, llama_like_vector_params
+from pytrain.model.families.family import TINY_SHAPE, Family, llama_like_vector_params
 
 # Sizes follow well-known shapes: 125m/350m are GPT-3-like widths with Llama blocks; 1b, 3b and 8b are the
 # Llama 3.2 1B, Llama 3.2 3B and Llama 3.1 8B shapes (without Llama 3's long-context RoPE scaling).
 PRESETS = {
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    "tiny": TINY_SHAPE,
     "125m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2560, num_hidden_layers=12,
                  num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
     "350m": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,

@@ -4,22 +4,12 @@
     hf.py     Qwen2Config <-> ModelConfig (use_sliding_window must be false, as in the Qwen2/2.5 releases)
 """
 
-from pytrain.errors import PytrainError
-from pytrain.model.families.family import Family, llama_like_vector_params
-
-
-def _check(config) -> None:
-    if config.attention_bias:
-        raise PytrainError("model.attention_bias is not an option of family qwen2 (its q/k/v projections always "
-                           "have biases and o_proj none); remove it")
-
+from pytrain.model.families.family import TINY_SHAPE, Family, llama_like_vector_params, refuse_attention_bias
 
 FAMILY = Family(
     name="qwen2", model="pytrain.model.families.qwen2.model:Qwen2", adapter="pytrain.model.families.qwen2.hf",
     hidden_acts=("silu",),
-    presets={"tiny-qwen2": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=256,
-                        rms_norm_eps=1e-6, rope_theta=1000000.0)},
+    presets={"tiny-qwen2": dict(TINY_SHAPE, rms_norm_eps=1e-6, rope_theta=1000000.0)},
     vector_params=lambda c: llama_like_vector_params(c, qkv_bias=True, out_bias=False),
-    extra_check=_check,
+    extra_check=refuse_attention_bias("qwen2", "its q/k/v projections always have biases and o_proj none"),
 )
