@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytrain.model.families.llama.hf import DEFAULTS, FIELDS, hf_name, llama_like_config_json, read_llama_like
+from pytrain.model.families.llama.hf import DEFAULTS, hf_name, llama_like_config_json, read_llama_like
 from pytrain.model.families.qwen2.hf import QWEN_ACCEPTED, qwen_extra
 
 __all__ = ["MODEL_TYPE", "config_json", "hf_name", "model_config_values"]
