@@ -1,4 +1,4 @@
-"""pytrain: pre-train Llama-style language models from scratch.
+"""pytrain: pre-train (or continue) Llama, Qwen2/3, Mistral and GPT-NeoX language models.
 
 The top-level package imports nothing heavy (no torch, no datasets) so that
 `pytrain pack` and `pytrain --help` start fast; each command imports what it needs.

@@ -263,7 +263,7 @@ def _run_train(args) -> int:
 
 def _add_train(sub) -> None:
     p = _command(
-        sub, "train", "train (or resume) a Llama-style model on a packed dataset; single process or torchrun",
+        sub, "train", "train (or resume) a model (llama, qwen2, qwen3, mistral, gpt_neox) on a packed dataset; single process or torchrun",
         "  pytrain train --config run.yaml\n"
         "  pytrain train --config run.yaml train.steps=2000 optim.lr=1e-3 model.preset=350m\n"
         "  torchrun --nproc_per_node 8 -m pytrain train --config run.yaml\n"
@@ -311,18 +311,21 @@ def _add_generate(sub) -> None:
 
 # ----------------------------------------------------------------------------- export
 def _run_export(args) -> int:
+    import json
+
     from pytrain.export import export_run, parse_size
 
     out = export_run(args.run, args.out, step=args.step, dtype=args.dtype,
                      max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite)
-    print(f"wrote {out} (LlamaForCausalLM): transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) loads "
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"wrote {out} ({architecture}): transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) loads "
           f"it; model.init_from={out} continues training from it")
     return 0
 
 
 def _add_export(sub) -> None:
     p = _command(
-        sub, "export", "export a run's checkpoint as a Hugging Face LlamaForCausalLM folder (safetensors)",
+        sub, "export", "export a run's checkpoint as a Hugging Face folder of its family (safetensors)",
         "  pytrain export --run runs/demo --out hf-model/\n"
         "  pytrain export --run runs/big --step 4000 --out hf-model/ --dtype bf16 --max-shard-size 2GB\n"
         "  pytrain train --config run.yaml model.init_from=hf-model/   # continue training from a folder",
@@ -391,7 +394,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytrain",
-        description="Pre-train Llama-style language models from scratch.",
+        description="Pre-train (or continue) Llama, Qwen2/3, Mistral and GPT-NeoX language models.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"pytrain {__version__}")

@@ -1,6 +1,6 @@
 """The run configuration: typed sections, read from one YAML (or JSON) file plus dotted overrides.
 
-    model:      preset + any Hugging Face LlamaConfig field to change
+    model:      preset (its family: llama, qwen2, qwen3, mistral, gpt_neox) + any model field to change
     data:       the packed dataset directory (or a weighted mixture of them), sequence length, document masking
     optim:      AdamW and gradient clipping
     schedule:   learning-rate warmup and decay
@@ -35,9 +35,10 @@ def _model_section():
                                               *overrides])
     section.__doc__ = """A preset, then any field set here replaces the preset's (vocab_size: null = the tokenizer's).
 
-    init_from: a Hugging Face Llama folder (e.g. from `pytrain export`) to continue training from: its
-    config.json replaces the preset and its weights the random initialisation; shape fields set here
-    must agree with it, the others (max_position_embeddings, rope_theta, ...) may change.
+    family: the architecture (pytrain.model.families); null: the preset's, or init_from's model_type.
+    init_from: a Hugging Face folder of a supported family (e.g. from `pytrain export`) to continue training
+    from: its config.json replaces the preset and its weights the random initialisation; shape fields set
+    here must agree with it, the others (max_position_embeddings, rope_theta, ...) may change.
     """
     section.__module__ = __name__
     return section

@@ -198,7 +198,7 @@ def _write_samples(out: Path, max_new_tokens: int, device: str) -> None:
     lines = []
     for prompt in PROMPTS:
         new = list(generate_tokens(model, prompt_ids(tokenizer, prompt, eos_id), max_new_tokens=max_new_tokens,
-                                   max_len=model_config.max_position_embeddings, sampling=Sampling(),
+                                   max_len=model_config.context_length, sampling=Sampling(),
                                    eos_id=eos_id, generator=generator))
         lines.append(f"{prompt!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}")
         print(lines[-1])

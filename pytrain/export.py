@@ -1,6 +1,7 @@
-"""`pytrain export`: a run's checkpoint as a Hugging Face `LlamaForCausalLM` folder.
+"""`pytrain export`: a run's checkpoint as a Hugging Face folder of its family (LlamaForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, GPTNeoXForCausalLM).
 
-    HF_DIR/config.json                  LlamaConfig (model_type llama, architectures LlamaForCausalLM)
+    HF_DIR/config.json                  the family's config (pytrain.model.families.<family>.hf)
     HF_DIR/model.safetensors            the weights, or model-0000i-of-0000n.safetensors shards plus
                                         model.safetensors.index.json when larger than the shard size
     HF_DIR/tokenizer.json               the run's tokenizer, with tokenizer_config.json
@@ -37,7 +38,7 @@ def parse_size(text: str) -> int:
 
 def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype: str = "fp32",
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> Path:
-    """Write `model` (an unsharded Llama) and its tokenizer as a Hugging Face folder at `out`, atomically."""
+    """Write `model` (unsharded, any family) and its tokenizer as a Hugging Face folder at `out`, atomically."""
     from pytrain.data.tokenizer import BOS_CANDIDATES, EOS_CANDIDATES, load_tokenizer, special_token_id
     from pytrain.fsutil import atomic_directory
 

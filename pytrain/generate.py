@@ -40,7 +40,7 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
         new: list[int] = []
         shown = ""
         for token in generate_tokens(model, ids, max_new_tokens=max_new_tokens,
-                                     max_len=model_config.max_position_embeddings, sampling=sampling,
+                                     max_len=model_config.context_length, sampling=sampling,
                                      eos_id=eos_id, use_cache=use_cache, generator=generator):
             new.append(token)
             decoded = tokenizer.decode(new, skip_special_tokens=True)

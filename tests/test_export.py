@@ -121,7 +121,7 @@ def test_incompatible_folders_are_one_line_errors(exported, tmp_path):
         (folder / "config.json").write_text(json.dumps(config))
         return folder
 
-    with pytest.raises(PytrainError, match="model_type is 'gpt2'"):
+    with pytest.raises(PytrainError, match="model_type 'gpt2' is not supported"):
         hf_model_config(edited("gpt2", model_type="gpt2"))
     with pytest.raises(PytrainError, match="rope_parameters.rope_type 'yarn' is not supported"):
         hf_model_config(edited("yarn", rope_parameters={"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}))

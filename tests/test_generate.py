@@ -15,7 +15,7 @@ from pytrain.cli import main
 from pytrain.errors import PytrainError
 from pytrain.model.generation import GREEDY, Sampling, generate_tokens, next_token, prompt_ids
 from pytrain.model import Llama, preset
-from pytrain.model.llama import KVCache
+from pytrain.model.layers import KVCache
 
 
 def peaked_model(**overrides) -> Llama:

@@ -1,4 +1,10 @@
-"""The model's hyper-parameters, named as in Hugging Face's `LlamaConfig`, and the size presets.
+"""The model's hyper-parameters, named as in Hugging Face's configs, and the size presets.
+
+One dataclass serves every model family (pytrain.model.families): `family` names the architecture,
+the shared fields (sizes, RoPE, norms) mean what they mean in Hugging Face's `LlamaConfig`, and the
+family-specific ones (sliding_window, rotary_pct, use_parallel_residual, layer_norm_eps) stay null for
+families that do not have them. A null `head_dim` or `hidden_act` takes the family's default; the
+family also refuses values its architecture cannot reproduce (its `check`).
 
 RoPE scaling (Hugging Face's `rope_scaling` / `rope_parameters` dict) is flattened into `rope_type` and
 `rope_`-prefixed fields, so a run config sets them like any other field: rope_type "default" (plain
@@ -20,6 +26,7 @@ ROPE_TYPES = ("default", "linear", "llama3")
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "llama"
     vocab_size: int = 32000
     hidden_size: int = 768
     intermediate_size: int = 2048
@@ -37,22 +44,37 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_position_embeddings: int | None = None
+    head_dim: int | None = None                 # null: hidden_size / num_attention_heads
+    hidden_act: str | None = None               # null: the family's (silu; gelu for gpt_neox)
+    sliding_window: int | None = None           # mistral: attention window (longer sequences are refused)
+    rotary_pct: float | None = None             # gpt_neox: fraction of each head's dimensions RoPE rotates
+    use_parallel_residual: bool | None = None   # gpt_neox: x + attn(ln1(x)) + mlp(ln2(x)) in one step
+    layer_norm_eps: float | None = None         # gpt_neox: its LayerNorms' epsilon
 
     def __post_init__(self) -> None:
+        from pytrain.model.families import family
+
+        spec = family(self.family)
+        for name, value in spec.defaults(self).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: filled once, here
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float") and value <= 0:
+            if f.type.split(" |")[0] in ("int", "float") and value is not None and value <= 0:
                 raise PytrainError(f"model.{f.name} must be positive (got {value})")
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise PytrainError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                               f"model.num_attention_heads ({self.num_attention_heads})")
+                               f"model.num_attention_heads ({self.num_attention_heads}), or set model.head_dim")
         if self.num_attention_heads % self.num_key_value_heads:
             raise PytrainError(f"model.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                                f"model.num_key_value_heads ({self.num_key_value_heads})")
-        if self.head_dim % 2:
-            raise PytrainError(f"head dimension hidden_size / num_attention_heads = {self.head_dim} must be even "
-                               "(rotary embeddings rotate pairs)")
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.rotary_dim % 2 or self.rotary_dim == 0:
+            raise PytrainError(f"the rotated head dimension ({self.rotary_dim}: head_dim x rotary_pct) must be even "
+                               "and positive (rotary embeddings rotate pairs)")
         self._check_rope_scaling()
+        spec.check(self)
 
     def _check_rope_scaling(self) -> None:
         if self.rope_type not in ROPE_TYPES:
@@ -83,55 +105,61 @@ class ModelConfig:
         return scaling
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def rotary_dim(self) -> int:
+        """How many of each head's dimensions RoPE rotates (all but with gpt_neox's rotary_pct < 1)."""
+        return self.head_dim if self.rotary_pct is None else int(self.head_dim * self.rotary_pct)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence the model attends over exactly: max_position_embeddings, or a shorter
+        sliding window (pytrain attends over the whole causal prefix, so it stops at the window)."""
+        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def num_params(self) -> int:
         """Parameter count (tied embeddings counted once)."""
-        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
-        bias = (2 * h + 2 * kv) if self.attention_bias else 0
-        attention = 2 * h * h + 2 * h * kv + bias
-        mlp = 3 * h * self.intermediate_size
-        per_layer = attention + mlp + 2 * h
+        from pytrain.model.families import family
+
+        h = self.hidden_size
+        per_layer = self._matmul_params_per_layer() + family(self.family).vector_params(self)
         embedding = self.vocab_size * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return embedding + self.num_hidden_layers * per_layer + h + head
+        final_norm = 2 * h if self.layer_norm_eps is not None else h  # a LayerNorm has a bias too
+        return embedding + self.num_hidden_layers * per_layer + final_norm + head
+
+    def _matmul_params_per_layer(self) -> int:
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        from pytrain.model.families import family
+
+        mlp_matrices = family(self.family).mlp_matrices
+        return 2 * self.hidden_size * q + 2 * self.hidden_size * kv + mlp_matrices * self.hidden_size * self.intermediate_size
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6 x (matmul parameters) + 12 x layers x hidden x seq (attention scores).
+        """Training FLOPs per token: 6 x (matmul parameters) + 12 x layers x heads x head_dim x seq (attention
+        scores).
 
         The matmul parameters are every weight a token multiplies through, so the LM head counts (tied or
         not) and the embedding lookup does not; the attention term follows PaLM (appendix B), without
         halving for causality, as torchtitan and nanoGPT report it.
         """
-        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
-        per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size
-        matmul = self.num_hidden_layers * per_layer + self.vocab_size * h
-        return 6 * matmul + 12 * self.num_hidden_layers * h * seq_len
+        matmul = self.num_hidden_layers * self._matmul_params_per_layer() + self.vocab_size * self.hidden_size
+        attention_width = self.num_attention_heads * self.head_dim
+        return 6 * matmul + 12 * self.num_hidden_layers * attention_width * seq_len
 
 
-# Sizes follow well-known shapes: 125m/350m are GPT-3-like widths with Llama blocks; 1b, 3b and 8b are the
-# Llama 3.2 1B, Llama 3.2 3B and Llama 3.1 8B shapes (without Llama 3's long-context RoPE scaling).
-PRESETS: dict[str, dict] = {
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
-    "125m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2560, num_hidden_layers=12,
-                 num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
-    "350m": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
-                 num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048),
-    "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-               rope_theta=500000.0),
-    "3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-               num_attention_heads=24, num_key_value_heads=8, max_position_embeddings=4096,
-               rope_theta=500000.0),
-    "8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-               rope_theta=500000.0, tie_word_embeddings=False),
-}
+def _all_presets() -> dict[str, dict]:
+    """Every family's presets (Llama's tiny, 125m, ... 8b; the others named "<size>-<family>", e.g. tiny-qwen3)."""
+    from pytrain.model.families import FAMILIES
+
+    presets = {}
+    for spec in FAMILIES.values():
+        presets.update({name: {"family": spec.name, **values} for name, values in spec.presets.items()})
+    return presets
+
+
+PRESETS = _all_presets()
 
 
 def preset(name: str, **overrides) -> ModelConfig:

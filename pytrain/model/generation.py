@@ -1,4 +1,4 @@
-"""Text generation from a Llama model: sampling (greedy, temperature, top-k, top-p) and the KV-cache decoding loop.
+"""Text generation from a pytrain model (any family): sampling (greedy, temperature, top-k, top-p) and the KV-cache decoding loop.
 
 The one generator in pytrain, beside the model it drives: `pytrain generate`, the demo and the trainer's
 periodic samples (pytrain.train.sample) all call `generate_tokens`. With the KV cache (the default) the
@@ -66,7 +66,7 @@ def generate_tokens(model: nn.Module, prompt: list[int], *, max_new_tokens: int,
     length): the prompt keeps its last `max_len - max_new_tokens` tokens so prompt and completion fit.
     The model is called as-is (eval mode and device are the caller's).
     """
-    from pytrain.model.llama import KVCache
+    from pytrain.model.layers import KVCache
 
     if not prompt:
         raise PytrainError("generation needs at least one prompt token (an empty prompt starts after EOS)")

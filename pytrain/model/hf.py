@@ -1,17 +1,18 @@
-"""The Hugging Face format of pytrain's Llama: config.json <-> ModelConfig, weight names, and `load_hf`.
+"""The Hugging Face format, for every family: config.json <-> ModelConfig, weight names, and `load_hf`.
 
-    folder/config.json                 LlamaConfig (model_type llama, architectures LlamaForCausalLM)
+    folder/config.json                 the family's config (model_type llama, qwen2, qwen3, mistral, gpt_neox)
     folder/model.safetensors           the weights, or model-0000i-of-0000n.safetensors shards plus
                                        model.safetensors.index.json
 
-pytrain's parameter names are Hugging Face's without the `model.` prefix, so the mapping is a rename in
-both directions and tensors are copied bit for bit. A tied LM head is stored once, as
-`model.embed_tokens.weight`, as `save_pretrained` does. RoPE scaling is read from `rope_parameters`
-(transformers 5) or `rope_scaling` with a top-level `rope_theta` (transformers 4, Llama 3.1+ folders):
-rope_type default, linear and llama3 are supported; others (dynamic, yarn, longrope, ...) are refused.
+`model_type` picks the family (pytrain.model.families); its adapter (families/<name>/hf.py) maps the
+config keys and names the tensors. Names map one to one, so tensors are copied bit for bit in both
+directions. A tied LM head is stored once (the embedding's name), as `save_pretrained` does. RoPE
+scaling is read from `rope_parameters` (transformers 5) or `rope_scaling` with a top-level `rope_theta`
+(transformers 4): rope_type default, linear and llama3 are supported; others (dynamic, yarn, longrope,
+...) are refused, as is every option the family's architecture in pytrain does not reproduce.
 
     from pytrain.model import load_hf
-    model, config = load_hf("path/to/Llama-3.2-1B")   # a ready, unsharded model in eval mode
+    model, config = load_hf("path/to/Qwen2.5-0.5B")   # a ready, unsharded model in eval mode
 
 Torch-free at import: the run configuration reads `hf_model_config` (model.init_from) before torch is loaded.
 """
@@ -29,35 +30,35 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# config.json keys whose other values pytrain's Llama cannot reproduce -> the accepted values (first: ours)
-_REQUIRED = {"mlp_bias": (False, None), "hidden_act": ("silu", None), "pretraining_tp": (1, None)}
-# ModelConfig fields that config.json carries inside the rope scaling dict, not at the top level
-_ROPE_SCALING_FIELDS = ("rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                        "rope_original_max_position_embeddings")
-_OPTIONAL = {"attention_bias": False, "tie_word_embeddings": False, "initializer_range": 0.02, "rope_theta": 10000.0}
 
 
-def hf_name(name: str) -> str:
-    """pytrain parameter name -> Hugging Face LlamaForCausalLM tensor name."""
-    return name if name == "lm_head.weight" else f"model.{name}"
+def _adapter(family_name: str):
+    from pytrain.model.families import family
+
+    return family(family_name).hf_adapter()
+
+
+def _adapter_for_model_type(model_type, path: Path):
+    from pytrain.model.families import FAMILIES
+
+    for spec in FAMILIES.values():
+        adapter = spec.hf_adapter()
+        if adapter.MODEL_TYPE == model_type:
+            return spec.name, adapter
+    supported = ", ".join(spec.hf_adapter().MODEL_TYPE for spec in FAMILIES.values())
+    raise PytrainError(f"{path}: model_type {model_type!r} is not supported by pytrain (supported: {supported})")
+
+
+def hf_name(name: str, family_name: str = "llama") -> str:
+    """pytrain parameter name -> the family's Hugging Face tensor name."""
+    return _adapter(family_name).hf_name(name)
 
 
 # ----------------------------------------------------------------------------- ModelConfig -> config.json
 def hf_config(model_config: ModelConfig, *, bos_id: int | None, eos_id: int | None, dtype: str = "fp32") -> dict:
-    """config.json for `model_config`, readable by transformers 4.x (rope_theta, rope_scaling) and 5.x
-    (rope_parameters)."""
-    fields = {k: v for k, v in model_config.to_dict().items() if k not in _ROPE_SCALING_FIELDS}
-    scaling = model_config.rope_scaling
+    """config.json for `model_config`, readable by transformers 4.x and 5.x."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        **fields,
-        "head_dim": model_config.head_dim,
-        "hidden_act": "silu",
-        "rope_parameters": {**(scaling or {"rope_type": "default"}), "rope_theta": model_config.rope_theta},
-        "rope_scaling": scaling,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
+        **_adapter(model_config.family).config_json(model_config),
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "torch_dtype": DTYPE_NAMES[dtype],
@@ -65,22 +66,32 @@ def hf_config(model_config: ModelConfig, *, bos_id: int | None, eos_id: int | No
     }
 
 
+def rope_json(model_config: ModelConfig, **extra) -> dict:
+    """The RoPE keys of config.json: `rope_parameters` (transformers 5, with `extra`, e.g. partial_rotary_factor)
+    and `rope_scaling` (transformers 4; rope_theta is a top-level key there)."""
+    scaling = model_config.rope_scaling
+    return {"rope_theta": model_config.rope_theta,
+            "rope_parameters": {**(scaling or {"rope_type": "default"}), "rope_theta": model_config.rope_theta, **extra},
+            "rope_scaling": scaling}
+
+
 def hf_tensors(model, dtype: str = "fp32") -> dict:
     """HF name -> contiguous CPU tensor in `dtype`; named_parameters lists a tied LM head once (the embedding)."""
     import torch
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return {hf_name(name): param.detach().to("cpu", torch_dtype).contiguous()
+    rename = _adapter(model.config.family).hf_name
+    return {rename(name): param.detach().to("cpu", torch_dtype).contiguous()
             for name, param in model.named_parameters()}
 
 
 # ----------------------------------------------------------------------------- config.json -> ModelConfig
-def hf_model_config(folder: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig of a Hugging Face Llama folder, or a one-line error naming the file and the key."""
+def read_config_json(folder: str | os.PathLike) -> tuple[dict, Path]:
+    """(config.json as a dict, its path), or a one-line error naming the file."""
     folder = Path(folder)
     path = folder / CONFIG
     if not folder.is_dir():
-        raise PytrainError(f"{folder}: no such folder (expected a Hugging Face Llama folder with config.json and "
+        raise PytrainError(f"{folder}: no such folder (expected a Hugging Face model folder with config.json and "
                            "model.safetensors, e.g. from `pytrain export`)")
     try:
         config = json.loads(path.read_text())
@@ -90,39 +101,49 @@ def hf_model_config(folder: str | os.PathLike) -> ModelConfig:
         raise PytrainError(f"{path}: invalid JSON ({error})") from None
     if not isinstance(config, dict):
         raise PytrainError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    if config.get("model_type") != "llama":
-        raise PytrainError(f"{path}: model_type is {config.get('model_type')!r}; pytrain trains Llama models "
-                           "(model_type llama, LlamaForCausalLM)")
-    for key, allowed in _REQUIRED.items():
-        if config.get(key, allowed[0]) not in allowed:
-            raise PytrainError(f"{path}: {key}={config[key]!r} is not supported by pytrain's Llama "
-                               f"(needs {allowed[0]!r})")
-    values = {}
-    for name, kind in ModelConfig.__annotations__.items():
-        if name in _ROPE_SCALING_FIELDS:
-            continue
-        if name in config and config[name] is not None:
-            values[name] = _typed(config[name], kind, name, path)
-        elif name == "num_key_value_heads":
-            values[name] = values["num_attention_heads"]  # annotations list the attention heads first
-        elif name in _OPTIONAL:
-            values[name] = _OPTIONAL[name]
-        else:
-            raise PytrainError(f"{path}: missing key {name!r}")
-    values.update(_rope(config, path))
+    return config, path
+
+
+def hf_model_config(folder: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a Hugging Face folder of a supported family, or a one-line error naming the file
+    and the key."""
+    config, path = read_config_json(folder)
+    family_name, adapter = _adapter_for_model_type(config.get("model_type"), path)
+    values = adapter.model_config_values(config, path)
     try:
-        model_config = ModelConfig(**values)
+        return ModelConfig(family=family_name, **values)
     except PytrainError as error:
         raise PytrainError(f"{path}: {error}") from None
-    if config.get("head_dim") not in (None, model_config.head_dim):
-        raise PytrainError(f"{path}: head_dim={config['head_dim']} differs from hidden_size / num_attention_heads "
-                           f"= {model_config.head_dim}; pytrain's Llama needs them equal")
-    return model_config
+
+
+def require(config: dict, path: Path, accepted: dict, family_name: str) -> None:
+    """Refuse config.json keys whose value the family's pytrain model cannot reproduce (`accepted`: key ->
+    the values it can, the first being what pytrain writes)."""
+    for key, allowed in accepted.items():
+        if config.get(key, allowed[0]) not in allowed:
+            raise PytrainError(f"{path}: {key}={config[key]!r} is not supported by pytrain's {family_name} "
+                               f"(needs {allowed[0]!r})")
+
+
+def read_fields(config: dict, path: Path, names, defaults: dict) -> dict:
+    """The ModelConfig fields `names`, read from config.json under the same key and type-checked; a missing
+    (or null) key takes `defaults[name]`, and one without a default is an error."""
+    kinds = ModelConfig.__annotations__
+    values = {}
+    for name in names:
+        if config.get(name) is not None:
+            values[name] = _typed(config[name], kinds[name], name, path)
+        elif name in defaults:
+            values[name] = defaults[name]
+        else:
+            raise PytrainError(f"{path}: missing key {name!r}")
+    return values
 
 
 def _typed(value, kind: str, key: str, path: Path):
-    """`value` checked against ModelConfig's annotation `kind` ("int", "float", "bool", "str", "int | None")."""
-    if "int" in kind and isinstance(value, int) and not isinstance(value, bool):
+    """`value` checked against ModelConfig's annotation `kind` ("int", "float", "bool", "str", "int | None", ...)."""
+    kind = kind.removesuffix(" | None")
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -134,7 +155,7 @@ def _typed(value, kind: str, key: str, path: Path):
     raise PytrainError(f"{path}: {key} must be {expected.get(kind.split(' ')[0], kind)}, got {value!r}")
 
 
-def _rope(config: dict, path: Path) -> dict:
+def read_rope(config: dict, path: Path) -> dict:
     """rope_theta and the rope_* scaling fields, from rope_parameters (5.x) or rope_scaling + rope_theta (4.x)."""
     key = "rope_parameters" if config.get("rope_parameters") is not None else "rope_scaling"
     rope = config.get(key) or {}
@@ -160,7 +181,7 @@ def _rope(config: dict, path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- weights
 class HFWeights:
-    """The tensors of a Hugging Face Llama folder, read one at a time by pytrain parameter name.
+    """The tensors of a Hugging Face folder, read one at a time by pytrain parameter name.
 
     Files are memory-mapped (safetensors), so loading a model holds one full tensor at a time however
     large the checkpoint. Every expected tensor is checked for presence up front and for shape on read.
@@ -172,6 +193,7 @@ class HFWeights:
         self.folder = Path(folder)
         self._handles: dict[Path, object] = {}
         self._safe_open = safe_open
+        self._hf_name = _adapter(model_config.family).hf_name
         index = self.folder / WEIGHTS_INDEX
         if index.is_file():
             weight_map = _read_weight_map(index)
@@ -181,21 +203,23 @@ class HFWeights:
             raise PytrainError(f"{self.folder}: no {WEIGHTS} or {WEIGHTS_INDEX} (only safetensors weights are read)")
         self._files = {name: self.folder / file for name, file in weight_map.items()}
         self.shapes = _parameter_shapes(model_config)
-        missing = [hf_name(n) for n in self.shapes if hf_name(n) not in self._files]
+        missing = [self._hf_name(n) for n in self.shapes if self._hf_name(n) not in self._files]
         if missing:
             raise PytrainError(f"{self.folder}: missing tensor {missing[0]}"
                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
         for name, shape in self.shapes.items():  # from the files' headers, before anything is allocated
-            key = hf_name(name)
+            key = self._hf_name(name)
             stored = tuple(self._handle(self._files[key]).get_slice(key).get_shape())
             if stored != shape:
                 raise PytrainError(f"{self._files[key]}: {key} has shape {list(stored)}, config.json implies "
                                    f"{list(shape)}")
-        known = {hf_name(n) for n in self.shapes} | {"lm_head.weight"}
-        unknown = sorted(n for n in self._files if n not in known and not n.endswith("rotary_emb.inv_freq"))
+        known = {self._hf_name(n) for n in self.shapes} | {self._hf_name("lm_head.weight")}  # a tied head stored too
+        unknown = sorted(n for n in self._files if n not in known and not n.endswith(("rotary_emb.inv_freq",
+                                                                                      "attention.bias",
+                                                                                      "attention.masked_bias")))
         if unknown:
-            raise PytrainError(f"{self.folder}: unexpected tensor {unknown[0]}: not part of the Llama that "
-                               "config.json describes")
+            raise PytrainError(f"{self.folder}: unexpected tensor {unknown[0]}: not part of the {model_config.family} "
+                               "model that config.json describes")
 
     def _handle(self, file: Path):
         if file not in self._handles:
@@ -207,7 +231,7 @@ class HFWeights:
 
     def __call__(self, name: str):
         """The tensor for pytrain parameter `name` (CPU, as stored; its shape was checked at construction)."""
-        key = hf_name(name)
+        key = self._hf_name(name)
         return self._handle(self._files[key]).get_tensor(key)
 
 
@@ -226,36 +250,30 @@ def _parameter_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """pytrain parameter name -> shape (a tied LM head is not listed: it is the embedding)."""
     import torch
 
-    from pytrain.model.llama import Llama
+    from pytrain.model.families import build_model
 
     with torch.device("meta"):
-        return {name: tuple(param.shape) for name, param in Llama(model_config).named_parameters()}
+        return {name: tuple(param.shape) for name, param in build_model(model_config).named_parameters()}
 
 
 # ----------------------------------------------------------------------------- load_hf
 def load_hf(folder: str | os.PathLike, *, device="cpu", dtype=None):
-    """Load a Hugging Face Llama folder as a ready pytrain `Llama` (unsharded, eval mode).
+    """Load a Hugging Face folder of a supported family as a ready pytrain model (unsharded, eval mode).
 
     Returns (model, model_config). `dtype` (a torch dtype, default float32) is the parameters' dtype;
     the weights are read one tensor at a time from the memory-mapped safetensors files. Folders from
-    `pytrain export`, from transformers' `save_pretrained` and Llama 2/3/3.1/3.2 releases load (RoPE
-    scaling llama3 or linear included); anything pytrain's Llama cannot reproduce is a one-line
-    PytrainError naming the file and the key.
+    `pytrain export`, from transformers' `save_pretrained` and the families' releases load (RoPE scaling
+    llama3 or linear included); anything pytrain cannot reproduce is a one-line PytrainError naming the
+    file and the key.
     """
     import torch
 
-    from pytrain.model.llama import Llama
+    from pytrain.model.families import build_model
+    from pytrain.model.materialize import materialize
 
     model_config = hf_model_config(folder)
     weights = HFWeights(folder, model_config)
     with torch.device("meta"):
-        model = Llama(model_config)
-    model.to_empty(device=device)
-    if dtype is not None:
-        model.to(dtype)
-    if model_config.tie_word_embeddings:  # to_empty gave each module its own tensor: share them again
-        model.lm_head.weight = model.embed_tokens.weight
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(weights(name))
+        model = build_model(model_config)
+    materialize(model, device, lambda name, full: full.copy_(weights(name)), dtype=dtype)
     return model.eval(), model_config

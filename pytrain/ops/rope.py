@@ -99,7 +99,8 @@ def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
-def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None, backend=None):
+def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None, rotary_dim=None,
+               backend=None):
     """Rotate q [batch, seq, n_q_heads, head_dim] and k [batch, seq, n_kv_heads, head_dim].
 
     This is the layout straight out of the projections' `.view`, before any transpose; the head
@@ -109,7 +110,14 @@ def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, sca
     `scaling`: Hugging Face's rope_scaling dict (rope_type linear or llama3), None for plain RoPE.
     Returns `(q_rot, k_rot)`; the inputs are not modified. The backward is the inverse rotation. The
     kernel turns a token with an out-of-range position into NaN; `set_checks(True)` names the position.
+    `rotary_dim` < head_dim (GPT-NeoX's partial rotary): only the first `rotary_dim` dimensions of each head
+    are rotated, with frequencies of a `rotary_dim`-wide RoPE, the rest pass through; this runs the
+    PyTorch reference on every device (the kernel rotates whole, contiguous heads).
     """
+    if rotary_dim is not None and rotary_dim < q.shape[-1]:
+        q_rot, k_rot = apply_rope_reference(q[..., :rotary_dim], k[..., :rotary_dim], position_ids, theta=theta,
+                                            max_position=max_position, scaling=scaling)
+        return torch.cat((q_rot, q[..., rotary_dim:]), dim=-1), torch.cat((k_rot, k[..., rotary_dim:]), dim=-1)
     if not use_triton(q, backend):
         return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position, scaling=scaling)
     _check(q, k, position_ids)

@@ -309,7 +309,8 @@ def read_train_state(path: Path) -> dict:
 
 def model_config_changes(saved: dict, current: dict) -> str:
     """'' when equal, else 'key: saved -> current, ...'. Fields an older pytrain did not save take their defaults."""
-    saved = {**{f.name: f.default for f in fields(ModelConfig)}, **saved}
+    names = {f.name for f in fields(ModelConfig)}
+    saved = ModelConfig(**{k: v for k, v in saved.items() if k in names and v is not None}).to_dict()
     return ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}"
                      for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pytrain.config import OptimSection
-from pytrain.train.parallelize import canonical_name
+from pytrain.model.materialize import canonical_name
 
 
 def _decays(name: str, param: nn.Parameter) -> bool:

@@ -1,10 +1,12 @@
-"""Apply activation checkpointing, `torch.compile` and FSDP2 to a plain `Llama`, then materialise it.
+"""Apply activation checkpointing, `torch.compile` and FSDP2 to a plain model of any family, then
+materialise it.
 
-The order follows torchtitan: checkpoint-wrap blocks, compile blocks, shard blocks, shard the root.
-The model is built on the meta device, so no rank ever holds the full weights: `materialize` allocates
-each rank's shards and fills them from the full initial value of each parameter, which depends only on
-(seed, parameter name). A run on any number of ranks therefore starts from the very weights a single
-process would.
+The plan is the same for every family (pytrain.model.families), since they share one decoder trunk:
+checkpoint-wrap blocks (`model.layers`), compile blocks, shard blocks, shard the root, in torchtitan's
+order. The model is built on the meta device, so no rank ever holds the full weights:
+pytrain.model.materialize allocates each rank's shards and fills them from the full initial value of
+each parameter, which depends only on (seed, parameter name). A run on any number of ranks therefore
+starts from the very weights a single process would.
 """
 
 from __future__ import annotations
@@ -13,22 +15,14 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from pytrain.errors import PytrainError
+from pytrain.model.materialize import materialize
 from pytrain.train.distributed import Distributed
 
 # FSDP2's MixedPrecisionPolicy: the sharded parameters stay fp32 (the optimizer's master weights); bf16
 # and fp16 are the dtype they are all-gathered and computed in. fp16 also needs loss scaling (pytrain.train.precision).
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Wrappers that prefix parameter names; stripped to get the model's own names (as DCP does).
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def canonical_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 def build_mesh(d: Distributed, hsdp: bool, shard_size: int | None) -> DeviceMesh:
@@ -90,44 +84,27 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, param_dtype: str, reduce_
     return model
 
 
-@torch.no_grad()
-def materialize(model: nn.Module, device: torch.device, seed: int, cpu_offload: bool = False,
-                initial_weights=None) -> None:
-    """Allocate the meta-device model's (sharded) parameters and fill them with the initial weights.
-
-    Each full parameter is drawn on `device` (bounded temporary memory: one parameter at a time) and
-    each rank keeps only its slice (`distribute_tensor(src_data_rank=None)` slices locally, no traffic).
-    `initial_weights(name)`, when given, supplies each full parameter instead (`model.init_from`).
-    """
-    model.to_empty(device="cpu" if cpu_offload else device)
-    init = model.init_parameter
-    for name, param in model.named_parameters():
-        full = torch.empty(param.shape, dtype=param.dtype, device=device)
-        if initial_weights is None:
-            init(canonical_name(name), full, seed)
-        else:
-            full.copy_(initial_weights(canonical_name(name)))
-        if isinstance(param, DTensor):
-            full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
-            param.to_local().copy_(full)
-        else:
-            param.copy_(full)
-
-
 def build_model(model_config, d: Distributed, *, dtype: str, reduce_dtype: str = "fp32", ac_every: int = 0,
                 compile: bool = False, cpu_offload: bool = False, hsdp: bool = False,
                 hsdp_shard_size: int | None = None, seed: int = 0, initial_weights=None) -> nn.Module:
-    """A `Llama` built on the meta device, parallelised, then materialised with its initial weights
-    (drawn from `seed`, or `initial_weights(name)` -> full tensor, e.g. pytrain.model.hf.HFWeights)."""
-    from pytrain.model import Llama
+    """The config's family model built on the meta device, parallelised, then materialised with its initial
+    weights (drawn from `seed`, or `initial_weights(name)` -> full tensor, e.g. pytrain.model.hf.HFWeights)."""
+    from pytrain.model.families import build_model as build_family_model
 
     if cpu_offload and d.device.type != "cuda":
         raise PytrainError("train.cpu_offload keeps FSDP2's parameters, gradients and optimizer state in host memory "
                            "while computing on the GPU; it needs CUDA (a CPU run is all in host memory already)")
     with torch.device("meta"):
-        model = Llama(model_config)
+        model = build_family_model(model_config)
     mesh = build_mesh(d, hsdp, hsdp_shard_size)
     parallelize(model, mesh, param_dtype=dtype, reduce_dtype=reduce_dtype, ac_every=ac_every, compile=compile,
                 cpu_offload=cpu_offload)
-    materialize(model, d.device, seed, cpu_offload=cpu_offload, initial_weights=initial_weights)
+
+    def fill(name, full):
+        if initial_weights is None:
+            model.init_parameter(name, full, seed)
+        else:
+            full.copy_(initial_weights(name))
+
+    materialize(model, "cpu" if cpu_offload else d.device, fill, fill_device=d.device)
     return model

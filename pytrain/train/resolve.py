@@ -17,7 +17,7 @@ from pytrain.model.config import ModelConfig, preset
 from pytrain.ops._backend import interpreter_enabled
 
 # Fields that fix the weights' shapes: with model.init_from they must be the folder's.
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+SHAPE_FIELDS = ("family", "head_dim", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "attention_bias", "tie_word_embeddings")
 
 
@@ -38,10 +38,14 @@ def resolve_run(config: RunConfig, data_vocab_size: int, world_size: int, device
         raise PytrainError("train.kernels=triton needs a CUDA device (on CPU only with TRITON_INTERPRET=1, slow, for "
                            "tests); use train.kernels=auto")
     model = resolve_model(config.model, data_vocab_size)
-    seq_len = config.data.seq_len or model.max_position_embeddings
+    seq_len = config.data.seq_len or model.context_length
     if seq_len > model.max_position_embeddings:
         raise PytrainError(f"data.seq_len ({seq_len}) exceeds model.max_position_embeddings "
                            f"({model.max_position_embeddings})")
+    if seq_len > model.context_length:
+        raise PytrainError(f"data.seq_len ({seq_len}) exceeds model.sliding_window ({model.sliding_window}): pytrain "
+                           "attends over the whole causal prefix, which is the window's attention only up to its "
+                           "length; set data.seq_len <= the window")
     micro, accumulation = batch_geometry(config.train.batch_size, config.train.micro_batch_size, world_size)
     warmup = config.schedule.warmup_steps
     if warmup is None:

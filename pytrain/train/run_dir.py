@@ -171,7 +171,8 @@ class RunDir:
         import torch
         import torch.distributed as dist
 
-        from pytrain.model import Llama
+        from pytrain.model.families import build_model
+        from pytrain.model.materialize import materialize
         from pytrain.train.checkpoint import load_state, model_config_changes, read_train_state
 
         model_config = self.model_config()
@@ -181,10 +182,8 @@ class RunDir:
             raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); restore "
                                "the run's config.yaml")
         with torch.device("meta"):
-            model = Llama(model_config)
-        model.to_empty(device=device)
-        if model_config.tie_word_embeddings:  # to_empty gave each module its own tensor: share them again
-            model.lm_head.weight = model.embed_tokens.weight
+            model = build_model(model_config)
+        materialize(model, device)  # DCP fills it below
         with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent here
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
             load_state(path, {"model": model.state_dict()}, single_process=not dist.is_initialized())

@@ -1,15 +1,20 @@
-"""A Llama-style decoder in plain PyTorch.
+"""The building blocks every family's decoder is made of, in plain PyTorch.
 
-embedding -> N x [RMSNorm -> attention (RoPE, grouped KV heads) -> + -> RMSNorm -> SwiGLU MLP -> +]
--> RMSNorm -> LM head. Parameter names follow Hugging Face's `LlamaForCausalLM` without its `model.`
-prefix (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head), so export is a rename.
+    Decoder: embedding -> N x block -> final norm -> LM head (tied or not); the loss, the KV cache
+             plumbing and the initialisation are the same for every family
+    Block:   pre-norm residual block, sequential (x + attn, then + mlp) or parallel (GPT-NeoX:
+             x + attn(norm1(x)) + mlp(norm2(x)))
+    Attention: grouped KV heads, RoPE over the first `rotary_dim` dimensions, optional q/k/v and output
+             biases, optional per-head q/k RMSNorm (Qwen3), separate or fused (GPT-NeoX) projections
+    SwiGLU, GeluMLP, RMSNorm, LayerNorm, KVCache
 
-Nothing here knows about distribution, compilation or kernel choice: FSDP2, activation checkpointing
-and `torch.compile` are applied from outside (pytrain.train.parallelize), and `pytrain.ops` picks the
-Triton kernel or the PyTorch reference. When labels are given, `forward` returns the loss from the
-fused linear cross-entropy, called here because this (root) module owns the LM head weight, which
-FSDP2 has unsharded by the time its forward runs. For decoding, `forward(..., cache=KVCache(n))` keeps
-each layer's keys and values, so every new token runs through the model alone (pytrain.model.generation).
+Parameter names are the ones Hugging Face's Llama uses without its `model.` prefix (embed_tokens,
+layers.N.self_attn.q_proj, ..., norm, lm_head); each family's adapter (families/<name>/hf.py) renames
+them to its own checkpoint names. Nothing here knows about distribution, compilation or kernel choice:
+FSDP2, activation checkpointing and `torch.compile` are applied from outside (pytrain.train.parallelize),
+and `pytrain.ops` picks the Triton kernel or the PyTorch reference. When labels are given, `forward`
+returns the loss from the fused linear cross-entropy, called in the root module because it owns the
+LM head weight, which FSDP2 has unsharded by the time its forward runs.
 """
 
 from __future__ import annotations
@@ -35,11 +40,27 @@ class RMSNorm(nn.Module):
         return ops.rms_norm(x, self.weight, self.eps, residual=residual)
 
 
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias (GPT-NeoX); RMSNorm's interface, PyTorch's own op on every device."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x, residual=None):
+        if residual is not None:
+            x = x + residual
+        y = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return y if residual is None else (y, x)
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, so that decoding runs only the new tokens through the model.
 
     One buffer pair per layer, [batch, kv_heads, max_len, head_dim], allocated on first use with the keys'
-    dtype and device (bf16 under mixed precision). `Llama.forward(ids, cache=cache)` stores the keys and
+    dtype and device (bf16 under mixed precision). `Decoder.forward(ids, cache=cache)` stores the keys and
     values of `ids` at positions `length` onwards, attends over all stored positions, then advances `length`.
     """
 
@@ -64,26 +85,45 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int):
+    """Causal self-attention. `fused_qkv`: one `qkv_proj` whose output holds, per head, that head's q, k
+    and v one after the other (GPT-NeoX's query_key_value layout; needs as many KV heads as heads)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, *, qkv_bias: bool, out_bias: bool,
+                 qk_norm: bool = False, fused_qkv: bool = False):
         super().__init__()
         self.layer_index = layer_index  # its slot in a KVCache
-        self.n_heads = config.num_attention_heads
-        self.n_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.rotary_dim = config.head_dim, config.rotary_dim
         self.rope_theta, self.rope_scaling = config.rope_theta, config.rope_scaling
-        hidden, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=bias)
+        hidden, q_width, kv_width = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.fused_qkv = fused_qkv
+        if fused_qkv:
+            self.qkv_proj = nn.Linear(hidden, 3 * q_width, bias=qkv_bias)
+        else:
+            self.q_proj = nn.Linear(hidden, q_width, bias=qkv_bias)
+            self.k_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+            self.v_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.o_proj = nn.Linear(q_width, hidden, bias=out_bias)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = qk_norm
+
+    def _project(self, x):
+        batch, seq, _ = x.shape
+        if self.fused_qkv:
+            return self.qkv_proj(x).view(batch, seq, self.n_heads, 3 * self.head_dim).chunk(3, dim=-1)
+        return (self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim),
+                self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim),
+                self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim))
 
     def forward(self, x, position_ids=None, mask=None, cache: KVCache | None = None):
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        q, k, v = self._project(x)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta, scaling=self.rope_scaling,
-                              max_position=None if cache is None else cache.max_len)
+                              max_position=None if cache is None else cache.max_len, rotary_dim=self.rotary_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
@@ -91,7 +131,7 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
-class MLP(nn.Module):
+class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         hidden, inner = config.hidden_size, config.intermediate_size
@@ -103,29 +143,68 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int):
+class GeluMLP(nn.Module):
+    """up -> GELU (exact, erf) -> down, both with biases (GPT-NeoX)."""
+
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_index)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, attention: nn.Module, mlp: nn.Module, input_norm: nn.Module, post_attention_norm: nn.Module,
+                 parallel_residual: bool = False):
+        super().__init__()
+        self.input_layernorm = input_norm
+        self.self_attn = attention
+        self.post_attention_layernorm = post_attention_norm
+        self.mlp = mlp
+        self.parallel_residual = parallel_residual
 
     def forward(self, x, position_ids=None, mask=None, cache: KVCache | None = None):
         attn = self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
+        if self.parallel_residual:
+            return self.mlp(self.post_attention_layernorm(x)) + attn + x
         normed, h = self.post_attention_layernorm(attn, residual=x)
-        return h + self.mlp(normed)
+        return self.mlp(normed) + h
 
 
-class Llama(nn.Module):
+class Decoder(nn.Module):
+    """The trunk every family shares; a family's model says only how to build one block and a norm."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(self.make_block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = self.make_norm(config, config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        self.tie_weights()
+
+    def make_block(self, config: ModelConfig, layer_index: int) -> nn.Module:
+        hidden = config.hidden_size
+        return Block(self.make_attention(config, layer_index), self.make_mlp(config), self.make_norm(config, hidden),
+                     self.make_norm(config, hidden), parallel_residual=bool(config.use_parallel_residual))
+
+    def make_attention(self, config: ModelConfig, layer_index: int) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must say which attention its blocks have")
+
+    @staticmethod
+    def make_mlp(config: ModelConfig) -> nn.Module:
+        return SwiGLU(config)
+
+    @staticmethod
+    def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+        return RMSNorm(dim, config.rms_norm_eps)
+
+    def tie_weights(self) -> None:
+        """Share the LM head with the embedding when the config ties them (again after `to_empty`, which
+        gives each module its own tensor)."""
+        if self.config.tie_word_embeddings and self.lm_head.weight is not self.embed_tokens.weight:
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids, labels=None, *, position_ids=None, segment_ids=None, reduction="mean",
@@ -164,8 +243,8 @@ class Llama(nn.Module):
 
         Each parameter draws from its own generator, seeded from (seed, name), so the values do not depend
         on the order, the device count or the sharding: a sharded run materialises exactly what a single
-        process does (pytrain.train.parallelize.materialize). Norm weights start at 1, biases at 0, every
-        other weight at N(0, initializer_range), as in Hugging Face's Llama.
+        process does (pytrain.model.materialize). Norm weights start at 1, biases at 0, every other weight
+        at N(0, initializer_range), as in Hugging Face's models.
         """
         with torch.no_grad():
             if name.endswith("norm.weight"):
