@@ -207,7 +207,7 @@ class _Run:
         if not state.get("rng_restored"):
             torch.manual_seed(self.config.train.seed + self.d.rank + state["step"])
             random.seed(self.config.train.seed + self.d.rank + state["step"])
-        self.resume_note = f"resumed from {path} at step {self.step} (saved by {state['world_size']} ranks)"
+        self.resume_note = f"resumed from {path} at step {self.step} (saved by {state['world_size']} rank{'' if state['world_size'] == 1 else 's'})"
         if state["batch_size"] != self.config.train.batch_size:
             self.resume_note += (f"; note: train.batch_size changed from {state['batch_size']} to "
                                  f"{self.config.train.batch_size}, so this is not the original run's continuation")
