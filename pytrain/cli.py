@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -209,12 +210,29 @@ def _run_inspect(args) -> int:
     if not 1 <= args.bins <= 1000:
         raise PytrainError(f"--bins must be between 1 and 1000, not {args.bins}")
 
+    if _is_run_dir(args.dir):
+        raise PytrainError(_run_dir_data_hint(args.dir))
     inspect_dataset(args.dir, split=args.split, doc=args.doc, bins=args.bins)
     return 0
 
 
+def _is_run_dir(path: str) -> bool:
+    """A folder of `pytrain train`/`demo` (config.yaml and checkpoints/), not a pack (no manifest.json)."""
+    return not (Path(path) / "manifest.json").exists() and (Path(path) / "checkpoints").is_dir()
+
+
+def _run_dir_data_hint(path: str) -> str:
+    """Where a run directory's data is, as the command to inspect it."""
+    from pytrain.train.run_dir import RunDir
+
+    data = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd().resolve()) else p
+            for p in RunDir(path).data_paths()]
+    commands = "; ".join(f"pytrain inspect {shlex.quote(p)}" for p in data)
+    return f"{path} is a run directory, not a packed dataset; its data is {', '.join(data)}: {commands}"
+
+
 def _run_verify(args) -> int:
-    if not (Path(args.dir) / "manifest.json").exists() and (Path(args.dir) / "checkpoints").is_dir():
+    if _is_run_dir(args.dir):
         from pytrain.train.run_dir import verify_run
 
         verify_run(args.dir)
@@ -411,7 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(args, argv: list[str]) -> str:
+    """For an interrupted `pytrain train`: the command that continues it (the run resumes from its latest
+    checkpoint when started again the same way, `checkpoint.resume: auto`)."""
+    if args.command != "train":
+        return ""
+    return f"; resume from the latest checkpoint with the same command: {shlex.join(['pytrain', *argv])}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
@@ -431,10 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pytrain {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pytrain: interrupted", file=sys.stderr)
+        print(f"pytrain {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
         return 130
     except _Terminated:
-        print(f"pytrain {args.command}: terminated (SIGTERM); nothing was left behind", file=sys.stderr)
+        print(f"pytrain {args.command}: terminated (SIGTERM); nothing was left behind{_resume_hint(args, argv)}",
+              file=sys.stderr)
         return 143
 
 

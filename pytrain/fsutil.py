@@ -3,7 +3,8 @@
 A reader never sees a half-written file or directory under its final name: a crash
 leaves only hidden `.NAME.tmp-*` debris, which every reader refuses (delete it by hand).
 Temporary names get the permissions the final ones would have had (umask applied), not
-the owner-only modes `tempfile` uses.
+the owner-only modes `tempfile` uses, and so does every file in an output directory, whichever
+library wrote it.
 
 Every output directory ends with `.pytrain-output.json`, written last: which command made it
 and the name and size of every file in it. `--overwrite` replaces a directory only when that
@@ -38,6 +39,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _follow_umask(root: Path) -> None:
+    """Give every file and folder under `root` the mode a plain open()/mkdir() would have made.
+
+    Libraries that write our outputs do not all follow the umask (safetensors' save_file writes
+    0600 files), and colleagues on a shared machine must be able to read an export or a pack."""
+    mask = _umask()
+    for folder, dirs, names in os.walk(root):
+        base = Path(folder)
+        for name, mode in [(d, 0o777) for d in dirs] + [(n, 0o666) for n in names]:
+            path = base / name
+            if not path.is_symlink():
+                os.chmod(path, mode & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -289,6 +304,7 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False, *, comma
     old = _old_name(final, os.getpid())
     try:
         yield tmp
+        _follow_umask(tmp)
         write_output_marker(tmp, command)
         if final.exists():
             # Checked again: the folder may have changed while this command worked.

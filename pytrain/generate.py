@@ -15,6 +15,7 @@ from pytrain.model.generation import Sampling, generate_tokens, prompt_ids
 def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interactive: bool, max_new_tokens: int,
                  sampling: Sampling, seed: int, use_cache: bool, device: str) -> None:
     """Load a run's checkpoint and stream completions of `prompt`, or of each prompt typed at `> `."""
+    from pytrain.train.checkpoint import list_checkpoints, step_name
     from pytrain.train.distributed import pick_device
     from pytrain.train.run_dir import RunDir
 
@@ -26,7 +27,11 @@ def run_generate(run_dir: str, *, step: int | None, prompt: str | None, interact
         raise PytrainError(f"--seed must be an integer in [0, 2^63), got {seed}")
     device = pick_device(device, "--device")
     run = RunDir(run_dir)
+    run.require()
+    if step is None:  # the latest, fixed now so the line below names the checkpoint that was loaded
+        step = max(list_checkpoints(run.checkpoints), default=None)
     model, model_config = run.load_model(step, device=device)
+    print(f"loaded {run.checkpoints / step_name(step)} (step {step})", file=sys.stderr)
     tokenizer = run.tokenizer()
     eos_id = run.eos_id(tokenizer)
     import torch

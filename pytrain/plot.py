@@ -5,7 +5,8 @@ validation loss (dots), learning rate, training tokens/s. Runs trained on a mixt
 add a third row: each source's validation loss against steps and against tokens (one colour per source,
 one line style per run). Everything comes from each run's
 metrics.jsonl; matplotlib (the `plot` extra) is imported only here, without pyplot's global state.
-Without matplotlib, the PNG holds the loss curves only, drawn by pytrain.chart (numpy and zlib).
+Without matplotlib, the PNG holds the loss, learning-rate and tokens/s panels against steps, drawn by
+pytrain.chart (numpy and zlib).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
         from matplotlib.ticker import EngFormatter
     except ImportError:
         with atomic_file(out) as handle:
-            handle.write(_loss_chart(runs))
+            handle.write(_fallback_chart(runs))
         return out
 
     sources = list(dict.fromkeys(name for _, _, val in runs for row in val for name in row.get("val_loss_by_source", {})))
@@ -75,8 +76,10 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
             if val:
                 loss_ax.plot([r[x_key] for r in val], [r["val_loss"] for r in val], "o--", color=color,
                              markersize=4, label=f"{label} val")
-        for ax, title in ((loss_ax, "loss"), (lr_ax, "learning rate"), (speed_ax, "training tokens/s")):
+        for ax, title, y_label in ((loss_ax, "loss", "loss"), (lr_ax, "learning rate", "learning rate"),
+                                   (speed_ax, "training tokens/s", "tokens/s")):
             ax.set_title(f"{title} vs {x_label}")
+            ax.set_ylabel(y_label)
             ax.set_xlabel(x_label)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_formatter(EngFormatter())
@@ -101,6 +104,7 @@ def _plot_by_source(ax, runs, sources: list[str], x_key: str, x_label: str, form
                         color=f"C{number % 10}", label=f"{label} {name}" if len(runs) > 1 else name)
     ax.set_title(f"validation loss by source vs {x_label}")
     ax.set_xlabel(x_label)
+    ax.set_ylabel("validation loss")
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_formatter(formatter)
     if len(sources) * len(runs) <= 20:
@@ -113,19 +117,25 @@ def _label(run: str, runs: list[str]) -> str:
     return name if sum(Path(r).name == name for r in runs) == 1 else str(run)
 
 
-def _loss_chart(runs: list[tuple[str, list[dict], list[dict]]]) -> bytes:
-    """Without matplotlib: training and validation loss against steps, drawn by pytrain.chart."""
-    from pytrain.chart import COLORS, Series, line_chart
+def _fallback_chart(runs: list[tuple[str, list[dict], list[dict]]]) -> bytes:
+    """Without matplotlib: loss (training, and validation as dots), learning rate and training tokens/s
+    against steps, one panel each, drawn by pytrain.chart."""
+    from pytrain.chart import COLORS, Panel, Series, panels_png
 
-    series = []
+    loss, lr, speed = [], [], []
     for index, (label, train, val) in enumerate(runs):
         color = COLORS[index % len(COLORS)]
         prefix = f"{label} " if len(runs) > 1 else ""
-        series.append(Series(f"{prefix}train", [r["step"] for r in train], [r["loss"] for r in train], color))
+        steps = [r["step"] for r in train]
+        loss.append(Series(f"{prefix}train", steps, [r["loss"] for r in train], color))
         if val:
-            series.append(Series(f"{prefix}val", [r["step"] for r in val], [r["val_loss"] for r in val],
-                                 COLORS[(index + 3) % len(COLORS)], dotted=True))
-    return line_chart("loss", "step", series)
+            loss.append(Series(f"{prefix}val", [r["step"] for r in val], [r["val_loss"] for r in val],
+                               COLORS[(index + 3) % len(COLORS)], dotted=True))
+        lr.append(Series(label, steps, [r["lr"] for r in train], color))
+        speed.append(Series(label, steps, [r["tokens_per_s"] for r in train], color))
+    return panels_png([Panel("loss vs step", "step", "loss", loss),
+                       Panel("learning rate vs step", "step", "learning rate", lr),
+                       Panel("training tokens/s vs step", "step", "tokens/s", speed)])
 
 
 def _check_replaceable(out: Path) -> None:

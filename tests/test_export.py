@@ -148,6 +148,26 @@ def test_export_refuses_to_overwrite(base_run, exported, capsys):
     assert [parse_size(s) for s in ("5GB", "200mb", "1.5 KB", "1000")] == [5 * 10**9, 200 * 10**6, 1500, 1000]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_follow_the_umask(base_run, tmp_path, umask):
+    """Every exported file (model.safetensors too, which safetensors writes 0600) gets the mode a plain
+    open() makes under the same umask, so colleagues on a shared machine can read an export."""
+    import os
+
+    previous = os.umask(umask)
+    try:
+        with open(tmp_path / "plain", "w"):
+            pass
+        assert main(["export", "--run", str(base_run), "--out", str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(previous)
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert plain == 0o666 & ~umask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, plain)
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_a_run_recorded_before_rope_scaling_still_loads(base_run, tmp_path):
     """config.yaml of a run from before the rope_* model fields: they take their defaults (plain RoPE)."""
     old = tmp_path / "old"

@@ -124,7 +124,10 @@ def _expected_completion(run_dir, prompt: list[int] | str, sampling=GREEDY, seed
 def test_generate_command(base_run, capsys):
     greedy = ["--run", str(base_run), "--max-new-tokens", "12", "--temperature", "0"]
     assert main(["generate", *greedy, "--prompt", "def "]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert err == f"loaded {base_run / 'checkpoints' / 'step_8'} (step 8)\n"  # the latest
+    assert main(["generate", *greedy, "--prompt", "def ", "--step", "4"]) == 0
+    assert capsys.readouterr().err == f"loaded {base_run / 'checkpoints' / 'step_4'} (step 4)\n"
     assert out.startswith("def ") and len(out) > len("def \n")
     assert out == _expected_completion(base_run, "def ")
     assert main(["generate", *greedy, "--prompt", "def ", "--no-cache"]) == 0

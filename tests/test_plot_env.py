@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import struct
 import sys
+import zlib
 
 import pytest
 
@@ -46,22 +47,70 @@ def test_plot_errors(tmp_path, monkeypatch):
         plot_runs([str(tmp_path)])
 
 
-def test_plot_without_matplotlib_draws_the_loss_curves(base_run, tmp_path, monkeypatch):
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk, read by the PNG specification's layout (length, type, data, CRC)."""
+    assert data[:8] == PNG_SIGNATURE
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length:at + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks.append((kind, body))
+        at += 12 + length
+    return chunks
+
+
+def png_pixels(data: bytes):
+    """The RGB pixels of an 8-bit RGB, non-interlaced PNG whose rows all use filter 0 (None)."""
+    import numpy as np
+
+    chunks = png_chunks(data)
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", dict(chunks)[b"IHDR"])
+    assert (depth, color, interlace) == (8, 2, 0)
+    raw = np.frombuffer(zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT")), np.uint8)
+    rows = raw.reshape(height, 1 + width * 3)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def test_plot_without_matplotlib_draws_loss_lr_and_speed_panels(base_run, tmp_path, monkeypatch):
+    """The fallback PNG holds three panels, one above the other, each with its own axes and curve: loss
+    (training line and validation dots), learning rate and tokens/s, with labelled y axes."""
+    import numpy as np
+
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     shutil.copy(base_run / "metrics.jsonl", tmp_path / "metrics.jsonl")
     out = plot_runs([str(tmp_path)])
-    assert png_size(out) == (900, 560)
-    import zlib
-
-    import numpy as np
-
     data = out.read_bytes()
-    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
-    pixels = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(560, 1 + 900 * 3)[:, 1:].reshape(560, 900, 3)
+    text = [body.split(b"\0", 1) for kind, body in png_chunks(data) if kind == b"tEXt"]
+    assert [key for key, _ in text] == [b"Description"]
+    assert text[0][1].decode("latin-1").splitlines() == [
+        "loss vs step; y: loss; x: step", "learning rate vs step; y: learning rate; x: step",
+        "training tokens/s vs step; y: tokens/s; x: step"]
+    pixels = png_pixels(data)
+    black = (pixels == 0).all(axis=-1)
+    # The y axes: long runs of black pixels in one column, one per panel.
+    axis_column = int(np.argmax(black.sum(axis=0)))
+    column = black[:, axis_column].astype(np.int8)
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], column])) == 1)
+    ends = np.flatnonzero(np.diff(np.concatenate([column, [0]])) == -1) + 1
+    axes = []
+    for a, b in zip(starts, ends):  # a curve drawn across an axis breaks it for a few pixels: join those
+        if axes and a - axes[-1][1] < 20:
+            axes[-1] = (axes[-1][0], b)
+        else:
+            axes.append((a, b))
+    axes = [(a, b) for a, b in axes if b - a > 100]
+    assert len(axes) == 3, axes
     from pytrain.chart import COLORS
 
-    for color in (COLORS[0], COLORS[3]):  # the training curve and the validation points are drawn
-        assert (pixels == color).all(axis=-1).sum() > 50, color
+    for number, (top, bottom) in enumerate(axes):
+        band = pixels[top:bottom, axis_column + 3:]
+        assert (band == COLORS[0]).all(axis=-1).sum() > 50, number  # a curve inside each panel's axes
+        if number == 0:
+            assert (band == COLORS[3]).all(axis=-1).sum() > 50  # the validation points
+        label = black[top:bottom, :24]  # the rotated y-axis label, left of the tick labels
+        assert label.sum() > 40, number
 
 
 def test_env_reports_the_machine_and_the_kernel_choice(capsys):

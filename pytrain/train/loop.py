@@ -173,7 +173,7 @@ class _Run:
         if scale_note:
             self.notes.append(scale_note)
         changes = changes_since_saved(state, self.config.train.batch_size, self.schedule)
-        self.resume_note = (f"resumed from {path} at step {self.step} (saved by {state['world_size']} ranks)"
+        self.resume_note = (f"resumed from {path} at step {self.step} (saved by {state['world_size']} rank{'' if state['world_size'] == 1 else 's'})"
                             + "".join(f"; note: {change}" for change in changes))
 
     def _describe(self) -> None:

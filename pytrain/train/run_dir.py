@@ -148,6 +148,14 @@ class RunDir:
         # None: a field an older pytrain did not record (it keeps ModelConfig's default)
         return ModelConfig(**{k: v for k, v in vars(section).items() if k not in ("preset", "init_from") and v is not None})
 
+    def data_paths(self) -> list[str]:
+        """The data this run trains on, as its config.yaml names it: data.path, or each mixture source's path."""
+        from pytrain.config import load_config
+
+        self.require()
+        data = load_config(self.config_file).data
+        return [data.path] if data.path else [entry["path"] for entry in data.mixture or []]
+
     def checkpoint(self, step: int | None = None) -> Path:
         """The latest (or `step`'s) checkpoint, verified against its checksums."""
         from pytrain.train.checkpoint import find_checkpoint, is_legacy, summarize, verify_checkpoint

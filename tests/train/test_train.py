@@ -45,6 +45,30 @@ def test_resume_reproduces_the_uninterrupted_run(base_config, base_run, tmp_path
     expected = losses(base_run)
     assert losses(resumed) == {step: expected[step] for step in range(5, 9)}  # bit for bit
     assert val_losses(resumed)[8] == val_losses(base_run)[8]
+    assert f"resumed from {base_run / 'checkpoints' / 'step_4'} at step 4 (saved by 1 rank)" in (resumed / "train.log").read_text()
+
+
+def test_inspect_on_a_run_directory_names_its_data(base_run, packed_data, capsys):
+    from pytrain.cli import main
+
+    assert main(["inspect", str(base_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"pytrain inspect: error: {base_run} is a run directory, not a packed dataset; its data is "
+                   f"{packed_data}: pytrain inspect {packed_data}")
+
+
+def test_an_interrupted_train_says_the_command_that_resumes_it(base_config, monkeypatch, capsys):
+    import pytrain.train
+    from pytrain.cli import main
+
+    def interrupted(config, config_source):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pytrain.train, "train", interrupted)
+    assert main(["train", "--config", str(base_config), "train.steps=5"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "pytrain train: interrupted; resume from the latest checkpoint with the same command: "
+        f"pytrain train --config {base_config} train.steps=5")
 
 
 def test_gradient_accumulation_equals_the_larger_batch(base_config, base_run, tmp_path):
