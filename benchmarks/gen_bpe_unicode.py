@@ -67,7 +67,7 @@ def nfc_changing(ucd) -> set[int]:
     later = set()
     for c in scalar_values():
         later.update(map(ord, ucd.normalize("NFD", chr(c))[1:]))
-    changing = set(range(0xD800, 0xE000)) | later
+    changing = set(later)
     for c in scalar_values():
         ch = chr(c)
         if (ucd.category(ch) == "Cn" or ucd.combining(ch) or ucd.normalize("NFC", ch) != ch
