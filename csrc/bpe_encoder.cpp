@@ -111,12 +111,12 @@ class NfcInert {
     }
 
   private:
-    NfcInert() : changing_(0x110000, false) {
+    NfcInert() : changing_(0x110000, 0) {
         for (const bpe::CodeRange& r : bpe::kNfcChangingRanges) {
-            for (uint32_t cp = r.first; cp <= r.last; ++cp) changing_[cp] = true;
+            std::fill(changing_.begin() + r.first, changing_.begin() + r.last + 1, uint8_t{1});
         }
     }
-    std::vector<bool> changing_;
+    std::vector<uint8_t> changing_;
 };
 
 py::array_t<bool> nfc_unchanged(const py::list& texts) {
