@@ -2,7 +2,8 @@
 
 Every key and setting written here is the published file's: normalizer, pre-tokenizer, post-processor,
 decoder, model options, added tokens and their flags. The sources: transformers'
-convert_slow_tokenizer.py (GPT2Converter for GPT-2, Qwen2Converter for Qwen2/2.5/3), and the files
+convert_slow_tokenizer.py (GPT2Converter for GPT-2, Qwen2Converter for Qwen2/2.5; Qwen3 adds its
+tokens to that), and the files
 themselves as they read (meta-llama's Llama-3.x tokenizer.json: Split with the Llama-3 regex +
 ByteLevel(use_regex=false), ignore_merges, 256 special tokens; EleutherAI's GPT-NeoX-20B/Pythia
 tokenizer.json: NFC, ByteLevel, <|endoftext|>/<|padding|> and 23 space-run added tokens with
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import json
 
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+from pytrain.data.fast_bpe import LLAMA3_PATTERN
+
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2Converter's regex: one digit at a time
 FAMILIES = ("gpt2", "llama3", "qwen2", "qwen3", "neox")
 LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
@@ -113,14 +113,18 @@ def layout(family: str, vocab: dict, merges: list) -> dict:
                 "decoder": _byte_level(add_prefix_space=True),
                 "model": _model(vocab, merges, continuing_subword_prefix=None, end_of_word_suffix=None,
                                 ignore_merges=True)}
-    if family in ("qwen2", "qwen3"):  # Qwen3's files write merges as [a, b] pairs
+    if family in ("qwen2", "qwen3"):
+        # qwen2: Qwen2Converter's layout exactly. qwen3: Qwen3's added tokens, merges as [a, b] pairs, and every
+        # ByteLevel option false (a variant that changes offsets only, never ids).
         specials = QWEN_SPECIALS if family == "qwen3" else QWEN_SPECIALS[:-4]
-        no_regex = _byte_level(trim_offsets=False, use_regex=False)
-        pairs = [m.split(" ") for m in merges] if family == "qwen3" else merges
+        qwen3 = family == "qwen3"
+        post = _byte_level(trim_offsets=False, use_regex=False) if qwen3 else _byte_level(True, trim_offsets=False)
+        decoder = _byte_level(trim_offsets=False, use_regex=False) if qwen3 else _byte_level(True)
         return {"version": "1.0", "truncation": None, "padding": None,
                 "added_tokens": [_added(len(vocab) + i, content, special) for i, (content, special) in enumerate(specials)],
-                "normalizer": {"type": "NFC"}, "pre_tokenizer": _split_sequence(QWEN2_PATTERN, trim_offsets=False),
-                "post_processor": no_regex, "decoder": no_regex, "model": _model(vocab, pairs, ignore_merges=False)}
+                "normalizer": {"type": "NFC"}, "pre_tokenizer": _split_sequence(QWEN2_PATTERN, trim_offsets=not qwen3),
+                "post_processor": post, "decoder": decoder,
+                "model": _model(vocab, [m.split(" ") for m in merges] if qwen3 else merges, ignore_merges=False)}
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 

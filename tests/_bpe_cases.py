@@ -109,7 +109,6 @@ def generated_texts(seed: int, count: int = 600) -> list[str]:
     return texts
 
 
-
 def _families():
     """benchmarks/bpe_families.py (the published layouts), loaded by path: the benchmark uses it too."""
     import importlib.util

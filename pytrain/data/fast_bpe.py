@@ -1,24 +1,31 @@
 """The fast encoder for `pytrain pack`: pytrain._native.BpeEncoder, used only where it is exact.
 
-`fast_encoder(tokenizer.json bytes)` reads the JSON (never executes anything) and returns
-(FastBpe, "") when the tokenizer means exactly what the native encoder implements, else
-(None, a one-line reason). Supported, all conditions together:
+`fast_encoder(tokenizer.json bytes, loaded tokenizer)` reads the JSON (never executes anything) and
+returns (FastBpe, "") when the tokenizer means exactly what the native encoder implements, else
+(None, a one-line reason). Supported, all conditions together (Sequences of one step, nested
+Sequences and options that only move offsets, such as trim_offsets, count as what they amount to):
 
 - model BPE with no dropout, no continuing_subword_prefix / end_of_word_suffix, no byte_fallback,
   every one of the 256 byte-level characters in the vocabulary (so unk_token is never used);
   ignore_merges true or false;
-- no normalizer, no truncation, no padding; a post-processor that adds nothing without
-  special tokens (none, ByteLevel, TemplateProcessing, or a Sequence of them) — pack encodes
-  with add_special_tokens=False;
-- pre-tokenizer ByteLevel(add_prefix_space=false, use_regex=true) (GPT-2, `pytrain tokenizer
-  train`), or Sequence[Split(Regex(P), Isolated, invert=false), ByteLevel(add_prefix_space=false,
-  use_regex=false)] with P GPT-2's pattern, Llama-3's, or Llama-3's with \\p{N} for \\p{N}{1,3};
-- added tokens with normalized, lstrip, rstrip and single_word all false and distinct contents;
-- the installed `tokenizers` is the release whose regex engine the Unicode tables were probed
-  from (benchmarks/gen_bpe_unicode.py): another release may classify code points differently.
+- no normalizer, or NFC: a text NFC might change (one with a code point outside the NFC-inert set,
+  see gen_bpe_unicode.nfc_changing) is encoded by `tokenizers` itself, the rest natively;
+- no truncation, no padding; a post-processor that adds nothing without special tokens (none,
+  ByteLevel, TemplateProcessing, or a Sequence of them); pack encodes with add_special_tokens=False;
+  the decoder plays no part in encoding;
+- pre-tokenizer ByteLevel(add_prefix_space=false, use_regex=true) (GPT-2, GPT-NeoX, `pytrain
+  tokenizer train`), or Split(Regex(P), Isolated, invert=false) + ByteLevel(add_prefix_space=false,
+  use_regex=false) with P GPT-2's pattern, Llama-3's, or Qwen2's (Llama-3's with \\p{N} for \\p{N}{1,3});
+- added tokens with lstrip, rstrip and single_word false and distinct contents; normalized=true ones
+  need NFC (if any) to leave their content alone and share no character with the normalized=false ones
+  (then one leftmost-longest pass splits them out as `tokenizers`' two passes do);
+- the installed `tokenizers` regex engine classifies the sentinel code points as the tables' Unicode
+  version does (bpe_unicode.py), whatever its release.
 
 Then ids equal `tokenizers`' for every text; tests/data/test_bpe_*.py check it against `tokenizers`.
-As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text.
+As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text. A file that
+claims a BPE model but is malformed in a way `tokenizers` accepts (one id for two tokens) is a
+PytrainError naming the key (tokenizer_json.py).
 """
 
 from __future__ import annotations
