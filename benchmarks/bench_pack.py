@@ -463,11 +463,12 @@ def family_tokenizer(family: str, corpus: Path, work: Path, args) -> Path:
     """The family's published-layout tokenizer.json (cached in `work`)."""
     import bpe_families
 
-    path = work / f"{family}-{args.family_vocab}-{args.train_mb}mb-tokenizer.json"
+    gpt2 = RESULTS / "gpt2-tokenizer.json"
+    real = family == "gpt2" and gpt2.exists()
+    path = work / (f"{family}-real-tokenizer.json" if real else f"{family}-{args.family_vocab}-{args.train_mb}mb-tokenizer.json")
     if path.exists():
         return path
-    gpt2 = RESULTS / "gpt2-tokenizer.json"
-    if family == "gpt2" and gpt2.exists():  # GPT-2's own 50k vocabulary and merges
+    if real:  # GPT-2's own 50k vocabulary and merges
         model = json.loads(gpt2.read_text(encoding="utf-8"))["model"]
         vocab = {t: i for t, i in model["vocab"].items() if t != EOS}
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]

@@ -17,6 +17,7 @@
 #include "bpe_pretokenize.h"
 #include "modules.h"
 #include "parallel.h"
+#include "utf8.h"
 
 namespace pytrain {
 namespace {
@@ -89,23 +90,14 @@ class NfcInert {
     }
     bool text(const uint8_t* p, size_t n) const {
         for (size_t i = 0; i < n;) {
-            const uint8_t b = p[i];
-            if (b < 0x80) {
+            const uint8_t lead = p[i];
+            if (lead < 0x80) {
                 ++i;
                 continue;
             }
-            uint32_t cp;
-            if (b < 0xE0) {
-                cp = (b & 0x1Fu) << 6 | (p[i + 1] & 0x3Fu);
-                i += 2;
-            } else if (b < 0xF0) {
-                cp = (b & 0x0Fu) << 12 | (p[i + 1] & 0x3Fu) << 6 | (p[i + 2] & 0x3Fu);
-                i += 3;
-            } else {
-                cp = (b & 0x07u) << 18 | (p[i + 1] & 0x3Fu) << 12 | (p[i + 2] & 0x3Fu) << 6 | (p[i + 3] & 0x3Fu);
-                i += 4;
-            }
-            if (changing_[cp]) return false;
+            const int length = lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;  // valid UTF-8 (Python's own encoding)
+            if (changing_[utf8::decode(p + i, length)]) return false;
+            i += length;
         }
         return true;
     }

@@ -124,11 +124,10 @@ class FastBpe:
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
         """Ids per text, as lists (what `tokenizers` returns)."""
         slow = self._needs_reference(texts)
-        fast = list(range(len(texts))) if slow is None else np.setdiff1d(np.arange(len(texts)), slow).tolist()
-        tokens, lengths, _ = self._native.encode([texts[i] for i in fast] if slow is not None else texts, self.threads)
-        ends = np.cumsum(lengths)
+        fast = np.arange(len(texts)) if slow is None else np.setdiff1d(np.arange(len(texts)), slow)
+        tokens, lengths, _ = self._native.encode(texts if slow is None else [texts[i] for i in fast], self.threads)
         out: list = [None] * len(texts)
-        for i, part in zip(fast, np.split(tokens, ends[:-1]) if len(fast) else []):
+        for i, part in zip(fast.tolist(), np.split(tokens, np.cumsum(lengths)[:-1])):
             out[i] = part.tolist()
         if slow is not None:
             for i, ids in zip(slow.tolist(), self._reference_ids([texts[i] for i in slow])):
