@@ -2,6 +2,8 @@
 
     python benchmarks/gpt2_tokenizer.py --fetch          # once: GPT-2's tokenizer.json, offline
     python benchmarks/bench_pack.py --mb 200              # table + goal checks + results/bench_pack.json
+    python benchmarks/bench_pack.py --families gpt2 llama3 qwen2 neox --mb 20
+                                                          # a table per family (published layouts, see below)
     PYTHONPATH=DIR python benchmarks/bench_pack.py ...    # DIR from `pip install --target DIR tiktoken regex`
                                                           # adds the tiktoken row (optional)
 
@@ -25,6 +27,13 @@ tree every 50 ms, which is what counts for `datasets.map(num_proc=N)` workers. M
              one thread (RAYON_NUM_THREADS=1): N threads in all, and faster than N x N in our trials.
   index      `_native.index_lines` over an mmap of the corpus at 1 and N threads, median of 5.
   memory     pytrain pack again on the corpus repeated --mem-scale times.
+
+--families: for each family, its tokenizer.json in the published layout (bpe_families.py; GPT-2 with
+its real vocabulary from results/gpt2-tokenizer.json when gpt2_tokenizer.py --fetch made it, the others
+with --family-vocab tokens trained on the corpus' first --train-mb MB), then the whole `pytrain pack`
+command (encoder auto) against bare `encode_batch_fast` over the same preloaded texts (the faster of
+8 MB batches and one call), same threads, --repeat times each, fastest reported; every document's
+ids in tokens.bin must equal the tokenizer's + EOS. (llama2, SentencePiece-style, is another helper's.)
 
 The page cache is warm for every method (the corpus was just written or read). Token rates
 count the tokenizer's tokens (no EOS) for every method, so they compare directly. pytrain and
@@ -129,23 +138,25 @@ def child_tiktoken(args) -> dict:
 
 
 def child_bare(args) -> dict:
-    """Encode every text; time only the encode calls. Dumps the first docs' ids for the parent's check."""
+    """Encode every text; time only the encode calls. Dumps the first docs' ids (all with --prefix-docs 0)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(args.tokenizer)
     texts = _texts(args.corpus)
     batches = _batches(texts, args.batch_mb)
-    seconds, cpu, tokens = 0.0, 0.0, 0
+    seconds, cpu, tokens, dumped = 0.0, 0.0, 0, []
     for i, batch in enumerate(batches):
         started, cpu_started = time.perf_counter(), time.process_time()
         encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
         seconds += time.perf_counter() - started
         cpu += time.process_time() - cpu_started
         tokens += sum(map(len, encodings))
-        if i == 0 and args.dump:
-            prefix = [e.ids for e in encodings[:args.prefix_docs]]
-            np.savez(args.dump, ids=np.concatenate(prefix).astype(np.int64), lengths=np.array(list(map(len, prefix))))
+        if args.dump and (i == 0 or not args.prefix_docs):
+            kept = [e.ids for e in (encodings[:args.prefix_docs] if args.prefix_docs else encodings)]
+            dumped.append((np.concatenate(kept or [[]]).astype(np.int64), np.array(list(map(len, kept)))))
         del encodings
+    if dumped:
+        np.savez(args.dump, ids=np.concatenate([d[0] for d in dumped]), lengths=np.concatenate([d[1] for d in dumped]))
     return {"seconds": seconds, "cpu": cpu, "tokens": tokens, "documents": len(texts), "batches": len(batches)}
 
 
@@ -447,6 +458,78 @@ def report(args, results: dict) -> dict:
     return goals
 
 
+# ----------------------------------------------------------------------------- --families
+def family_tokenizer(family: str, corpus: Path, work: Path, args) -> Path:
+    """The family's published-layout tokenizer.json (cached in `work`)."""
+    import bpe_families
+
+    gpt2 = RESULTS / "gpt2-tokenizer.json"
+    real = family == "gpt2" and gpt2.exists()
+    path = work / (f"{family}-real-tokenizer.json" if real else f"{family}-{args.family_vocab}-{args.train_mb}mb-tokenizer.json")
+    if path.exists():
+        return path
+    if real:  # GPT-2's own 50k vocabulary and merges
+        model = json.loads(gpt2.read_text(encoding="utf-8"))["model"]
+        vocab = {t: i for t, i in model["vocab"].items() if t != EOS}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        config = bpe_families.layout(family, vocab, merges)
+    else:
+        texts, size = [], 0
+        for text in _texts(str(corpus)):
+            texts.append(text)
+            size += len(text)
+            if size >= args.train_mb << 20:
+                break
+        config = bpe_families.layout(family, *bpe_families.train(family, texts, args.family_vocab))
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def measure_family(family: str, corpus: Path, tmp: Path, args) -> dict:
+    tokenizer = family_tokenizer(family, corpus, args.work, args)
+    family_args = argparse.Namespace(**{**vars(args), "tokenizer": tokenizer})
+    child = [sys.executable, __file__, "--corpus", str(corpus), "--tokenizer", str(tokenizer), "--threads", str(args.threads)]
+    rayon = {"RAYON_NUM_THREADS": str(args.threads)}
+    packs, bares = [], []
+    for _ in range(args.repeat):
+        packs.append(run_pack(corpus, family_args, tmp / "packed"))
+        for batch_mb in (8, 0):
+            bares.append(timed_part(run_child(child + ["--child", "bare", "--batch-mb", str(batch_mb)], rayon, "bare",
+                                              args.wait_quiet)))
+    run_child(child + ["--child", "bare", "--dump", str(tmp / "ids.npz"), "--prefix-docs", "0"], rayon, "ids", 0.0)
+    manifest = json.loads((tmp / "packed" / "manifest.json").read_text())
+    dumped = np.load(tmp / "ids.npz")
+    pieces = [p for p in np.split(dumped["ids"], np.cumsum(dumped["lengths"])[:-1]) if len(p)]
+    expected = np.concatenate([np.append(p, manifest["eos_id"]) for p in pieces])
+    packed = np.fromfile(fmt.tokens_path(tmp / "packed", "train"), dtype=np.dtype(manifest["dtype"]).newbyteorder("<"))
+    shutil.rmtree(tmp / "packed")
+    pack, bare = fastest_run(packs), fastest_run(bares)
+    return {"tokenizer": str(tokenizer), "vocab_size": manifest["vocab_size"], "pack": pack, "bare": bare,
+            "documents": len(pieces), "ids_identical": bool(np.array_equal(packed, expected)),
+            "speedup": bare["wall_s"] / pack["wall_s"], "load_average": os.getloadavg()}
+
+
+def report_families(args, results: dict) -> dict:
+    goals = {}
+    for family, r in results.items():
+        pack, bare = r["pack"], r["bare"]
+        print(f"\n{family}: vocab {r['vocab_size']:,}, {r['documents']:,} documents, {args.threads} threads, "
+              f"load average {r['load_average'][0]:.1f} (1 min)")
+        print(f"{'method':44} {'wall s':>8} {'tokens':>12} {'tokens/s':>11} {'cpu s':>7} {'other s':>8} {'x bare':>7}")
+        for name, run in ((f"pytrain pack, encoder {pack['encoder']} (whole CLI)", pack),
+                          ("bare encode_batch_fast (encode calls only)", bare)):
+            print(f"{name:44} {run['wall_s']:8.2f} {run['tokens']:12,} {run['tokens'] / run['wall_s']:11,.0f} "
+                  f"{run['cpu_s']:7.1f} {run['other_cpu_s']:8.1f} {bare['wall_s'] / run['wall_s']:7.2f}")
+        print(f"ids identical to tokenizers + EOS on every document: {r['ids_identical']}; "
+              f"bare / pack = {r['speedup']:.2f} (walls: pack {', '.join(f'{w:.2f}' for w in pack['walls_s'])}; "
+              f"bare {', '.join(f'{w:.2f}' for w in bare['walls_s'])})")
+        goals[f"{family}: pack >= {GOAL_FAST_SPEEDUP}x faster than bare, ids identical"] = (
+            r["speedup"] >= GOAL_FAST_SPEEDUP and r["ids_identical"] and pack["encoder"] == "fast")
+    for name, ok in goals.items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    return goals
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=200, help="corpus size in MB of text")
@@ -460,6 +543,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=RESULTS / "bench_pack_work", help="corpora are cached here")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_pack.json")
     parser.add_argument("--prefix-docs", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--families", nargs="+", metavar="NAME", help="per-family tables: gpt2 llama3 qwen2 qwen3 neox")
+    parser.add_argument("--family-vocab", type=int, default=32000, help="--families: trained vocabulary size")
+    parser.add_argument("--train-mb", type=int, default=4, help="--families: MB of the corpus to train on")
     parser.add_argument("--child", choices=["bare", "datasets", "fast", "tiktoken"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--batch-mb", type=int, default=8, help=argparse.SUPPRESS)
@@ -473,6 +559,19 @@ def main(argv=None) -> int:
         print(json.dumps(children[args.child](args)))
         return 0
 
+    if args.families:
+        args.work.mkdir(parents=True, exist_ok=True)
+        corpus = build_corpus(args.work, args.mb)
+        print(f"corpus {corpus} ({corpus.stat().st_size / 1e6:.1f} MB), threads {args.threads}", flush=True)
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            results = {family: measure_family(family, corpus, Path(tmp), args) for family in args.families}
+        goals = report_families(args, results)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        path = args.json.with_name("bench_pack_families.json")
+        path.write_text(json.dumps({"corpus_bytes": corpus.stat().st_size, "threads": args.threads,
+                                    "families": results, "goals": goals}, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0 if all(goals.values()) else 1
     if not args.tokenizer.exists():
         raise SystemExit(f"{args.tokenizer}: missing; run `python benchmarks/gpt2_tokenizer.py --fetch` first")
     args.work.mkdir(parents=True, exist_ok=True)

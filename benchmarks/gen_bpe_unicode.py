@@ -1,24 +1,37 @@
-"""Generate csrc/bpe_unicode_table.h by probing the regex engine inside `tokenizers`.
+"""Generate csrc/bpe_unicode_table.h from a versioned Unicode Character Database.
 
-The fast BPE encoder (csrc/bpe_*.cpp) must classify code points exactly as the pre-tokenizer
-regexes of `tokenizers` do (\\p{L}, \\p{N}, \\s, and the case folds behind `(?i:'s|'t|...)`),
-which depends on the Unicode tables compiled into that engine, not on Python's unicodedata.
-So this script asks the engine itself: it splits one string holding every scalar value with
-a `Split(Regex(...), "removed")` pre-tokenizer and records which code points were removed.
+The fast BPE encoder (csrc/bpe_*.cpp) classifies code points as the pre-tokenizer regexes of
+`tokenizers` do: \\p{L} (general category L*), \\p{N} (N*), \\s (the White_Space property:
+Zs, Zl, Zp and U+0009..000D, U+0085) and the case folds behind `(?i:'s|'t|...)` (the code
+points whose case folding is that one letter). Those come from the UCD of one Unicode
+version, read through the `unicodedata2` package, which tracks the UCD release by release:
 
-    python benchmarks/gen_bpe_unicode.py            # rewrites csrc/bpe_unicode_table.h
+    pip install --target /tmp/ucd unicodedata2==16.0.0          # the table's version
+    pip install --target /tmp/ucd-new unicodedata2              # the newest, for the sentinels
+    PYTHONPATH=/tmp/ucd python benchmarks/gen_bpe_unicode.py --newer /tmp/ucd-new
 
-Rerun it when the pinned `tokenizers` changes; tests/data/test_bpe_unicode.py checks the table
-against the installed engine.
+The header also lists sentinel code points: those whose class differs between the table's
+version and Python's own `unicodedata` (an older version) or the newest `unicodedata2`. The
+regex engine inside `tokenizers` (Oniguruma) carries its own Unicode tables; at load,
+pytrain.data.bpe_unicode checks that engine on the sentinels, so a `tokenizers` release built
+on another Unicode version falls back to `tokenizers` instead of giving different ids.
+tests/data/test_bpe_unicode.py checks the header against the UCD and the engine.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
 import sys
+import unicodedata as stdlib_unicodedata
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "csrc" / "bpe_unicode_table.h"
-CLASSES = (("kLetter", r"\p{L}"), ("kNumber", r"\p{N}"), ("kSpace", r"\s"))
+TABLE_UNICODE_VERSION = "16.0.0"  # what tokenizers 0.23's Oniguruma uses; the sentinels check any other release
+CLASS_NAMES = ("kOther", "kLetter", "kNumber", "kSpace")
+WHITE_SPACE_CONTROLS = (0x9, 0xA, 0xB, 0xC, 0xD, 0x85)  # White_Space outside Zs/Zl/Zp (PropList.txt)
 FOLDED_LETTERS = "strevmld"  # the letters of the contractions in (?i:'s|'t|'re|'ve|'m|'ll|'d)
 
 
@@ -26,47 +39,70 @@ def scalar_values() -> list[int]:
     return [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
 
 
-def matching(pattern: str, text: str) -> set[int]:
-    """Code points of `text` that the tokenizers regex `pattern` matches one at a time."""
-    from tokenizers import Regex, pre_tokenizers
-
-    split = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=False)
-    kept = {ord(ch) for piece, _ in split.pre_tokenize_str(text) for ch in piece}
-    return {ord(ch) for ch in text} - kept
-
-
-def ranges(codes: set[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for c in sorted(codes):
-        if out and out[-1][1] + 1 == c:
-            out[-1] = (out[-1][0], c)
-        else:
-            out.append((c, c))
+def classes(ucd) -> list[int]:
+    """The class index (into CLASS_NAMES) of every code point, by the UCD module `ucd`."""
+    out = [0] * 0x110000
+    for c in scalar_values():
+        category = ucd.category(chr(c))
+        if category[0] == "L":
+            out[c] = 1
+        elif category[0] == "N":
+            out[c] = 2
+        elif category in ("Zs", "Zl", "Zp") or c in WHITE_SPACE_CONTROLS:
+            out[c] = 3
     return out
 
 
-def probe() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
-    text = "".join(map(chr, scalar_values()))
-    classes = {name: matching(pattern, text) for name, pattern in CLASSES}
-    names = list(classes)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if classes[a] & classes[b]:
-                raise SystemExit(f"{a} and {b} overlap; the encoder assumes disjoint classes")
-    # One pass over everything for the union, then each letter over that handful of code points.
-    candidates = "".join(map(chr, sorted(matching(f"(?i:[{FOLDED_LETTERS}])", text))))
-    folds = {letter: matching(f"(?i:{letter})", candidates) for letter in FOLDED_LETTERS}
-    return classes, folds
+def folds() -> dict[str, list[int]]:
+    """For each contraction letter, the code points whose case folding is that letter (Python's str.casefold:
+    unicodedata2 has none, and Unicode's stability policy keeps the folds of existing characters fixed)."""
+    return {letter: [c for c in scalar_values() if chr(c).casefold() == letter] for letter in FOLDED_LETTERS}
 
 
-def render(classes: dict[str, set[int]], folds: dict[str, set[int]]) -> str:
-    import tokenizers
+def nfc_changing(ucd) -> set[int]:
+    """Code points a text may hold only if NFC can change it (any Unicode version): unassigned in `ucd`,
+    combining class != 0, NFC(c) != c, or in a canonical decomposition after its first character (these may
+    compose with what precedes them), or decomposing to such a first character. A text of other code
+    points is a sequence of starters none of which composes with its neighbour: NFC leaves it as it is."""
+    later = set()
+    for c in scalar_values():
+        later.update(map(ord, ucd.normalize("NFD", chr(c))[1:]))
+    changing = set(later)
+    for c in scalar_values():
+        ch = chr(c)
+        if (ucd.category(ch) == "Cn" or ucd.combining(ch) or ucd.normalize("NFC", ch) != ch
+                or ord(ucd.normalize("NFD", ch)[0]) in later):
+            changing.add(c)
+    return changing
 
+
+def ranges(values: list[int], keep) -> list[tuple[int, int, int]]:
+    """(first, last, value) runs of equal values[c] over the code points c where keep(c)."""
+    out: list[tuple[int, int, int]] = []
+    for c in scalar_values():
+        if not keep(c):
+            continue
+        if out and out[-1][1] + 1 == c and out[-1][2] == values[c]:
+            out[-1] = (out[-1][0], c, values[c])
+        else:
+            out.append((c, c, values[c]))
+    return out
+
+
+def _rows(entries: list[str]) -> list[str]:
+    return ["    " + ", ".join(entries[i:i + 4]) + "," for i in range(0, len(entries), 4)]
+
+
+def render(table: list[int], fold_sets: dict[str, list[int]], sentinels: set[int], nfc: set[int],
+           versions: dict[str, str]) -> str:
     lines = [
-        "// GENERATED by benchmarks/gen_bpe_unicode.py from the regex engine of tokenizers "
-        f"{tokenizers.__version__}; do not edit.",
-        "// Code point classes as the pre-tokenizer regexes see them: \\p{L}, \\p{N}, \\s (disjoint), and the code points",
-        "// that (?i:x) matches for each letter x of the contractions.",
+        "// GENERATED by benchmarks/gen_bpe_unicode.py from the Unicode Character Database "
+        f"{versions['table']}; do not edit.",
+        "// Code point classes as the pre-tokenizer regexes see them: \\p{L}, \\p{N}, \\s (disjoint), the code points",
+        "// that (?i:x) matches for each letter x of the contractions, and the sentinels: code points whose class",
+        f"// differs in Unicode {versions['older']} (Python's unicodedata) or {versions['newer']} (the newest "
+        "unicodedata2), on which",
+        "// pytrain.data.bpe_unicode checks the installed tokenizers' regex engine; and the code points NFC may change.",
         "#pragma once",
         "",
         "#include <cstdint>",
@@ -78,37 +114,71 @@ def render(classes: dict[str, set[int]], folds: dict[str, set[int]]) -> str:
         "    uint8_t cls;",
         "};",
         "",
-        "// The tokenizers release these tables were probed from; the fast encoder is used only with that release.",
-        f'inline constexpr char kProbedTokenizersVersion[] = "{tokenizers.__version__}";',
+        f'inline constexpr char kUnicodeVersion[] = "{versions["table"]}";',
         "",
         "enum CodeClass : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };",
         "",
         "inline constexpr CodeRange kClassRanges[] = {",
     ]
-    tagged = sorted((first, last, name) for name, codes in classes.items() for first, last in ranges(codes))
-    row = []
-    for first, last, name in tagged:
-        row.append(f"{{0x{first:X}, 0x{last:X}, {name}}}")
-        if len(row) == 4:
-            lines.append("    " + ", ".join(row) + ",")
-            row = []
-    if row:
-        lines.append("    " + ", ".join(row) + ",")
+    entry = "{{0x{:X}, 0x{:X}, {}}}"
+    lines += _rows([entry.format(a, b, CLASS_NAMES[v]) for a, b, v in ranges(table, lambda c: table[c] != 0)])
+    lines += ["};", "", "// Each with its class in this table (kOther included).", "inline constexpr CodeRange kSentinelRanges[] = {"]
+    lines += _rows([entry.format(a, b, CLASS_NAMES[v]) for a, b, v in ranges(table, lambda c: c in sentinels)])
+    changing = [1 if c in nfc else 0 for c in range(0x110000)]
+    lines += ["};", "", "// The code points NFC may change (gen_bpe_unicode.nfc_changing); the rest are NFC-inert.",
+              "inline constexpr CodeRange kNfcChangingRanges[] = {"]
+    lines += _rows([entry.format(a, b, 1) for a, b, _ in ranges(changing, lambda c: changing[c])])
     lines += ["};", "", "struct FoldSet {", "    char letter;", "    uint32_t codes[4];  // 0-terminated", "};", "",
               "inline constexpr FoldSet kContractionFolds[] = {"]
-    for letter, codes in folds.items():
+    for letter, codes in fold_sets.items():
         if len(codes) > 3:
             raise SystemExit(f"(?i:{letter}) matches {len(codes)} code points; widen FoldSet")
-        listed = ", ".join(f"0x{c:X}" for c in sorted(codes))
-        lines.append(f"    {{'{letter}', {{{listed}}}}},")
+        lines.append(f"    {{'{letter}', {{{', '.join(f'0x{c:X}' for c in codes)}}}}},")
     lines += ["};", "", "}  // namespace pytrain::bpe", ""]
     return "\n".join(lines)
 
 
+def table_ucd():
+    import unicodedata2
+
+    if unicodedata2.unidata_version != TABLE_UNICODE_VERSION:
+        raise SystemExit(f"unicodedata2 is Unicode {unicodedata2.unidata_version}; the table is made from "
+                         f"{TABLE_UNICODE_VERSION} (pip install unicodedata2=={TABLE_UNICODE_VERSION})")
+    return unicodedata2
+
+
+def newer_classes(path: str) -> tuple[str, list[int]]:
+    """(version, classes) from the unicodedata2 installed under `path`, in a child (one module name per process)."""
+    child = subprocess.run([sys.executable, __file__, "--dump-classes"], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": path})
+    version, values = json.loads(child.stdout)
+    return version, values
+
+
+def build(newer: tuple[str, list[int]]) -> str:
+    ucd = table_ucd()
+    table = classes(ucd)
+    older = classes(stdlib_unicodedata)
+    newer_version, newer_table = newer
+    sentinels = {c for c in scalar_values() if table[c] != older[c] or table[c] != newer_table[c]}
+    versions = {"table": ucd.unidata_version, "older": stdlib_unicodedata.unidata_version, "newer": newer_version}
+    return render(table, folds(), sentinels, nfc_changing(ucd), versions)
+
+
 def main() -> int:
-    classes, folds = probe()
-    OUT.write_text(render(classes, folds), encoding="utf-8")
-    print(f"wrote {OUT}: " + ", ".join(f"{name} {len(codes)}" for name, codes in classes.items()))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--newer", metavar="DIR", help="a folder holding the newest unicodedata2 (pip --target)")
+    parser.add_argument("--dump-classes", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dump_classes:
+        import unicodedata2
+
+        print(json.dumps([unicodedata2.unidata_version, classes(unicodedata2)]))
+        return 0
+    if not args.newer:
+        parser.error("--newer DIR is required (see the module docstring)")
+    OUT.write_text(build(newer_classes(args.newer)), encoding="utf-8")
+    print(f"wrote {OUT}")
     return 0
 
 

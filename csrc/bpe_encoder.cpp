@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <iterator>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 #include "bpe_pretokenize.h"
 #include "modules.h"
 #include "parallel.h"
+#include "utf8.h"
 
 namespace pytrain {
 namespace {
@@ -76,6 +78,58 @@ bpe::MergeTable merge_table_from(const py::array_t<uint32_t, py::array::c_style 
         table.insert(row[0], row[1], {static_cast<uint32_t>(rank), row[2]});
     }
     return table;
+}
+
+// Whether NFC leaves each text as it is, decided from its code points alone (kNfcChangingRanges): true means
+// surely unchanged; false means NFC may change it (the caller normalizes such texts another way).
+class NfcInert {
+  public:
+    static const NfcInert& instance() {
+        static const NfcInert inert;
+        return inert;
+    }
+    bool text(const uint8_t* p, size_t n) const {
+        for (size_t i = 0; i < n;) {
+            const uint8_t lead = p[i];
+            if (lead < 0x80) {
+                ++i;
+                continue;
+            }
+            const int length = lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;  // valid UTF-8 (Python's own encoding)
+            if (changing_[utf8::decode(p + i, length)]) return false;
+            i += length;
+        }
+        return true;
+    }
+
+  private:
+    NfcInert() : changing_(0x110000, 0) {
+        for (const bpe::CodeRange& r : bpe::kNfcChangingRanges) {
+            std::fill(changing_.begin() + r.first, changing_.begin() + r.last + 1, uint8_t{1});
+        }
+    }
+    std::vector<uint8_t> changing_;
+};
+
+py::array_t<bool> nfc_unchanged(const py::list& texts) {
+    const NfcInert& inert = NfcInert::instance();
+    py::array_t<bool> out(static_cast<py::ssize_t>(texts.size()));
+    bool* flags = out.mutable_data();
+    for (size_t d = 0; d < texts.size(); ++d) {
+        PyObject* item = PyList_GET_ITEM(texts.ptr(), static_cast<py::ssize_t>(d));
+        if (!PyUnicode_Check(item)) throw py::type_error("texts must be str (item " + std::to_string(d) + ")");
+        py::ssize_t size = 0;
+        const char* utf8 = PyUnicode_AsUTF8AndSize(item, &size);
+        if (utf8 == nullptr) throw py::error_already_set();
+        flags[d] = inert.text(reinterpret_cast<const uint8_t*>(utf8), static_cast<size_t>(size));
+    }
+    return out;
+}
+
+py::list code_ranges(const bpe::CodeRange* begin, const bpe::CodeRange* end) {
+    py::list out;
+    for (const bpe::CodeRange* r = begin; r != end; ++r) out.append(py::make_tuple(r->first, r->last, r->cls));
+    return out;
 }
 
 bpe::BytesMap bytes_map_from(const std::vector<std::pair<py::bytes, uint32_t>>& words) {
@@ -233,7 +287,19 @@ class BpeEncoder {
 }  // namespace
 
 void bind_bpe(py::module_& m) {
-    m.attr("bpe_tables_tokenizers_version") = bpe::kProbedTokenizersVersion;
+    m.attr("bpe_unicode_version") = bpe::kUnicodeVersion;
+    m.attr("bpe_unicode_sentinels") = code_ranges(std::begin(bpe::kSentinelRanges), std::end(bpe::kSentinelRanges));
+    py::dict folds;
+    for (const bpe::FoldSet& set : bpe::kContractionFolds) {
+        py::list codes;
+        for (uint32_t code : set.codes) {
+            if (code != 0) codes.append(code);
+        }
+        folds[py::str(std::string(1, set.letter))] = codes;
+    }
+    m.attr("bpe_contraction_folds") = folds;
+    m.def("bpe_nfc_unchanged", &nfc_unchanged, py::arg("texts"),
+          "Per text, whether NFC surely leaves it unchanged (its code points are all NFC-inert; see gen_bpe_unicode.py).");
     py::class_<BpeEncoder>(m, "BpeEncoder", R"doc(Byte-level BPE encoder equal to a supported tokenizer.json.
 
 Built by pytrain.data.fast_bpe, which checks that the tokenizer means exactly what this implements:

@@ -107,3 +107,25 @@ def generated_texts(seed: int, count: int = 600) -> list[str]:
     for _ in range(count):
         texts.append("".join(rng.choice(pieces)() for _ in range(rng.randint(1, 25))))
     return texts
+
+
+def _families():
+    """benchmarks/bpe_families.py (the published layouts), loaded by path: the benchmark uses it too."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bpe_families.py"
+    spec = importlib.util.spec_from_file_location("bpe_families", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAMILY_TEXTS = ["<|im_start|>user\nhi<|im_end|>", "<think>\n\n</think>", "a\u0301<|im_end|>\u0338", "x" + " " * 30 + "y",
+                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", "if x:\n        return  1",
+                "<|endoftext|>  <|padding|>   \t", "ﬁ \u212b \u1e9b\u0323 \uac00\u11a8 \u1100\u1161 Å", "\u0958\u0915\u093c"]
+
+
+def published_family_json(family: str, vocab_size: int = 1500, seed: int = 0) -> str:
+    """`family`'s tokenizer.json in its published layout, vocab and merges trained on training_documents."""
+    return _families().family_json(family, training_documents(seed), vocab_size)

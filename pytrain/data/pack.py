@@ -450,7 +450,10 @@ def _choose_encoder(choice: str, tokenizer_bytes: bytes, tok, tokenizer_path: Pa
     """The native encoder when `choice` allows it and the tokenizer is supported, else None (tokenizers)."""
     if choice == "tokenizers":
         return None
-    fast, why_not = fast_encoder(tokenizer_bytes, tok, threads)
+    try:
+        fast, why_not = fast_encoder(tokenizer_bytes, tok, threads)
+    except PytrainError as error:  # malformed in a way tokenizers accepts (names the key)
+        raise PytrainError(f"{tokenizer_path}: {error}") from None
     if fast is None:
         if choice == "fast":
             raise PytrainError(f"{tokenizer_path}: --encoder fast does not support this tokenizer ({why_not}); "

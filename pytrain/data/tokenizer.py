@@ -40,7 +40,17 @@ def read_tokenizer(path: str | Path):
         return Tokenizer.from_str(raw.decode("utf-8")), raw, path
     except Exception as error:  # tokenizers raises a bare Exception for parse errors
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PytrainError(f"{path}: not a valid tokenizer.json ({first_line})") from None
+        raise PytrainError(f"{path}: not a valid tokenizer.json ({_keyed_problem(raw) or first_line})") from None
+
+
+def _keyed_problem(raw: bytes) -> str:
+    """What is wrong with a file `tokenizers` refused, naming the key, when the structural checks find it."""
+    from pytrain.data.tokenizer_json import bpe_problem
+
+    try:
+        return bpe_problem(json.loads(raw))
+    except ValueError:
+        return ""
 
 
 def load_tokenizer(path: str | Path):

@@ -52,14 +52,14 @@ def test_chat_format_is_identical_too(tmp_path, tokenizer_path):
 
 def test_unsupported_tokenizer_auto_falls_back_and_fast_refuses(tmp_path, corpus_jsonl, tokenizer_path):
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    tokenizer.normalizer = normalizers.NFC()
-    nfc = tmp_path / "nfc.json"
-    tokenizer.save(str(nfc))
-    _, manifest, stderr = _pack(corpus_jsonl, nfc, tmp_path / "auto", "auto")
+    tokenizer.normalizer = normalizers.NFKC()
+    nfkc = tmp_path / "nfkc.json"
+    tokenizer.save(str(nfkc))
+    _, manifest, stderr = _pack(corpus_jsonl, nfkc, tmp_path / "auto", "auto")
     assert manifest["encoder"] == "tokenizers"
-    assert "encoder: tokenizers (the fast encoder does not support this tokenizer: normalizer 'NFC')" in stderr
-    proc = run_cli("pack", corpus_jsonl, "--tokenizer", nfc, "--out", tmp_path / "fast", "--encoder", "fast",
+    assert "encoder: tokenizers (the fast encoder does not support this tokenizer: normalizer 'NFKC')" in stderr
+    proc = run_cli("pack", corpus_jsonl, "--tokenizer", nfkc, "--out", tmp_path / "fast", "--encoder", "fast",
                    check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "--encoder fast does not support this tokenizer (normalizer 'NFC')" in proc.stderr
+    assert "--encoder fast does not support this tokenizer (normalizer 'NFKC')" in proc.stderr
     assert not (tmp_path / "fast").exists()
