@@ -2,7 +2,7 @@
 #include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, shuffles, sample index, blending index, byte-level BPE encoder";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, shuffles, sample index, blending index, byte-level and SentencePiece-style BPE encoders";
     pytrain::bind_line_index(m);
     pytrain::bind_json_extract(m);
     pytrain::bind_tokens(m);
@@ -10,4 +10,5 @@ PYBIND11_MODULE(_native, m) {
     pytrain::bind_sample_index(m);
     pytrain::bind_blend_index(m);
     pytrain::bind_bpe(m);
+    pytrain::bind_sentencepiece_bpe(m);
 }

@@ -12,5 +12,6 @@ void bind_permutation(pybind11::module_& m);
 void bind_sample_index(pybind11::module_& m);
 void bind_blend_index(pybind11::module_& m);
 void bind_bpe(pybind11::module_& m);
+void bind_sentencepiece_bpe(pybind11::module_& m);
 
 }  // namespace pytrain

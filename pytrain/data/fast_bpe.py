@@ -17,6 +17,8 @@
 - the installed `tokenizers` is the release whose regex engine the Unicode tables were probed
   from (benchmarks/gen_bpe_unicode.py): another release may classify code points differently.
 
+SentencePiece-style BPEs (byte_fallback) are checked and built by fast_sentencepiece.py.
+
 Then ids equal `tokenizers`' for every text; tests/data/test_bpe_*.py check it against `tokenizers`.
 As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text.
 """
@@ -137,10 +139,12 @@ def build_native(config: dict, token_to_id):
     from pytrain import _native
 
     _require(isinstance(config, dict), "not a JSON object")
+    if (config.get("model") or {}).get("byte_fallback"):
+        from pytrain.data.fast_sentencepiece import build_sentencepiece
+
+        return build_sentencepiece(config, token_to_id)
     _require(config.get("normalizer") is None, f"normalizer {(config.get('normalizer') or {}).get('type')!r}")
-    _require(config.get("truncation") is None, "truncation is set")
-    _require(config.get("padding") is None, "padding is set")
-    _check_post_processor(config.get("post_processor"))
+    check_neutral_extras(config)
     pattern, max_digits = _pattern(config.get("pre_tokenizer"))
     model = config.get("model") or {}
     _require(model.get("type") == "BPE", f"{model.get('type')} model")
@@ -162,6 +166,19 @@ def build_native(config: dict, token_to_id):
         for token, token_id in vocab.items():
             if all(c in to_byte for c in token):
                 whole_words.append((bytes(to_byte[c] for c in token), token_id))
+    added = added_tokens(config, token_to_id)
+    return _native.BpeEncoder(byte_ids, merges, whole_words, ignore_merges, added, pattern, max_digits)
+
+
+def check_neutral_extras(config: dict) -> None:
+    """No truncation, no padding, and a post-processor that adds nothing without special tokens."""
+    _require(config.get("truncation") is None, "truncation is set")
+    _require(config.get("padding") is None, "padding is set")
+    _check_post_processor(config.get("post_processor"))
+
+
+def added_tokens(config: dict, token_to_id) -> list[tuple[bytes, int]]:
+    """(UTF-8 content, id) of every added token, each matched literally in the raw text."""
     added, seen = [], set()
     for token in config.get("added_tokens") or []:
         content = token.get("content", "")
@@ -172,7 +189,7 @@ def build_native(config: dict, token_to_id):
         token_id = token_to_id(content)
         _require(token_id is not None, f"added token {content!r} has no id")
         added.append((content.encode("utf-8"), token_id))
-    return _native.BpeEncoder(byte_ids, merges, whole_words, ignore_merges, added, pattern, max_digits)
+    return added
 
 
 def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[FastBpe | None, str]:
