@@ -1,7 +1,7 @@
 """SentencePiece-style BPE tokenizer.json files for the fast-encoder tests, all made offline.
 
 Two sources, named so every fixture can be traced:
-- `trained_json`: vocabularies trained here with `tokenizers`' BpeTrainer on the test corpus, laid out as
+- `train_model` + `sentencepiece_json`: vocabularies trained here with `tokenizers`' BpeTrainer on the test corpus, laid out as
   the published Llama-2 file is (ids 0-2 <unk> <s> </s>, 3-258 the <0x00>..<0xFF> byte tokens, then the
   pieces; BPE with byte_fallback, fuse_unk, unk_token <unk>) and given each published pipeline: the
   Llama-2 / Mistral v0.1 normalizer Prepend("▁") + Replace(" ", "▁") with no pre-tokenizer, or the
@@ -44,8 +44,8 @@ def metaspace(prepend_scheme: str, split: bool) -> dict:
     return {"type": "Metaspace", "replacement": META, "prepend_scheme": prepend_scheme, "split": split}
 
 
-def _train(documents: list[str], vocab_size: int, words: bool) -> dict:
-    """A byte_fallback BPE trained over whole texts (merges may span "▁"), or over Metaspace words."""
+def train_model(documents: list[str], vocab_size: int, words: bool) -> dict:
+    """A byte_fallback BPE model trained over whole texts (merges may span "▁"), or over Metaspace words."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
@@ -55,16 +55,14 @@ def _train(documents: list[str], vocab_size: int, words: bool) -> dict:
         tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(META), normalizers.Replace(" ", META)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + BYTE_TOKENS, limit_alphabet=120,
                                   show_progress=False)
-    tokenizer.train_from_iterator(documents, trainer=trainer)
+    tokenizer.train_from_iterator(training_documents(0) + documents, trainer=trainer)
     return json.loads(tokenizer.to_str())["model"]
 
 
-def trained_json(documents: list[str], vocab_size: int, words: bool, pre_tokenizer: dict | None = None,
-                 ignore_merges: bool = False) -> str:
-    """The Llama-2 layout over a vocabulary trained here; `pre_tokenizer` None means the Llama-2 pipeline
-    (Prepend + Replace normalizer), else that pre-tokenizer with no normalizer."""
-    model = _train(training_documents(0) + documents, vocab_size, words)
-    model.update(ignore_merges=ignore_merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+def sentencepiece_json(model: dict, pre_tokenizer: dict | None = None, ignore_merges: bool = False) -> str:
+    """The Llama-2 layout over a trained model; `pre_tokenizer` None means the Llama-2 pipeline (Prepend +
+    Replace normalizer), else that pre-tokenizer with no normalizer."""
+    model = dict(model, ignore_merges=ignore_merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
     added = [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for i, token in enumerate(SPECIALS)]
     return json.dumps({

@@ -43,8 +43,9 @@ def _normalizer_prepends(normalizer: dict) -> bool:
 
 
 def _metaspace(pre: dict) -> tuple[str, bool]:
-    """(prepend_scheme, split) of a Metaspace pre-tokenizer, with tokenizers' defaults for older files:
-    prepend_scheme "always", add_prefix_space=false meaning "never", split true."""
+    """(prepend_scheme, split) of a Metaspace pre-tokenizer, read as tokenizers reads older files too: no
+    prepend_scheme means "always", add_prefix_space=false "never" (tokenizers refuses it with any other
+    scheme), no split means true."""
     _require(pre.get("type") == "Metaspace", f"pre-tokenizer {pre.get('type')!r} with byte_fallback")
     _require(pre.get("replacement") == META, f"Metaspace replacement {pre.get('replacement')!r}, not '▁'")
     scheme = "never" if pre.get("add_prefix_space") is False else pre.get("prepend_scheme", "always")
