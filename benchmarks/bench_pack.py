@@ -2,6 +2,7 @@
 
     python benchmarks/gpt2_tokenizer.py --fetch          # once: GPT-2's tokenizer.json, offline
     python benchmarks/bench_pack.py --mb 200              # table + goal checks + results/bench_pack.json
+    python benchmarks/bench_pack.py --family llama2 --mb 20   # the SentencePiece-style table only
     PYTHONPATH=DIR python benchmarks/bench_pack.py ...    # DIR from `pip install --target DIR tiktoken regex`
                                                           # adds the tiktoken row (optional)
 
@@ -447,6 +448,92 @@ def report(args, results: dict) -> dict:
     return goals
 
 
+# ----------------------------------------------------------------------------- SentencePiece-style family
+def llama2_tokenizer(work: Path, corpus: Path, threads: int) -> tuple[Path, str]:
+    """A Llama-2-style tokenizer.json and where it comes from: Mistral 7B v0.1's SentencePiece model (shipped in
+    the mistral-common package) converted by transformers' LlamaConverter, else `pytrain tokenizer train
+    --style llama2` on the corpus. Converted once, cached in `work`."""
+    path = work / "llama2-style-tokenizer.json"
+    try:
+        from llama2_tokenizer import mistral_json
+
+        if not path.exists():
+            path.write_text(mistral_json("tokenizer.model.v1", legacy=True), encoding="utf-8")
+        return path, "Mistral 7B v0.1 (mistral-common's tokenizer.model.v1, LlamaConverter legacy)"
+    except ImportError as missing:
+        print(f"no shipped SentencePiece model ({missing}); training a --style llama2 tokenizer", flush=True)
+    path = work / "llama2-style-trained.json"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "pytrain", "tokenizer", "train", str(corpus), "--style", "llama2",
+                        "--vocab-size", "32000", "--out", str(path), "--max-documents", "20000"], check=True)
+    return path, "pytrain tokenizer train --style llama2 --vocab-size 32000 (this corpus)"
+
+
+def measure_llama2(args, corpus: Path, tmp: Path) -> dict:
+    """The llama2 family: whole `pytrain pack` (fast and --encoder tokenizers) against bare encode_batch_fast
+    over the same preloaded texts, same threads; tokens.bin of both packs and the first documents compared."""
+    tokenizer, source = llama2_tokenizer(args.work, corpus, args.threads)
+    family = argparse.Namespace(**{**vars(args), "tokenizer": tokenizer})
+    child = [sys.executable, __file__, "--corpus", str(corpus), "--tokenizer", str(tokenizer), "--threads", str(args.threads)]
+    rayon = {"RAYON_NUM_THREADS": str(args.threads)}
+    fast_runs, bare_runs = [], []
+    for _ in range(args.repeat):
+        fast_runs.append(run_pack(corpus, family, tmp / "packed-sp"))
+        bare_runs.append(timed_part(run_child(child + ["--child", "bare", "--batch-mb", "8", "--dump", str(tmp / "sp.npz"),
+                                                      "--prefix-docs", str(args.prefix_docs)], rayon, "bare", args.wait_quiet)))
+    slow = run_pack(corpus, family, tmp / "packed-sp-tokenizers", "tokenizers")
+    bare_one = timed_part(run_child(child + ["--child", "bare", "--batch-mb", "0"], rayon, "bare", args.wait_quiet))
+    prefix = np.load(tmp / "sp.npz")
+    manifest = json.loads((tmp / "packed-sp" / "manifest.json").read_text())
+    pieces = np.split(prefix["ids"], np.cumsum(prefix["lengths"])[:-1])
+    expected = np.concatenate([np.append(p, manifest["eos_id"]) for p in pieces])
+    packed = np.fromfile(fmt.tokens_path(tmp / "packed-sp", "train"), dtype=np.dtype(manifest["dtype"]), count=len(expected))
+    for name in ("packed-sp", "packed-sp-tokenizers"):
+        shutil.rmtree(tmp / name)
+    return {"tokenizer": str(tokenizer), "tokenizer_source": source, "pytrain": fastest_run(fast_runs),
+            "pytrain_tokenizers": slow, "bare": {"8 MB batches": fastest_run(bare_runs), "one call": bare_one},
+            "tokens_identical": fast_runs[-1]["tokens_sha256"] == slow["tokens_sha256"],
+            "prefix_docs": len(pieces), "prefix_equal": bool(np.array_equal(packed, expected)),
+            "load_average": os.getloadavg()}
+
+
+def report_llama2(args, results: dict) -> dict:
+    """The llama2 family's table and goal; returns the goals."""
+    n, pytrain, slow, bare = args.threads, results["pytrain"], results["pytrain_tokenizers"], results["bare"]
+    ceiling_name = min(bare, key=lambda k: bare[k]["wall_s"])
+    ceiling = bare[ceiling_name]["wall_s"]
+    print(f"\nfamily llama2 (SentencePiece-style BPE): {results['tokenizer_source']}")
+    print(f"{'method':36} {'wall s':>8} {'tokens':>12} {'tokens/s':>10} {'x bare':>7} {'cpu s':>7} {'other s':>8}")
+    rows = [(f"pytrain pack, encoder {pytrain['encoder']} (CLI)", pytrain), ("pytrain pack --encoder tokenizers", slow)]
+    for name, r in rows + [(f"bare tokenizer, {k}", r) for k, r in bare.items()]:
+        print(f"{name:36} {r['wall_s']:8.2f} {r['tokens']:12,} {r['tokens'] / r['wall_s']:10,.0f} "
+              f"{r['wall_s'] / ceiling:7.2f} {r['cpu_s']:7.1f} {r['other_cpu_s']:8.1f}")
+    same = (results["tokens_identical"] and results["prefix_equal"]
+            and pytrain["tokens"] == slow["tokens"] == bare["one call"]["tokens"] == bare["8 MB batches"]["tokens"])
+    print(f"threads {n}, load average at the end {', '.join(f'{x:.2f}' for x in results['load_average'])}; "
+          f"tokens.bin fast == tokenizers: {results['tokens_identical']}; first {results['prefix_docs']} documents == "
+          f"bare ids + EOS: {results['prefix_equal']}")
+    print(f"bare ({ceiling_name}) / pytrain = {ceiling / pytrain['wall_s']:.2f}")
+    goals = {f"llama2: pytrain (encoder {pytrain['encoder']}) >= {GOAL_FAST_SPEEDUP}x faster than bare tokenizer":
+             GOAL_FAST_SPEEDUP * pytrain["wall_s"] <= ceiling,
+             "llama2: same tokens from every method": same}
+    for name, ok in goals.items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    return goals
+
+
+def main_llama2(args, corpus: Path) -> int:
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        results = measure_llama2(args, corpus, Path(tmp))
+    goals = report_llama2(args, results)
+    results.update(corpus_bytes=corpus.stat().st_size, threads=args.threads, goals=goals)
+    out = args.json.with_name(args.json.stem + "_llama2.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(goals.values()) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=int, default=200, help="corpus size in MB of text")
@@ -459,6 +546,8 @@ def main(argv=None) -> int:
                         help="before each run, wait up to S seconds for the machine to go idle (shared machines)")
     parser.add_argument("--work", type=Path, default=RESULTS / "bench_pack_work", help="corpora are cached here")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_pack.json")
+    parser.add_argument("--family", choices=["gpt2", "llama2"], default="gpt2",
+                        help="llama2: only the SentencePiece-style table (pytrain pack vs bare tokenizer, ids compared)")
     parser.add_argument("--prefix-docs", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["bare", "datasets", "fast", "tiktoken"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -473,6 +562,9 @@ def main(argv=None) -> int:
         print(json.dumps(children[args.child](args)))
         return 0
 
+    if args.family == "llama2":
+        args.work.mkdir(parents=True, exist_ok=True)
+        return main_llama2(args, build_corpus(args.work, args.mb))
     if not args.tokenizer.exists():
         raise SystemExit(f"{args.tokenizer}: missing; run `python benchmarks/gpt2_tokenizer.py --fetch` first")
     args.work.mkdir(parents=True, exist_ok=True)

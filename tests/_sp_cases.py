@@ -7,19 +7,23 @@ Two sources, named so every fixture can be traced:
   Llama-2 / Mistral v0.1 normalizer Prepend("▁") + Replace(" ", "▁") with no pre-tokenizer, or the
   Metaspace pre-tokenizer of Mistral v0.3 and transformers' non-legacy LlamaConverter. limit_alphabet
   leaves characters out of the vocabulary, so byte fallback is exercised.
-- `mistral_json`: the SentencePiece models the `mistral-common` PyPI package ships
-  (mistral_common/data/tokenizer.model.v1: Mistral 7B v0.1/v0.2, Llama-2's format; *.model.v3: Mistral
-  7B v0.3), converted with transformers' own LlamaConverter (needs sentencepiece and protobuf).
+- `mistral_json` (benchmarks/llama2_tokenizer.py): the SentencePiece models the `mistral-common` PyPI
+  package ships (mistral_common/data/tokenizer.model.v1: Mistral 7B v0.1/v0.2, Llama-2's format;
+  *.model.v3: Mistral 7B v0.3), converted with transformers' own LlamaConverter (needs sentencepiece
+  and protobuf).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from _bpe_cases import training_documents
 from pytrain.data.fast_sentencepiece import BYTE_TOKENS, META
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from llama2_tokenizer import mistral_json  # noqa: E402  (re-exported for the tests)
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 SP_TEXTS = [
@@ -70,35 +74,3 @@ def sentencepiece_json(model: dict, pre_tokenizer: dict | None = None, ignore_me
         "normalizer": LEGACY_NORMALIZER if pre_tokenizer is None else None, "pre_tokenizer": pre_tokenizer,
         "post_processor": BOS_TEMPLATE, "decoder": DECODER, "model": model,
     })
-
-
-def mistral_model(name: str) -> Path:
-    """A SentencePiece model file shipped inside the mistral-common package."""
-    import mistral_common
-
-    return Path(mistral_common.__file__).parent / "data" / name
-
-
-def mistral_json(name: str, legacy: bool) -> str:
-    """transformers' LlamaConverter output for a shipped model: legacy=True is the Llama-2 / Mistral v0.1
-    pipeline (Prepend + Replace), legacy=False the Metaspace(prepend_scheme="first", split=False) one."""
-    from sentencepiece import SentencePieceProcessor
-    from transformers.convert_slow_tokenizer import LlamaConverter, SentencePieceExtractor, generate_merges
-
-    class ScoredExtractor(SentencePieceExtractor):
-        """The extractor as transformers 4 called it (vocab, merges ranked by piece score); transformers 5's
-        SpmConverter still calls it that way, but its extractor's extract() now takes a model class."""
-
-        def extract(self, vocab_scores=None):
-            vocab = {piece.piece: i for i, piece in enumerate(self.proto.pieces)}
-            return vocab, generate_merges(vocab, vocab_scores)
-
-    class Converter(LlamaConverter):
-        SpmExtractor = ScoredExtractor
-
-    path = mistral_model(name)
-    processor = SentencePieceProcessor(model_file=str(path))
-    # What LlamaConverter reads of the slow LlamaTokenizer (gone from transformers 5): its file and settings.
-    slow = SimpleNamespace(vocab_file=str(path), legacy=legacy, add_prefix_space=True,
-                           convert_ids_to_tokens=processor.id_to_piece)
-    return Converter(slow).converted().to_str()
