@@ -89,11 +89,11 @@ inline AddedTokens added_tokens_from(const std::vector<std::pair<py::bytes, uint
 // Runs a document encoder over a list of str without the GIL; owns the per-worker word caches.
 class DocumentBatcher {
   public:
-    // Encodes every str of `texts` with encode_document(text, bytes, the worker's WordCache, out), which appends
-    // the document's ids to out. Returns (tokens, lengths, dropped), as BpeEncoder.encode documents.
-    template <class EncodeDocument>
+    // Encodes every str of `texts` with encoder.encode_document(text, bytes, the worker's WordCache, out), which
+    // appends the document's ids to out. Returns (tokens, lengths, dropped), as def_encode documents.
+    template <class Encoder>
     py::tuple encode(const py::list& texts, int threads, int64_t bos, int64_t eos, const std::string& dtype,
-                     bool drop_empty, const EncodeDocument& encode_document) {
+                     bool drop_empty, const Encoder& encoder) {
         if (dtype != "uint16" && dtype != "uint32") throw py::value_error("dtype must be 'uint16' or 'uint32'");
         const size_t n = texts.size();
         std::vector<py::object> alive(n);  // our own references: the list may change once the GIL is released
@@ -133,7 +133,7 @@ class DocumentBatcher {
                 out.reserve((std::min(total_bytes, size_t{1} << 30) / workers) / 3);
                 for (size_t d = bounds[w]; d < bounds[w + 1]; ++d) {
                     const size_t before = out.size();
-                    encode_document(docs[d].first, docs[d].second, caches_[w], out);
+                    encoder.encode_document(docs[d].first, docs[d].second, caches_[w], out);
                     raw_lengths[d] = static_cast<int64_t>(out.size() - before);
                 }
             });
@@ -191,5 +191,21 @@ class DocumentBatcher {
     std::vector<WordCache> caches_;
     std::mutex mutex_;
 };
+
+// Binds Encoder.encode: Encoder has `encode_document(text, n, cache, out) const` and a DocumentBatcher `batcher`.
+template <class Encoder>
+void def_encode(py::class_<Encoder>& cls) {
+    cls.def(
+        "encode",
+        [](Encoder& self, const py::list& texts, int threads, int64_t bos, int64_t eos, const std::string& dtype,
+           bool drop_empty) { return self.batcher.encode(texts, threads, bos, eos, dtype, drop_empty, self); },
+        py::arg("texts"), py::arg("threads") = 0, py::arg("bos") = -1, py::arg("eos") = -1, py::arg("dtype") = "uint32",
+        py::arg("drop_empty") = false,
+        R"doc(Encode a list of str with `threads` workers (0 = one per core), without the GIL.
+
+Returns (tokens, lengths, dropped): one little-endian `dtype` array of [bos] + ids + [eos] per document
+(bos/eos left out when negative), the int64 length of each document kept, and how many documents were
+dropped for having no tokens (only with drop_empty).)doc");
+}
 
 }  // namespace pytrain::bpe

@@ -47,16 +47,7 @@ class BpeEncoder {
         bpe::CodeClasses::instance();  // build the table once, before any worker needs it
     }
 
-    // (tokens, lengths, dropped): see the binding's docstring.
-    py::tuple encode(const py::list& texts, int threads, int64_t bos, int64_t eos, const std::string& dtype,
-                     bool drop_empty) {
-        return batcher_.encode(texts, threads, bos, eos, dtype, drop_empty,
-                               [this](const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) {
-                                   encode_document(text, n, cache, out);
-                               });
-    }
-
-  private:
+    // One document's ids, appended to out (DocumentBatcher calls it from its workers).
     void encode_document(const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
         size_t pos = 0;
         while (pos < n) {
@@ -68,6 +59,9 @@ class BpeEncoder {
         }
     }
 
+    bpe::DocumentBatcher batcher;  // used by bpe::def_encode
+
+  private:
     void encode_piece(const uint8_t* piece, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
         bpe::pretokenize(pattern_, max_digits_, piece, n,
                          [&](size_t offset, size_t length) { model_.encode_word(piece + offset, length, cache, out); });
@@ -77,31 +71,24 @@ class BpeEncoder {
     AddedTokens added_;
     bpe::Pattern pattern_;
     int max_digits_;
-    bpe::DocumentBatcher batcher_;
 };
 
 }  // namespace
 
 void bind_bpe(py::module_& m) {
     m.attr("bpe_tables_tokenizers_version") = bpe::kProbedTokenizersVersion;
-    py::class_<BpeEncoder>(m, "BpeEncoder", R"doc(Byte-level BPE encoder equal to a supported tokenizer.json.
+    py::class_<BpeEncoder> cls(m, "BpeEncoder", R"doc(Byte-level BPE encoder equal to a supported tokenizer.json.
 
 Built by pytrain.data.fast_bpe, which checks that the tokenizer means exactly what this implements:
 byte_ids (the id of each byte's byte-level character), merges ((n, 3) uint32 rows left, right, merged,
 in rank order), whole_words ((bytes, id) for ignore_merges), added_tokens ((bytes, id), split out of
-the text before pre-tokenization), pattern ("gpt2" or "llama3") and max_digits (llama3's \p{N}{1,D}).)doc")
-        .def(py::init<const std::vector<uint32_t>&, const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>&,
+the text before pre-tokenization), pattern ("gpt2" or "llama3") and max_digits (llama3's \p{N}{1,D}).)doc");
+    cls.def(py::init<const std::vector<uint32_t>&, const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>&,
                       const std::vector<std::pair<py::bytes, uint32_t>>&, bool,
                       const std::vector<std::pair<py::bytes, uint32_t>>&, const std::string&, int>(),
              py::arg("byte_ids"), py::arg("merges"), py::arg("whole_words"), py::arg("ignore_merges"),
-             py::arg("added_tokens"), py::arg("pattern"), py::arg("max_digits") = 3)
-        .def("encode", &BpeEncoder::encode, py::arg("texts"), py::arg("threads") = 0, py::arg("bos") = -1,
-             py::arg("eos") = -1, py::arg("dtype") = "uint32", py::arg("drop_empty") = false,
-             R"doc(Encode a list of str with `threads` workers (0 = one per core), without the GIL.
-
-Returns (tokens, lengths, dropped): one little-endian `dtype` array of [bos] + ids + [eos] per document
-(bos/eos left out when negative), the int64 length of each document kept, and how many documents were
-dropped for having no tokens (only with drop_empty).)doc");
+             py::arg("added_tokens"), py::arg("pattern"), py::arg("max_digits") = 3);
+    bpe::def_encode(cls);
 }
 
 }  // namespace pytrain

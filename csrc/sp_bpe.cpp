@@ -78,14 +78,19 @@ class SentencePieceBpe {
         for (const py::bytes& straddler : straddlers) add_straddler(straddler);
     }
 
-    // (tokens, lengths, dropped): see the binding's docstring.
-    py::tuple encode(const py::list& texts, int threads, int64_t bos, int64_t eos, const std::string& dtype,
-                     bool drop_empty) {
-        return batcher_.encode(texts, threads, bos, eos, dtype, drop_empty,
-                               [this](const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) {
-                                   encode_document(text, n, cache, out);
-                               });
+    // One document's ids, appended to out (DocumentBatcher calls it from its workers).
+    void encode_document(const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
+        size_t pos = 0;
+        while (pos < n) {
+            const AddedTokens::Found found = added_.next(text, n, pos);
+            if (found.pos > pos) encode_segment(text + pos, found.pos - pos, pos == 0, cache, out);
+            if (found.pos == n) break;
+            out.push_back(found.id);
+            pos = found.pos + found.length;
+        }
     }
+
+    bpe::DocumentBatcher batcher;  // used by bpe::def_encode
 
   private:
     struct Straddler {
@@ -98,17 +103,6 @@ class SentencePieceBpe {
             if (is_meta(reinterpret_cast<const uint8_t*>(text.data()) + k, text.size() - k)) {
                 by_byte_before_[static_cast<uint8_t>(text[k - 1])].push_back(Straddler{text, k});
             }
-        }
-    }
-
-    void encode_document(const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
-        size_t pos = 0;
-        while (pos < n) {
-            const AddedTokens::Found found = added_.next(text, n, pos);
-            if (found.pos > pos) encode_segment(text + pos, found.pos - pos, pos == 0, cache, out);
-            if (found.pos == n) break;
-            out.push_back(found.id);
-            pos = found.pos + found.length;
         }
     }
 
@@ -213,31 +207,28 @@ class SentencePieceBpe {
     Prepend prepend_;
     bool split_;
     std::vector<Straddler> by_byte_before_[256];  // straddlers by the byte just before their "▁"
-    bpe::DocumentBatcher batcher_;
 };
 
 }  // namespace
 
 void bind_sentencepiece_bpe(py::module_& m) {
-    py::class_<SentencePieceBpe>(m, "SentencePieceBpe", R"doc(SentencePiece-style BPE encoder equal to a supported tokenizer.json.
+    py::class_<SentencePieceBpe> cls(m, "SentencePieceBpe", R"doc(SentencePiece-style BPE encoder equal to a supported tokenizer.json.
 
 Built by pytrain.data.fast_sentencepiece, which checks that the tokenizer means exactly what this
 implements: char_ids ((code point, id) of every one-character token), byte_ids (the id of <0xNN> for
 each byte), merges ((n, 3) uint32 rows left, right, merged, in rank order), whole_words ((UTF-8 bytes,
 id) for ignore_merges), added_tokens ((bytes, id), split out of the text first), straddlers (the text of
 every merge result with a "▁" past its first byte), prepend ("normalizer", "always", "first", "never")
-and split (Metaspace's split: a word starts at every "▁").)doc")
-        .def(py::init<const std::vector<std::pair<uint32_t, uint32_t>>&, const std::vector<uint32_t>&,
+and split (Metaspace's split: a word starts at every "▁").)doc");
+    cls.def(py::init<const std::vector<std::pair<uint32_t, uint32_t>>&, const std::vector<uint32_t>&,
                       const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>&,
                       const std::vector<std::pair<py::bytes, uint32_t>>&, bool,
                       const std::vector<std::pair<py::bytes, uint32_t>>&, const std::vector<py::bytes>&,
                       const std::string&, bool>(),
              py::arg("char_ids"), py::arg("byte_ids"), py::arg("merges"), py::arg("whole_words"),
              py::arg("ignore_merges"), py::arg("added_tokens"), py::arg("straddlers"), py::arg("prepend"),
-             py::arg("split"))
-        .def("encode", &SentencePieceBpe::encode, py::arg("texts"), py::arg("threads") = 0, py::arg("bos") = -1,
-             py::arg("eos") = -1, py::arg("dtype") = "uint32", py::arg("drop_empty") = false,
-             "Encode a list of str as BpeEncoder.encode does: (tokens, lengths, dropped).");
+             py::arg("split"));
+    bpe::def_encode(cls);
 }
 
 }  // namespace pytrain

@@ -159,7 +159,7 @@ def _add_pack(sub) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="threads for the native stages and the tokenizer (0: all cores)")
     p.add_argument("--encoder", choices=["auto", "fast", "tokenizers"], default="auto",
-                   help="fast: pytrain's native BPE (same ids as tokenizers, supported byte-level BPEs only); "
+                   help="fast: pytrain's native BPE (same ids as tokenizers; supported byte-level and SentencePiece-style BPEs); "
                         "auto: fast when supported, else tokenizers (says why)")
     p.add_argument("--val-docs", type=int, default=None, metavar="N",
                    help="hold out the last N documents as the validation split")

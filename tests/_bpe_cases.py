@@ -107,3 +107,24 @@ def generated_texts(seed: int, count: int = 600) -> list[str]:
     for _ in range(count):
         texts.append("".join(rng.choice(pieces)() for _ in range(rng.randint(1, 25))))
     return texts
+
+
+def fast_pair(config: str, threads: int = 2):
+    """(tokenizers.Tokenizer, the fast encoder) for a tokenizer.json text the fast encoder must support."""
+    from tokenizers import Tokenizer
+
+    from pytrain.data.fast_bpe import fast_encoder
+
+    reference = Tokenizer.from_str(config)
+    fast, why_not = fast_encoder(config.encode(), reference, threads)
+    assert fast is not None, why_not
+    return reference, fast
+
+
+def assert_same_ids(reference, fast, texts: list[str]) -> None:
+    """The fast encoder's ids equal `tokenizers`' for every text."""
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    got = fast.encode_lists(texts)
+    for text, want, have in zip(texts, expected, got):
+        assert have == want, f"{text[:120]!r}: fast {have[:30]} != tokenizers {want[:30]}"
+    assert len(got) == len(texts)

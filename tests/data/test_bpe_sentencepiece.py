@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from _bpe_cases import TRICKY, generated_texts
+from _bpe_cases import TRICKY, assert_same_ids, fast_pair, generated_texts
 from _sp_cases import SP_TEXTS, metaspace, mistral_json, sentencepiece_json, train_model
 from pytrain.data.fast_bpe import fast_encoder
 
@@ -40,21 +40,6 @@ def trained(documents):
     return build
 
 
-def _pair(config: str, threads: int = 2):
-    reference = Tokenizer.from_str(config)
-    fast, why_not = fast_encoder(config.encode(), reference, threads)
-    assert fast is not None, why_not
-    return reference, fast
-
-
-def _assert_same(reference, fast, texts: list[str]) -> None:
-    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
-    got = fast.encode_lists(texts)
-    for text, want, have in zip(texts, expected, got):
-        assert have == want, f"{text[:120]!r}: fast {have[:30]} != tokenizers {want[:30]}"
-    assert len(got) == len(texts)
-
-
 def _texts(documents, seed: int, count: int = 300) -> list[str]:
     """Edge cases, the byte-level suite's generated texts (all planes, long runs, specials) with Llama's
     specials mixed in, and real documents."""
@@ -64,8 +49,8 @@ def _texts(documents, seed: int, count: int = 300) -> list[str]:
 
 @pytest.mark.parametrize("name", list(TRAINED))
 def test_trained_vocabularies_match(trained, documents, name):
-    reference, fast = _pair(trained(name))
-    _assert_same(reference, fast, _texts(documents, seed=len(name)))
+    reference, fast = fast_pair(trained(name))
+    assert_same_ids(reference, fast, _texts(documents, seed=len(name)))
 
 
 def test_vocabulary_with_merges_across_spaces_really_needs_the_cut_check(trained, documents):
@@ -79,13 +64,13 @@ def test_vocabulary_with_merges_across_spaces_really_needs_the_cut_check(trained
     texts = [d for d in documents[:200] if d.strip()]
     whole, cut = Tokenizer.from_str(config), Tokenizer.from_str(json.dumps(split_everywhere))
     assert [e.ids for e in whole.encode_batch_fast(texts)] != [e.ids for e in cut.encode_batch_fast(texts)]
-    _assert_same(*_pair(config), texts)
+    assert_same_ids(*fast_pair(config), texts)
 
 
 def test_thread_count_does_not_change_ids(trained, documents):
     texts = _texts(documents, seed=3)
-    one = _pair(trained("llama2"), threads=1)[1].encode_framed(texts, 1, 2, "uint16")
-    many = _pair(trained("llama2"), threads=5)[1].encode_framed(texts, 1, 2, "uint16")
+    one = fast_pair(trained("llama2"), threads=1)[1].encode_framed(texts, 1, 2, "uint16")
+    many = fast_pair(trained("llama2"), threads=5)[1].encode_framed(texts, 1, 2, "uint16")
     assert one[0].tobytes() == many[0].tobytes() and one[1].tolist() == many[1].tolist() and one[2] == many[2]
 
 
@@ -97,12 +82,12 @@ _ALPHABET = st.one_of(
 
 @pytest.mark.parametrize("name", ["llama2", "metaspace-first"])
 def test_fuzzed_texts_match(trained, name):
-    reference, fast = _pair(trained(name))
+    reference, fast = fast_pair(trained(name))
 
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(st.lists(_ALPHABET, max_size=60).map("".join), min_size=1, max_size=8))
     def check(texts):
-        _assert_same(reference, fast, texts)
+        assert_same_ids(reference, fast, texts)
 
     check()
 
@@ -113,7 +98,7 @@ def test_older_metaspace_fields_mean_what_tokenizers_reads(trained, documents):
     for fields in ({"add_prefix_space": False, "prepend_scheme": "never"}, {"add_prefix_space": True}, {},
                    {"str_rep": "\u2581", "add_prefix_space": True, "prepend_scheme": "first"}):
         config = dict(base, pre_tokenizer={"type": "Metaspace", "replacement": "\u2581", **fields})
-        _assert_same(*_pair(json.dumps(config)), SP_TEXTS + documents[:50])
+        assert_same_ids(*fast_pair(json.dumps(config)), SP_TEXTS + documents[:50])
 
 
 @pytest.mark.parametrize("edit, reason", [
@@ -168,7 +153,7 @@ def shipped():
 ])
 def test_shipped_mistral_vocabularies_match(shipped, documents, name, legacy):
     config = shipped(name, legacy)
-    reference, fast = _pair(config)
+    reference, fast = fast_pair(config)
     controls = [t["content"] for t in json.loads(config)["added_tokens"][:40]]
     texts = _texts(documents, seed=5, count=120) + [f"{a} x{b}y {a}{b}  " for a, b in zip(controls, controls[1:])]
-    _assert_same(reference, fast, texts)
+    assert_same_ids(reference, fast, texts)

@@ -7,10 +7,9 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from _bpe_cases import llama3_tokenizer_json
+from _bpe_cases import assert_same_ids, fast_pair, llama3_tokenizer_json
 from _sp_cases import SP_TEXTS, metaspace, sentencepiece_json, train_model
 from conftest import run_cli
-from pytrain.data.fast_bpe import fast_encoder
 from pytrain.data.fast_sentencepiece import BYTE_TOKENS
 
 PIPELINE = ("normalizer", "pre_tokenizer", "decoder")
@@ -24,11 +23,7 @@ def _train(tmp_path, corpus_jsonl, *options) -> dict:
 
 
 def _assert_fast_and_exact(config: dict, texts: list[str]) -> None:
-    text = json.dumps(config)
-    reference = Tokenizer.from_str(text)
-    fast, why_not = fast_encoder(text.encode(), reference, 2)
-    assert fast is not None, why_not
-    assert fast.encode_lists(texts) == [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    assert_same_ids(*fast_pair(json.dumps(config)), texts)
 
 
 def test_llama2_style_has_llamas_layout_and_is_on_the_fast_path(tmp_path, corpus_jsonl, documents):
