@@ -15,10 +15,9 @@ import copy
 import json
 from dataclasses import dataclass, field
 
+from pytrain.data.fast_sentencepiece import BYTE_TOKENS, META
 from pytrain.errors import PytrainError
 
-META = "\u2581"
-BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]  # byte_fallback's tokens, as tokenizers spells them
 MODEL_OPTIONS = ("unk_token", "fuse_unk", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix",
                  "ignore_merges")
 STYLE_EOS = {"gpt2": "<|endoftext|>", "llama2": "</s>"}
