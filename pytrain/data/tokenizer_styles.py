@@ -4,9 +4,10 @@ kept while its merges are trained anew.
 `--style gpt2` and `--style llama2` are built-in references (the published GPT-2 and Llama-2 pipelines);
 `--like REF.json` takes any BPE tokenizer.json. From the reference come the BPE options (byte_fallback,
 unk_token, ...), the normalizer, pre-tokenizer, decoder and post-processor (copied verbatim, the
-post-processor's token ids renumbered) and the added tokens (same contents and flags, new ids: special
-ones first, as the trainer places them; non-special ones after the vocabulary). Truncation and padding
-are not copied.
+post-processor's token ids renumbered) and the added tokens (same contents and flags). Ids: the special
+tokens, with the unk and <0xNN> byte tokens a byte_fallback model needs, come first in the reference's
+order (so Llama-2's and Mistral v0.1's ids 0-258 stay the same), then the learned vocabulary, then the
+non-special added tokens. Truncation and padding are not copied.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def style_reference(style: str, eos_token: str, extra_specials) -> Recipe:
         tokenizer.decoder = decoders.ByteLevel()
         specials = [eos_token]
     elif style == "llama2":
-        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+        layout = ["<unk>", "<s>", eos_token, *BYTE_TOKENS]
+        tokenizer = Tokenizer(models.BPE({token: i for i, token in enumerate(layout)}, [], unk_token="<unk>",
+                                         fuse_unk=True, byte_fallback=True))
         tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(META), normalizers.Replace(" ", META)])
         tokenizer.decoder = decoders.Sequence([decoders.Replace(META, " "), decoders.ByteFallback(), decoders.Fuse(),
                                                decoders.Strip(" ", 1, 0)])
@@ -138,8 +141,12 @@ def prepare(recipe: Recipe) -> Training:
     contents = {entry["content"] for entry in entries}
     needed = ([options["unk_token"]] if "unk_token" in options else []) + (BYTE_TOKENS if model.get("byte_fallback") else [])
     model_only = {token for token in needed if token not in contents}
-    specials = [_added_token(entry) for entry in entries if entry.get("special")]
-    specials += [token for token in dict.fromkeys(needed) if token in model_only]
+    # Special and model-only tokens in the reference's id order, so a layout like Llama-2's (<unk> <s> </s>,
+    # then <0x00>..<0xFF>) keeps its ids; the trainer numbers them 0, 1, ...
+    ranked = [(entry.get("id", 0), _added_token(entry)) for entry in entries if entry.get("special")]
+    unplaced = max([*model["vocab"].values(), *(rank for rank, _ in ranked), -1]) + 1
+    ranked += [(model["vocab"].get(token, unplaced), token) for token in dict.fromkeys(needed) if token in model_only]
+    specials = [token for _, token in sorted(ranked, key=lambda pair: pair[0])]
     others = [_added_token(entry) for entry in entries if not entry.get("special")]
     alphabet = pre_tokenizers.ByteLevel.alphabet() if _uses_byte_level(config.get("pre_tokenizer")) else []
     return Training(tokenizer, specials, alphabet, others, model_only)

@@ -66,6 +66,9 @@ def test_like_keeps_the_references_pipeline_and_added_tokens(tmp_path, corpus_js
     assert {k: config["model"].get(k) for k in options} == {k: reference["model"].get(k) for k in options}
     assert config["model"]["merges"] != reference["model"]["merges"]
     vocab = config["model"]["vocab"]
+    if reference["model"].get("byte_fallback"):  # Llama-2's layout: <unk> <s> </s> <0x00>..<0xFF> keep ids 0-258
+        layout = ["<unk>", "<s>", "</s>", *BYTE_TOKENS]
+        assert [vocab[t] for t in layout] == [reference["model"]["vocab"][t] for t in layout] == list(range(259))
     for token, spec in reference["post_processor"]["special_tokens"].items():
         ours = config["post_processor"]["special_tokens"][token]
         assert ours["tokens"] == spec["tokens"] and ours["ids"] == [vocab[t] for t in spec["tokens"]]
