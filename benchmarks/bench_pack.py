@@ -2,7 +2,7 @@
 
     python benchmarks/gpt2_tokenizer.py --fetch          # once: GPT-2's tokenizer.json, offline
     python benchmarks/bench_pack.py --mb 200              # table + goal checks + results/bench_pack.json
-    python benchmarks/bench_pack.py --families gpt2 llama3 qwen2 neox --mb 20
+    python benchmarks/bench_pack.py --families gpt2 llama3 qwen2 neox llama2 mistral-v3 --mb 20
                                                           # a table per family (published layouts, see below)
     PYTHONPATH=DIR python benchmarks/bench_pack.py ...    # DIR from `pip install --target DIR tiktoken regex`
                                                           # adds the tiktoken row (optional)
@@ -33,7 +33,9 @@ its real vocabulary from results/gpt2-tokenizer.json when gpt2_tokenizer.py --fe
 with --family-vocab tokens trained on the corpus' first --train-mb MB), then the whole `pytrain pack`
 command (encoder auto) against bare `encode_batch_fast` over the same preloaded texts (the faster of
 8 MB batches and one call), same threads, --repeat times each, fastest reported; every document's
-ids in tokens.bin must equal the tokenizer's + EOS. (llama2, SentencePiece-style, is another helper's.)
+ids in tokens.bin must equal the tokenizer's + EOS. llama2 and mistral-v3 (SentencePiece-style) use the
+models the mistral-common package ships (Mistral 7B v0.1 = Llama-2's pipeline; v0.3), converted by
+transformers' LlamaConverter (benchmarks/llama2_tokenizer.py).
 
 The page cache is warm for every method (the corpus was just written or read). Token rates
 count the tokenizer's tokens (no EOS) for every method, so they compare directly. pytrain and
@@ -459,10 +461,24 @@ def report(args, results: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- --families
+# SentencePiece-style families: the models the mistral-common package ships, converted by transformers.
+SHIPPED_SENTENCEPIECE = {"llama2": ("tokenizer.model.v1", True),  # Mistral 7B v0.1 = Llama-2's pipeline
+                         "mistral-v3": ("mistral_instruct_tokenizer_240323.model.v3", False)}  # Metaspace
+
+
 def family_tokenizer(family: str, corpus: Path, work: Path, args) -> Path:
     """The family's published-layout tokenizer.json (cached in `work`)."""
     import bpe_families
 
+    if family in SHIPPED_SENTENCEPIECE:
+        path = work / f"{family}-shipped-tokenizer.json"
+        if not path.exists():
+            try:
+                from llama2_tokenizer import mistral_json
+            except ImportError as missing:
+                raise SystemExit(f"--families {family}: {missing}; pip install mistral-common sentencepiece protobuf")
+            path.write_text(mistral_json(*SHIPPED_SENTENCEPIECE[family]), encoding="utf-8")
+        return path
     gpt2 = RESULTS / "gpt2-tokenizer.json"
     real = family == "gpt2" and gpt2.exists()
     path = work / (f"{family}-real-tokenizer.json" if real else f"{family}-{args.family_vocab}-{args.train_mb}mb-tokenizer.json")
@@ -543,7 +559,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=RESULTS / "bench_pack_work", help="corpora are cached here")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_pack.json")
     parser.add_argument("--prefix-docs", type=int, default=1000, help=argparse.SUPPRESS)
-    parser.add_argument("--families", nargs="+", metavar="NAME", help="per-family tables: gpt2 llama3 qwen2 qwen3 neox")
+    parser.add_argument("--families", nargs="+", metavar="NAME", help="per-family tables: gpt2 llama3 qwen2 qwen3 neox llama2 mistral-v3")
     parser.add_argument("--family-vocab", type=int, default=32000, help="--families: trained vocabulary size")
     parser.add_argument("--train-mb", type=int, default=4, help="--families: MB of the corpus to train on")
     parser.add_argument("--child", choices=["bare", "datasets", "fast", "tiktoken"], help=argparse.SUPPRESS)

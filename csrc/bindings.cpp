@@ -2,10 +2,11 @@
 #include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level BPE encoder";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level and SentencePiece-style BPE encoders";
     pytrain::bind_line_index(m);
     pytrain::bind_json_extract(m);
     pytrain::bind_tokens(m);
     pytrain::bind_blend_index(m);
     pytrain::bind_bpe(m);
+    pytrain::bind_sentencepiece_bpe(m);
 }

@@ -127,8 +127,6 @@ void WordCache::insert(const uint8_t* word, size_t n, uint64_t hash, const uint3
 
 namespace {
 
-constexpr size_t kMaxCachedWord = 256;  // bytes; longer words are rare and would crowd the cache
-
 struct Symbol {
     uint32_t id;
     int32_t prev, next;
@@ -150,13 +148,12 @@ struct LaterCandidate {
 
 // tokenizers' Word::merge_all, step for step: every adjacent pair with a merge is queued; a popped entry is skipped
 // when its left symbol is gone, has no right neighbour, or the pair there no longer merges into the same id.
-void Model::merge(const uint8_t* word, size_t n, std::vector<uint32_t>& out) const {
+void merge_ids(const MergeTable& merges, const uint32_t* ids, size_t n, std::vector<uint32_t>& out) {
     thread_local std::vector<Symbol> symbols;
     thread_local std::vector<Candidate> queue;  // a heap under LaterCandidate: front() is the next merge
     symbols.resize(n);
     for (size_t i = 0; i < n; ++i) {
-        symbols[i] = Symbol{byte_ids_[word[i]], static_cast<int32_t>(i) - 1,
-                            i + 1 < n ? static_cast<int32_t>(i + 1) : -1, false};
+        symbols[i] = Symbol{ids[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1, false};
     }
     queue.clear();
     const auto push = [](const Candidate& c) {
@@ -164,7 +161,7 @@ void Model::merge(const uint8_t* word, size_t n, std::vector<uint32_t>& out) con
         std::push_heap(queue.begin(), queue.end(), LaterCandidate{});
     };
     for (size_t i = 0; i + 1 < n; ++i) {
-        if (const MergeTable::Merge* m = merges_.find(symbols[i].id, symbols[i + 1].id)) {
+        if (const MergeTable::Merge* m = merges.find(symbols[i].id, symbols[i + 1].id)) {
             queue.push_back(Candidate{m->rank, m->id, static_cast<int32_t>(i)});
         }
     }
@@ -177,24 +174,31 @@ void Model::merge(const uint8_t* word, size_t n, std::vector<uint32_t>& out) con
         if (left.removed || left.next < 0) continue;
         const int32_t right_pos = left.next;
         const Symbol right = symbols[right_pos];
-        const MergeTable::Merge* now = merges_.find(left.id, right.id);
+        const MergeTable::Merge* now = merges.find(left.id, right.id);
         if (now == nullptr || now->id != top.id) continue;
         left.id = top.id;
         left.next = right.next;
         symbols[right_pos].removed = true;
         if (right.next >= 0) symbols[right.next].prev = top.pos;
         if (left.prev >= 0) {
-            if (const MergeTable::Merge* m = merges_.find(symbols[left.prev].id, left.id)) {
+            if (const MergeTable::Merge* m = merges.find(symbols[left.prev].id, left.id)) {
                 push(Candidate{m->rank, m->id, left.prev});
             }
         }
         if (left.next >= 0) {
-            if (const MergeTable::Merge* m = merges_.find(left.id, symbols[left.next].id)) {
+            if (const MergeTable::Merge* m = merges.find(left.id, symbols[left.next].id)) {
                 push(Candidate{m->rank, m->id, top.pos});
             }
         }
     }
     for (int32_t i = 0; i >= 0; i = symbols[i].next) out.push_back(symbols[i].id);
+}
+
+void Model::merge(const uint8_t* word, size_t n, std::vector<uint32_t>& out) const {
+    thread_local std::vector<uint32_t> ids;
+    ids.resize(n);
+    for (size_t i = 0; i < n; ++i) ids[i] = byte_ids_[word[i]];
+    merge_ids(merges_, ids.data(), n, out);
 }
 
 void Model::encode_word(const uint8_t* word, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {

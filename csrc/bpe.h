@@ -65,6 +65,8 @@ class BytesMap {
 
 uint64_t hash_bytes(const uint8_t* p, size_t n);
 
+inline constexpr size_t kMaxCachedWord = 256;  // bytes; longer words are rare and would crowd a WordCache
+
 // A word -> token ids memo owned by one thread. Bounded: when full it starts over.
 class WordCache {
   public:
@@ -85,6 +87,9 @@ class WordCache {
     std::vector<uint32_t> ids_;
     size_t size_ = 0;
 };
+
+// tokenizers' BPE merge loop over a word's initial symbols `ids` (n >= 1 of them); appends the merged ids to out.
+void merge_ids(const MergeTable& merges, const uint32_t* ids, size_t n, std::vector<uint32_t>& out);
 
 class Model {
   public:

@@ -10,5 +10,6 @@ void bind_json_extract(pybind11::module_& m);
 void bind_tokens(pybind11::module_& m);
 void bind_blend_index(pybind11::module_& m);
 void bind_bpe(pybind11::module_& m);
+void bind_sentencepiece_bpe(pybind11::module_& m);
 
 }  // namespace pytrain

@@ -69,28 +69,38 @@ def _run_tokenizer_train(args) -> int:
         inputs=args.inputs, out=args.out, vocab_size=args.vocab_size, eos_token=args.eos_token,
         special_tokens=args.special_tokens, min_frequency=args.min_frequency,
         field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
-        max_documents=args.max_documents, overwrite=args.overwrite,
+        max_documents=args.max_documents, overwrite=args.overwrite, style=args.style, like=args.like,
     )
     return 0
 
 
 def _add_tokenizer(sub) -> None:
-    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
+    tok = sub.add_parser("tokenizer", help="train a BPE tokenizer (GPT-2 or Llama-2 style, or like a reference)",
                          description="examples:\n  pytrain tokenizer train corpus.jsonl --vocab-size 32000 --out tokenizer.json",
                          formatter_class=_Formatter)
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="{train}")
     p = _command(
-        tok_sub, "train", "train a byte-level BPE tokenizer (HF tokenizers) from raw documents",
+        tok_sub, "train", "train a BPE tokenizer (HF tokenizers) from raw documents",
         "  pytrain tokenizer train corpus.jsonl --vocab-size 32000 --out tokenizer.json\n"
-        "  pytrain tokenizer train books/*.txt --txt-split paragraph --vocab-size 8192 --out tok.json",
+        "  pytrain tokenizer train books/*.txt --txt-split paragraph --vocab-size 8192 --out tok.json\n"
+        "  pytrain tokenizer train corpus.jsonl --style llama2 --vocab-size 32000 --out tok.json   # <unk> <s> </s>, byte fallback\n"
+        "  pytrain tokenizer train corpus.jsonl --like Llama-2-7b/tokenizer.json --vocab-size 32000 --out tok.json",
         _run_tokenizer_train,
     )
     _add_input_options(p, chat=False)
     p.add_argument("--vocab-size", type=int, required=True, help="final vocabulary size, special tokens included")
     p.add_argument("--out", required=True, help="where to write tokenizer.json")
-    p.add_argument("--eos-token", default="<|endoftext|>", help="end-of-document token (id 0)")
-    p.add_argument("--special-tokens", nargs="*", default=["<pad>"], metavar="TOKEN",
-                   help="extra special tokens, after the EOS token")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--style", choices=["gpt2", "llama2"], default="gpt2",
+                       help="gpt2: byte-level BPE; llama2: SentencePiece-style BPE with <0xNN> byte fallback, "
+                            "as Llama-2, Mistral v0.1 and TinyLlama publish it")
+    shape.add_argument("--like", metavar="REF.json", default=None,
+                       help="keep this BPE tokenizer.json's normalizer, pre-tokenizer, decoder, post-processor and "
+                            "added tokens; train new merges (and ids) on the input")
+    p.add_argument("--eos-token", default=None,
+                   help="end-of-document token (default: <|endoftext|> for gpt2, id 0; </s> for llama2, id 2)")
+    p.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
+                   help="extra special tokens, after the style's own (default: <pad> for gpt2, none for llama2)")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     p.add_argument("--max-documents", type=int, default=None, help="train on at most this many documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -155,7 +165,7 @@ def _add_pack(sub) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="threads for the native stages and the tokenizer (0: all cores)")
     p.add_argument("--encoder", choices=["auto", "fast", "tokenizers"], default="auto",
-                   help="fast: pytrain's native BPE (same ids as tokenizers, supported byte-level BPEs only); "
+                   help="fast: pytrain's native BPE (same ids as tokenizers; supported byte-level and SentencePiece-style BPEs); "
                         "auto: fast when supported, else tokenizers (says why)")
     p.add_argument("--val-docs", type=int, default=None, metavar="N",
                    help="hold out the last N documents as the validation split")

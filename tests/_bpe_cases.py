@@ -129,3 +129,24 @@ FAMILY_TEXTS = ["<|im_start|>user\nhi<|im_end|>", "<think>\n\n</think>", "a\u030
 def published_family_json(family: str, vocab_size: int = 1500, seed: int = 0) -> str:
     """`family`'s tokenizer.json in its published layout, vocab and merges trained on training_documents."""
     return _families().family_json(family, training_documents(seed), vocab_size)
+
+
+def fast_pair(config: str, threads: int = 2):
+    """(tokenizers.Tokenizer, the fast encoder) for a tokenizer.json text the fast encoder must support."""
+    from tokenizers import Tokenizer
+
+    from pytrain.data.fast_bpe import fast_encoder
+
+    reference = Tokenizer.from_str(config)
+    fast, why_not = fast_encoder(config.encode(), reference, threads)
+    assert fast is not None, why_not
+    return reference, fast
+
+
+def assert_same_ids(reference, fast, texts: list[str]) -> None:
+    """The fast encoder's ids equal `tokenizers`' for every text."""
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    got = fast.encode_lists(texts)
+    for text, want, have in zip(texts, expected, got):
+        assert have == want, f"{text[:120]!r}: fast {have[:30]} != tokenizers {want[:30]}"
+    assert len(got) == len(texts)

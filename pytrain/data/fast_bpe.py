@@ -22,6 +22,8 @@ Sequences and options that only move offsets, such as trim_offsets, count as wha
 - the installed `tokenizers` regex engine classifies the sentinel code points as the tables' Unicode
   version does (bpe_unicode.py), whatever its release.
 
+SentencePiece-style BPEs (byte_fallback) are checked and built by fast_sentencepiece.py.
+
 Then ids equal `tokenizers`' for every text; tests/data/test_bpe_*.py check it against `tokenizers`.
 As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text. A file that
 claims a BPE model but is malformed in a way `tokenizers` accepts (one id for two tokens) is a
@@ -34,7 +36,9 @@ import json
 
 import numpy as np
 
-from pytrain.errors import PytrainError
+from pytrain.data.bpe_support import (
+    Unsupported, added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
+)
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -45,7 +49,6 @@ SPLIT_PATTERNS = {
     LLAMA3_PATTERN: ("llama3", 3),
     LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}"): ("llama3", 1),
 }
-NEUTRAL_POST_PROCESSORS = ("ByteLevel", "TemplateProcessing")
 PROBE_TEXT = (
     "Hello world! It's 2024: we'll test 12345 numbers, I'M SHOUTING, don't ſtop 'Re\r\n\r\n"
     "  indented\tcode(x) -> {y};   \n\n\u00e9t\u00e9 \u4e2d\u6587 \u0661\u0662\u0663 \U0001F600\U0001F44D\u200d "
@@ -64,10 +67,6 @@ def byte_level_chars() -> list[str]:
             chars.append(chr(256 + extra))
             extra += 1
     return chars
-
-
-class Unsupported(Exception):
-    """The tokenizer means something the native encoder does not implement (message: why)."""
 
 
 class FastBpe:
@@ -135,98 +134,36 @@ class FastBpe:
         return out
 
 
-def _require(condition: bool, reason: str) -> None:
-    if not condition:
-        raise Unsupported(reason)
-
-
-def _steps(component: dict | None, kind_key: str) -> list[dict]:
-    """A component as its flat list of steps: a Sequence of Sequences is the steps in order, null is none."""
-    if component is None:
-        return []
-    _require(isinstance(component, dict), f"{kind_key} is not an object")
-    if component.get("type") != "Sequence":
-        return [component]
-    steps = component.get(kind_key)
-    _require(isinstance(steps, list), f"Sequence without a {kind_key!r} list")
-    return [step for inner in steps for step in _steps(inner, kind_key)]
-
-
 def _byte_level_ok(step: dict, use_regex: bool) -> None:
     """ByteLevel with add_prefix_space false (trim_offsets only moves offsets) and the given use_regex."""
-    _require(not step.get("add_prefix_space", True), "ByteLevel add_prefix_space=true")
-    _require(step.get("use_regex", True) == use_regex,
-             "ByteLevel use_regex=true after a Split" if not use_regex else "ByteLevel use_regex=false without a Split pattern")
+    require(not step.get("add_prefix_space", True), "ByteLevel add_prefix_space=true")
+    require(step.get("use_regex", True) == use_regex,
+            "ByteLevel use_regex=true after a Split" if not use_regex else "ByteLevel use_regex=false without a Split pattern")
 
 
 def _pattern(pre: dict | None) -> tuple[str, int]:
-    steps = _steps(pre, "pretokenizers")
-    _require(bool(steps), "no pre-tokenizer")
-    kinds = [step.get("type") for step in steps]
+    parts = steps(pre, "pretokenizers")
+    require(bool(parts), "no pre-tokenizer")
+    kinds = [step.get("type") for step in parts]
     if kinds == ["ByteLevel"]:
-        _byte_level_ok(steps[0], use_regex=True)
+        _byte_level_ok(parts[0], use_regex=True)
         return "gpt2", 3
-    _require(kinds == ["Split", "ByteLevel"],
-             f"pre-tokenizer {kinds[0]!r}" if len(kinds) == 1 else "pre-tokenizer sequence other than Split + ByteLevel")
-    split, byte_level = steps
+    require(kinds == ["Split", "ByteLevel"],
+            f"pre-tokenizer {kinds[0]!r}" if len(kinds) == 1 else "pre-tokenizer sequence other than Split + ByteLevel")
+    split, byte_level = parts
     pattern = split.get("pattern") or {}
-    _require(isinstance(pattern, dict) and set(pattern) == {"Regex"}, "Split on a string, not a regex")
-    _require(split.get("behavior") == "Isolated" and not split.get("invert"), "Split behavior other than Isolated")
-    _require(pattern["Regex"] in SPLIT_PATTERNS, "unknown pre-tokenizer regex")
+    require(isinstance(pattern, dict) and set(pattern) == {"Regex"}, "Split on a string, not a regex")
+    require(split.get("behavior") == "Isolated" and not split.get("invert"), "Split behavior other than Isolated")
+    require(pattern["Regex"] in SPLIT_PATTERNS, "unknown pre-tokenizer regex")
     _byte_level_ok(byte_level, use_regex=False)
     return SPLIT_PATTERNS[pattern["Regex"]]
 
 
 def _uses_nfc(normalizer: dict | None) -> bool:
     """Whether the normalizer is NFC (True) or nothing (False); anything else is unsupported."""
-    kinds = [step.get("type") for step in _steps(normalizer, "normalizers")]
-    _require(kinds in ([], ["NFC"]), f"normalizer {kinds[0]!r}" if len(kinds) == 1 else f"normalizer sequence {kinds}")
+    kinds = [step.get("type") for step in steps(normalizer, "normalizers")]
+    require(kinds in ([], ["NFC"]), f"normalizer {kinds[0]!r}" if len(kinds) == 1 else f"normalizer sequence {kinds}")
     return bool(kinds)
-
-
-def _check_post_processor(post: dict | None) -> None:
-    for step in _steps(post, "processors"):
-        _require(step.get("type") in NEUTRAL_POST_PROCESSORS, f"post-processor {step.get('type')!r}")
-
-
-def _merge_rows(merges: list, vocab: dict) -> np.ndarray:
-    """(left id, right id, merged id) per merge, in rank order; merges are "a b" strings or [a, b] pairs."""
-    from pytrain.data.tokenizer_json import merge_problem
-
-    ids: list[int] = []
-    for rank, merge in enumerate(merges):
-        try:
-            a, b = merge.split(" ") if isinstance(merge, str) else merge
-            ids += (vocab[a], vocab[b], vocab[a + b])
-        except (ValueError, TypeError, KeyError):
-            raise PytrainError(f"model.merges[{rank}]: {merge_problem(merge, vocab)}") from None
-    return np.array(ids, dtype=np.uint32).reshape(-1, 3)
-
-
-def _added_tokens(config: dict, reference, nfc: bool) -> list[tuple[bytes, int]]:
-    """(content, id) of every added token, if splitting them out in one leftmost-longest pass over the raw
-    text is what `tokenizers` does: it extracts normalized=false tokens from the raw text first, then
-    normalized=true ones from the normalized rest. One pass is the same when the normalizer leaves the
-    text as it is (none, or NFC on an NFC-inert text, see FastBpe) and no character is in tokens of both
-    kinds (so no match of one kind can overlap one of the other)."""
-    added, seen, chars = [], set(), {False: set(), True: set()}
-    for token in config.get("added_tokens") or []:
-        content = token.get("content", "")
-        for flag in ("lstrip", "rstrip", "single_word"):
-            _require(not token.get(flag, False), f"added token {content!r} has {flag}=true")
-        _require(content and content not in seen, f"empty or repeated added token {content!r}")
-        normalized = bool(token.get("normalized", False))
-        if normalized and nfc:
-            _require(reference.normalizer.normalize_str(content) == content,
-                     f"added token {content!r} has normalized=true and NFC changes it")
-        seen.add(content)
-        chars[normalized] |= set(content)
-        token_id = reference.token_to_id(content)
-        _require(token_id is not None, f"added token {content!r} has no id")
-        added.append((content.encode("utf-8"), token_id))
-    shared = chars[False] & chars[True]
-    _require(not shared, f"added tokens with normalized=true and =false share the character {min(shared or ' ')!r}")
-    return added
 
 
 def build_native(config: dict, reference):
@@ -237,33 +174,22 @@ def build_native(config: dict, reference):
     it when loading (the model's id for a content already in the vocabulary), not the JSON's "id".
     """
     from pytrain import _native
-    from pytrain.data.tokenizer_json import duplicate_id_problem
 
-    _require(isinstance(config, dict), "not a JSON object")
-    nfc = _uses_nfc(config.get("normalizer"))
-    _require(config.get("truncation") is None, "truncation is set")
-    _require(config.get("padding") is None, "padding is set")
-    _check_post_processor(config.get("post_processor"))
-    pattern, max_digits = _pattern(config.get("pre_tokenizer"))
+    require(isinstance(config, dict), "not a JSON object")
     model = config.get("model") or {}
-    _require(model.get("type") == "BPE", f"{model.get('type')} model")
-    _require(model.get("dropout") is None, "BPE dropout")
-    _require(not model.get("continuing_subword_prefix"), "continuing_subword_prefix")
-    _require(not model.get("end_of_word_suffix"), "end_of_word_suffix")
-    _require(not model.get("byte_fallback"), "byte_fallback (SentencePiece-style)")
-    vocab = model.get("vocab")
-    if not isinstance(vocab, dict):
-        raise PytrainError("model.vocab: is not a mapping from token to id")
-    if problem := duplicate_id_problem(vocab):
-        raise PytrainError(f"model.vocab: {problem}")
+    if model.get("byte_fallback"):
+        from pytrain.data.fast_sentencepiece import build_sentencepiece
+
+        return build_sentencepiece(config, reference), False
+    nfc = _uses_nfc(config.get("normalizer"))
+    check_neutral_extras(config)
+    pattern, max_digits = _pattern(config.get("pre_tokenizer"))
+    check_model_options(model)
+    vocab, merge_rows = vocab_and_merges(model)
     chars = byte_level_chars()
     missing = [c for c in chars if c not in vocab]
-    _require(not missing, f"{len(missing)} byte-level characters missing from the vocabulary")
+    require(not missing, f"{len(missing)} byte-level characters missing from the vocabulary")
     byte_ids = [vocab[c] for c in chars]
-    merges = model.get("merges") or []
-    if not isinstance(merges, list):
-        raise PytrainError("model.merges: is not a list")
-    merge_rows = _merge_rows(merges, vocab)
     ignore_merges = bool(model.get("ignore_merges", False))
     whole_words = []
     if ignore_merges:
@@ -271,7 +197,7 @@ def build_native(config: dict, reference):
         for token, token_id in vocab.items():
             if all(c in to_byte for c in token):
                 whole_words.append((bytes(to_byte[c] for c in token), token_id))
-    added = _added_tokens(config, reference, nfc)
+    added = added_tokens(config, reference, "nfc" if nfc else "none")
     native = _native.BpeEncoder(byte_ids, merge_rows, whole_words, ignore_merges, added, pattern, max_digits)
     return native, nfc
 

@@ -1,6 +1,6 @@
-"""Byte-level BPE tokenizers: train one from raw documents, or load any tokenizer.json.
+"""BPE tokenizers: train one from raw documents (styles: tokenizer_styles.py), or load any tokenizer.json.
 
-Any HF `tokenizer.json` (ours, GPT-2's, Llama-3's) works wherever pytrain takes a
+Any HF `tokenizer.json` (ours, GPT-2's, Llama-2's, Llama-3's) works wherever pytrain takes a
 tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
 """
 
@@ -103,26 +103,37 @@ def _check_replaceable(out: Path, inputs, overwrite: bool) -> None:
 
 
 def train_tokenizer(
-    inputs, out, vocab_size: int, eos_token: str = "<|endoftext|>", special_tokens=("<pad>",),
+    inputs, out, vocab_size: int, eos_token: str | None = None, special_tokens=None,
     min_frequency: int = 2, field: str = "text", jq: str | None = None, txt_split: str = "file",
     on_bad_line: str = "error", max_documents: int | None = None, overwrite: bool = False,
+    style: str = "gpt2", like: str | Path | None = None,
 ) -> Path:
-    """Train a GPT-2-style byte-level BPE on the documents `pack` would read from `inputs`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a BPE on the documents `pack` would read from `inputs`, shaped as `style` (gpt2: byte-level;
+    llama2: SentencePiece-style with byte fallback) or like the reference tokenizer.json `like`."""
+    from tokenizers import Tokenizer, trainers
 
     from pytrain.data.sources import ReadSettings, open_sources, parse_field_path
+    from pytrain.data.tokenizer_styles import STYLE_EOS, finished, like_reference, prepare, style_reference
     from pytrain.fsutil import atomic_write_text
 
     out = Path(out)
     if out.is_dir() or str(out).endswith("/"):
         out = out / "tokenizer.json"
     _check_replaceable(out, inputs, overwrite)
-    specials = [eos_token] + [t for t in special_tokens if t != eos_token]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if vocab_size < len(alphabet) + len(specials):
+    if like is not None:
+        if eos_token is not None or special_tokens is not None:
+            raise PytrainError("--eos-token and --special-tokens do not combine with --like: the reference's added "
+                               "tokens are used (add tokens to a copy of the reference instead)")
+        recipe = like_reference(*read_tokenizer(like)[1:])
+    else:
+        extra = ["<pad>"] if special_tokens is None and style == "gpt2" else list(special_tokens or [])
+        recipe = style_reference(style, eos_token or STYLE_EOS.get(style, ""), extra)
+    training = prepare(recipe)
+    needed = len(training.specials) + len(training.alphabet)
+    if vocab_size < needed:
         raise PytrainError(
-            f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least "
-            f"{len(alphabet) + len(specials)} (256 bytes + {len(specials)} special tokens)"
+            f"--vocab-size {vocab_size} is too small: {recipe.source} needs at least {needed} "
+            f"({len(training.specials)} special and byte tokens + {len(training.alphabet)} byte-level characters)"
         )
     sources = open_sources(inputs, ReadSettings(parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line))
 
@@ -137,20 +148,21 @@ def train_tokenizer(
                 used += 1
                 yield text
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-        initial_alphabet=alphabet, show_progress=False,
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=training.specials,
+        initial_alphabet=training.alphabet, show_progress=False,
     )
-    tokenizer.train_from_iterator(documents(), trainer=trainer)
+    training.tokenizer.train_from_iterator(documents(), trainer=trainer)
     if used == 0:
         raise PytrainError(f"no documents found in {', '.join(map(str, inputs))}; nothing to train on")
-    atomic_write_text(out, tokenizer.to_str(pretty=True))
-    print(f"wrote {out}: {tokenizer.get_vocab_size()} tokens (EOS {eos_token!r} = id "
-          f"{tokenizer.token_to_id(eos_token)}) from {used} documents")
-    if tokenizer.get_vocab_size() < vocab_size:
-        print(f"note: asked for {vocab_size} tokens, but the input only supports {tokenizer.get_vocab_size()} "
+    text = finished(recipe, training)
+    atomic_write_text(out, text)
+    written = Tokenizer.from_str(text)
+    eos_id = special_token_id(written, None, ((eos_token,) if eos_token else ()) + EOS_CANDIDATES, "EOS", out)
+    eos = written.id_to_token(eos_id) if eos_id is not None else None
+    print(f"wrote {out}: {written.get_vocab_size()} tokens ({recipe.source}, EOS {eos!r} = id {eos_id}) "
+          f"from {used} documents")
+    if written.get_vocab_size() < vocab_size:
+        print(f"note: asked for {vocab_size} tokens, but the input only supports {written.get_vocab_size()} "
               f"merges with --min-frequency {min_frequency}; give it more text for a larger vocabulary")
     return out

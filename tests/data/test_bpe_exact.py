@@ -11,7 +11,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from _bpe_cases import (
     FAMILY_TEXTS, LLAMA3_PATTERN, SPECIALS_IN_TEXT, TRICKY, generated_texts, gpt2_split_tokenizer_json,
-    llama3_tokenizer_json, published_family_json, split_tokenizer_json,
+    llama3_tokenizer_json, published_family_json, split_tokenizer_json, assert_same_ids, fast_pair,
 )
 from conftest import run_cli
 from pytrain.data.fast_bpe import fast_encoder
@@ -57,32 +57,17 @@ def family_json(tmp_path_factory, corpus_jsonl):
     return build
 
 
-def _pair(config: str, threads: int = 2):
-    reference = Tokenizer.from_str(config)
-    fast, why_not = fast_encoder(config.encode(), reference, threads)
-    assert fast is not None, why_not
-    return reference, fast
-
-
-def _assert_same(reference, fast, texts: list[str]) -> None:
-    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
-    got = fast.encode_lists(texts)
-    for text, want, have in zip(texts, expected, got):
-        assert have == want, f"{text[:120]!r}: fast {have[:30]} != tokenizers {want[:30]}"
-    assert len(got) == len(texts)
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_generated_texts_match(family_json, documents, name):
-    reference, fast = _pair(family_json(name))
-    _assert_same(reference, fast, FAMILY_TEXTS + generated_texts(seed=len(name)) + documents[:200])
+    reference, fast = fast_pair(family_json(name))
+    assert_same_ids(reference, fast, FAMILY_TEXTS + generated_texts(seed=len(name)) + documents[:200])
 
 
 def test_thread_count_does_not_change_ids(family_json, documents):
     config = family_json("published-qwen2")  # with NFC: some documents go to the reference
     texts = FAMILY_TEXTS + generated_texts(seed=7, count=300) + documents[:100]
-    one = _pair(config, threads=1)[1].encode_framed(texts, 5, 6, "uint32")
-    many = _pair(config, threads=7)[1].encode_framed(texts, 5, 6, "uint32")
+    one = fast_pair(config, threads=1)[1].encode_framed(texts, 5, 6, "uint32")
+    many = fast_pair(config, threads=7)[1].encode_framed(texts, 5, 6, "uint32")
     assert one[0].tobytes() == many[0].tobytes() and one[1].tolist() == many[1].tolist() and one[2] == many[2]
 
 
@@ -91,7 +76,7 @@ def test_thread_count_does_not_change_ids(family_json, documents):
     ("published-neox", ["a b", "e\u0301 x", "", "<|padding|>", "\u212b", "x   y", ""]),  # NFC: some go to tokenizers
 ])
 def test_framing_drops_empty_documents_and_narrows(family_json, name, texts):
-    reference, fast = _pair(family_json(name))
+    reference, fast = fast_pair(family_json(name))
     tokens, lengths, dropped = fast.encode_framed(texts, 7, 9, "uint16")
     ids = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
     expected = [[7, *x, 9] for x in ids if x]
@@ -109,12 +94,12 @@ _TEXTS = st.lists(st.lists(_ALPHABET, max_size=60).map("".join), min_size=1, max
 
 @pytest.mark.parametrize("name", ["pytrain-2000", "published-llama3", "published-qwen3", "published-neox"])
 def test_fuzzed_texts_match(family_json, name):
-    reference, fast = _pair(family_json(name))
+    reference, fast = fast_pair(family_json(name))
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(_TEXTS)
     def check(texts):
-        _assert_same(reference, fast, texts)
+        assert_same_ids(reference, fast, texts)
 
     check()
 
@@ -181,8 +166,8 @@ def test_another_tokenizers_release_keeps_the_fast_path(family_json, monkeypatch
     import tokenizers
 
     monkeypatch.setattr(tokenizers, "__version__", "0.0.0")
-    reference, fast = _pair(family_json("published-llama3"))
-    _assert_same(reference, fast, FAMILY_TEXTS)
+    reference, fast = fast_pair(family_json("published-llama3"))
+    assert_same_ids(reference, fast, FAMILY_TEXTS)
 
 
 @pytest.mark.parametrize("edit", [
@@ -195,8 +180,8 @@ def test_another_tokenizers_release_keeps_the_fast_path(family_json, monkeypatch
 ])
 def test_no_op_variants_stay_on_the_fast_path(family_json, edit):
     config = _config_with(family_json("published-gpt2"), edit)
-    reference, fast = _pair(config)
-    _assert_same(reference, fast, FAMILY_TEXTS + generated_texts(seed=3, count=100))
+    reference, fast = fast_pair(config)
+    assert_same_ids(reference, fast, FAMILY_TEXTS + generated_texts(seed=3, count=100))
 
 
 def test_added_tokens_of_both_kinds_sharing_characters_fall_back(family_json):
@@ -212,7 +197,7 @@ def test_added_tokens_of_both_kinds_sharing_characters_fall_back(family_json):
 def test_concurrent_calls_on_one_encoder(family_json, documents):
     import threading
 
-    reference, fast = _pair(family_json("pytrain-2000"))
+    reference, fast = fast_pair(family_json("pytrain-2000"))
     texts = documents[:150] + generated_texts(seed=11, count=150)
     expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
     results = []

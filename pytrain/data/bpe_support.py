@@ -1,0 +1,106 @@
+"""What every fast encoder (fast_bpe.py: byte-level, fast_sentencepiece.py: byte_fallback) requires of a
+tokenizer.json beyond its model and pre-tokenization: the checks they share, each raising Unsupported(why)
+when the file means something the native encoders do not implement, or PytrainError naming the key when it
+claims a BPE model but is malformed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pytrain.errors import PytrainError
+
+NEUTRAL_POST_PROCESSORS = ("ByteLevel", "TemplateProcessing")
+
+
+class Unsupported(Exception):
+    """The tokenizer means something the native encoder does not implement (message: why)."""
+
+
+def require(condition: bool, reason: str) -> None:
+    if not condition:
+        raise Unsupported(reason)
+
+
+def steps(component: dict | None, kind_key: str) -> list[dict]:
+    """A component as its flat list of steps: a Sequence of Sequences is the steps in order, null is none."""
+    if component is None:
+        return []
+    require(isinstance(component, dict), f"{kind_key} is not an object")
+    if component.get("type") != "Sequence":
+        return [component]
+    inner = component.get(kind_key)
+    require(isinstance(inner, list), f"Sequence without a {kind_key!r} list")
+    return [step for part in inner for step in steps(part, kind_key)]
+
+
+def check_neutral_extras(config: dict) -> None:
+    """No truncation, no padding, and a post-processor that adds nothing without special tokens (pack
+    encodes with add_special_tokens=False)."""
+    require(config.get("truncation") is None, "truncation is set")
+    require(config.get("padding") is None, "padding is set")
+    for step in steps(config.get("post_processor"), "processors"):
+        require(step.get("type") in NEUTRAL_POST_PROCESSORS, f"post-processor {step.get('type')!r}")
+
+
+def check_model_options(model: dict) -> None:
+    """A BPE model without dropout or subword prefix/suffix (byte_fallback is the caller's to decide)."""
+    require(model.get("type") == "BPE", f"{model.get('type')} model")
+    require(model.get("dropout") is None, "BPE dropout")
+    require(not model.get("continuing_subword_prefix"), "continuing_subword_prefix")
+    require(not model.get("end_of_word_suffix"), "end_of_word_suffix")
+
+
+def vocab_and_merges(model: dict) -> tuple[dict, np.ndarray]:
+    """model.vocab, and model.merges as (left id, right id, merged id) rows in rank order ("a b" strings
+    or [a, b] pairs); PytrainError naming the key for a malformed vocabulary or merge."""
+    from pytrain.data.tokenizer_json import duplicate_id_problem, merge_problem
+
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise PytrainError("model.vocab: is not a mapping from token to id")
+    if problem := duplicate_id_problem(vocab):
+        raise PytrainError(f"model.vocab: {problem}")
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise PytrainError("model.merges: is not a list")
+    ids: list[int] = []
+    for rank, merge in enumerate(merges):
+        try:
+            a, b = merge.split(" ") if isinstance(merge, str) else merge
+            ids += (vocab[a], vocab[b], vocab[a + b])
+        except (ValueError, TypeError, KeyError):
+            raise PytrainError(f"model.merges[{rank}]: {merge_problem(merge, vocab)}") from None
+    return vocab, np.array(ids, dtype=np.uint32).reshape(-1, 3)
+
+
+def added_tokens(config: dict, reference, normalizer: str) -> list[tuple[bytes, int]]:
+    """(UTF-8 content, id) of every added token, if splitting them out in one leftmost-longest pass over the
+    raw text is what `tokenizers` does. It extracts normalized=false tokens from the raw text first, then
+    normalized=true ones from the normalized rest. One pass is the same when the normalizer leaves the text
+    as it is — `normalizer` "none", or "nfc" on an NFC-inert text (FastBpe sends the others to `tokenizers`)
+    — and no character is in tokens of both kinds (so no match of one kind can overlap one of the other).
+    With any other normalizer ("other") normalized=true is unsupported.
+
+    `reference` is the loaded tokenizers.Tokenizer: an added token's id is the one `tokenizers` gave it when
+    loading (the model's id for a content already in the vocabulary), not the JSON's "id"."""
+    added, seen, chars = [], set(), {False: set(), True: set()}
+    for token in config.get("added_tokens") or []:
+        content = token.get("content", "")
+        for flag in ("lstrip", "rstrip", "single_word"):
+            require(not token.get(flag, False), f"added token {content!r} has {flag}=true")
+        require(content and content not in seen, f"empty or repeated added token {content!r}")
+        normalized = bool(token.get("normalized", False))
+        if normalized:
+            require(normalizer != "other", f"added token {content!r} has normalized=true under a normalizer")
+            if normalizer == "nfc":
+                require(reference.normalizer.normalize_str(content) == content,
+                        f"added token {content!r} has normalized=true and NFC changes it")
+        seen.add(content)
+        chars[normalized] |= set(content)
+        token_id = reference.token_to_id(content)
+        require(token_id is not None, f"added token {content!r} has no id")
+        added.append((content.encode("utf-8"), token_id))
+    shared = chars[False] & chars[True]
+    require(not shared, f"added tokens with normalized=true and =false share the character {min(shared or ' ')!r}")
+    return added
