@@ -24,30 +24,39 @@ from pathlib import Path
 
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256
+WHISPER_SDIST_VERSION = "20250625"  # any release ships the same gpt2.tiktoken; pinned so CI fetches one file
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpt2-tokenizer.json"
 # GPT-2's pre-tokenizer regex as tiktoken writes it (equivalent to the original release's).
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-def load_ranks(path: str | Path) -> dict[bytes, int]:
+def parse_ranks(text: str) -> dict[bytes, int]:
+    """A .tiktoken file's ranks: one `base64(token bytes) rank` per line."""
     ranks = {}
-    for line in Path(path).read_text(encoding="ascii").splitlines():
+    for line in text.splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     return ranks
 
 
-def fetch_ranks(directory: Path) -> Path:
-    """`pip download` the openai-whisper sdist and extract its gpt2.tiktoken into `directory`."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "--quiet", "openai-whisper", "-d", str(directory)], check=True)
-    (sdist,) = directory.glob("openai_whisper-*.tar.gz")
+def load_ranks(path: str | Path) -> dict[bytes, int]:
+    return parse_ranks(Path(path).read_text(encoding="ascii"))
+
+
+def ranks_from_sdist(sdist: str | Path) -> dict[bytes, int]:
+    """GPT-2's ranks from the whisper/assets/gpt2.tiktoken inside an openai-whisper sdist."""
     with tarfile.open(sdist) as tar:
         (member,) = [m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken")]
-        target = directory / "gpt2.tiktoken"
-        target.write_bytes(tar.extractfile(member).read())
-    return target
+        return parse_ranks(tar.extractfile(member).read().decode("ascii"))
+
+
+def fetch_sdist(directory: Path) -> Path:
+    """`pip download` the openai-whisper sdist (WHISPER_SDIST_VERSION) into `directory`; its path."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    "--quiet", f"openai-whisper=={WHISPER_SDIST_VERSION}", "-d", str(directory)], check=True)
+    (sdist,) = directory.glob("openai_whisper-*.tar.gz")
+    return sdist
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
     if (args.ranks is None) == (not args.fetch):
         parser.error("give a gpt2.tiktoken path or --fetch (one of them)")
     with tempfile.TemporaryDirectory() as tmp:
-        ranks = load_ranks(fetch_ranks(Path(tmp)) if args.fetch else args.ranks)
+        ranks = ranks_from_sdist(fetch_sdist(Path(tmp))) if args.fetch else load_ranks(args.ranks)
     tokenizer = build_tokenizer(ranks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(args.out))

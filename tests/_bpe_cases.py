@@ -109,16 +109,21 @@ def generated_texts(seed: int, count: int = 600) -> list[str]:
     return texts
 
 
-def _families():
-    """benchmarks/bpe_families.py (the published layouts), loaded by path: the benchmark uses it too."""
+def benchmark_module(name: str):
+    """benchmarks/NAME.py, loaded by path (the benchmarks use the same code)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bpe_families.py"
-    spec = importlib.util.spec_from_file_location("bpe_families", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _families():
+    """benchmarks/bpe_families.py: the published layouts."""
+    return benchmark_module("bpe_families")
 
 
 FAMILY_TEXTS = ["<|im_start|>user\nhi<|im_end|>", "<think>\n\n</think>", "a\u0301<|im_end|>\u0338", "x" + " " * 30 + "y",
