@@ -9,7 +9,8 @@
 // with that "▁" at p. tokenizers' merge loop only ever merges two adjacent symbols into a merge result, whose text
 // is the text the two cover (fast_sentencepiece.py refuses merges of <0xNN> tokens, whose text is not theirs), so
 // no merge can join the symbols left and right of such a cut: each side goes through the same merges, in the same
-// order, as within the whole word, and the ids are the same. The word cache then serves the repeated pieces.
+// order, as within the whole word, and the ids are the same. For the same reason the word is cut around a
+// character that falls back to bytes (no merge takes a <0xNN> token). The word cache then serves the repeated pieces.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -75,6 +76,7 @@ class SentencePieceBpe {
         }
         char_ids_.assign(char_ids.empty() ? 0 : top + 1, -1);
         for (const auto& [cp, id] : char_ids) char_ids_[cp] = id;
+        for (uint32_t cp = 0; cp < 0x80; ++cp) ascii_ids_[cp] = cp < char_ids_.size() ? char_ids_[cp] : -1;
         for (const py::bytes& straddler : straddlers) add_straddler(straddler);
     }
 
@@ -140,7 +142,9 @@ class SentencePieceBpe {
     }
 
     // tokenizers' BPE::tokenize of one word: with ignore_merges a word in the vocabulary is one token; else the
-    // merges, run on the word's independent pieces (see the top of this file).
+    // merges, run on the word's independent pieces (see the top of this file). A character outside the vocabulary
+    // also ends a piece: it becomes <0xNN> byte tokens, which no merge takes (fast_sentencepiece.py checks), so
+    // nothing merges across it either. (Llama-2's and Mistral's newline and tab are such characters.)
     void encode_word(const uint8_t* word, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
         if (ignore_merges_) {
             const int64_t whole = whole_words_.find(std::string_view(reinterpret_cast<const char*>(word), n));
@@ -150,13 +154,27 @@ class SentencePieceBpe {
             }
         }
         size_t start = 0;
-        for (size_t i = 1; i < n; ++i) {
-            if (is_meta(word + i, n - i) && can_cut(word, n, i)) {
+        for (size_t i = 0; i < n;) {
+            const size_t length = std::min(char_length(word[i]), n - i);
+            if (char_id(word + i, length) < 0) {
+                if (i > start) encode_piece(word + start, i - start, cache, out);
+                for (size_t b = 0; b < length; ++b) out.push_back(byte_ids_[word[i + b]]);
+                start = i + length;
+            } else if (word[i] == static_cast<uint8_t>(kMeta[0]) && i > start && is_meta(word + i, n - i) &&
+                       can_cut(word, n, i)) {
                 encode_piece(word + start, i - start, cache, out);
                 start = i;
             }
+            i += length;
         }
-        encode_piece(word + start, n - start, cache, out);
+        if (n > start) encode_piece(word + start, n - start, cache, out);
+    }
+
+    // The id of the one-character token for the character at p (length bytes), or -1.
+    int32_t char_id(const uint8_t* p, size_t length) const {
+        if (p[0] < 0x80) return ascii_ids_[p[0]];  // most text: a small, always-cached table
+        const uint32_t cp = code_point(p, length);
+        return cp < char_ids_.size() ? char_ids_[cp] : -1;
     }
 
     // Whether no straddler matches the word with one of its "▁" at byte p (where the word has a "▁").
@@ -185,9 +203,9 @@ class SentencePieceBpe {
         symbols.clear();
         for (size_t i = 0; i < n;) {  // tokenizers' BPE::merge_word: a character's id, else its bytes' ids
             const size_t length = std::min(char_length(piece[i]), n - i);
-            const uint32_t cp = code_point(piece + i, length);
-            if (cp < char_ids_.size() && char_ids_[cp] >= 0) {
-                symbols.push_back(static_cast<uint32_t>(char_ids_[cp]));
+            const int32_t id = char_id(piece + i, length);
+            if (id >= 0) {
+                symbols.push_back(static_cast<uint32_t>(id));
             } else {
                 for (size_t b = 0; b < length; ++b) symbols.push_back(byte_ids_[piece[i + b]]);
             }
@@ -199,6 +217,7 @@ class SentencePieceBpe {
     }
 
     std::vector<int32_t> char_ids_;  // code point -> id of that one-character token, or -1
+    int32_t ascii_ids_[0x80];        // the same for U+0000-U+007F
     std::vector<uint32_t> byte_ids_;  // byte -> id of its <0xNN> token
     bpe::MergeTable merges_;
     bpe::BytesMap whole_words_;

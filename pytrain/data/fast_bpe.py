@@ -209,14 +209,16 @@ def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[F
     from pytrain.data.bpe_unicode import engine_disagreement
 
     try:
-        native, nfc = build_native(json.loads(tokenizer_bytes), reference)
+        config = json.loads(tokenizer_bytes)
+        native, nfc = build_native(config, reference)
     except Unsupported as why:
         return None, str(why)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
         return None, f"unexpected tokenizer.json layout ({type(error).__name__})"
     if getattr(reference, "encode_special_tokens", False):
         return None, "encode_special_tokens is set"
-    if why := engine_disagreement():
+    byte_level = not config["model"].get("byte_fallback")  # the SentencePiece-style encoder uses no Unicode classes
+    if byte_level and (why := engine_disagreement()):
         return None, why
     encoder = FastBpe(native, threads, reference if nfc else None)
     expected = reference.encode(PROBE_TEXT, add_special_tokens=False).ids

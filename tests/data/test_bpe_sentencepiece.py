@@ -165,3 +165,21 @@ def test_shipped_mistral_vocabularies_match(shipped, documents, name, legacy):
     controls = [t["content"] for t in json.loads(config)["added_tokens"][:40]]
     texts = _texts(documents, seed=5, count=120) + [f"{a} x{b}y {a}{b}  " for a, b in zip(controls, controls[1:])]
     assert_same_ids(reference, fast, texts)
+
+
+def test_a_regex_engine_on_another_unicode_version_does_not_matter_here(trained, monkeypatch):
+    """The SentencePiece-style encoder uses no Unicode classes: an engine that disagrees with the byte-level
+    tables (which refuses the byte-level encoder, test_bpe_exact.py) leaves this one on the fast path."""
+    from pytrain import _native
+    from pytrain.data import bpe_unicode
+
+    first, last, _ = next(r for r in _native.bpe_unicode_sentinels if r[2] == 1)
+    monkeypatch.setattr(_native, "bpe_unicode_sentinels", [(first, last, 0)])
+    bpe_unicode.engine_disagreement.cache_clear()
+    try:
+        assert bpe_unicode.engine_disagreement()
+        config = trained("llama2")
+        fast, why_not = fast_encoder(config.encode(), Tokenizer.from_str(config))
+    finally:
+        bpe_unicode.engine_disagreement.cache_clear()
+    assert fast is not None, why_not
