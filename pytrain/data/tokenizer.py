@@ -129,11 +129,12 @@ def train_tokenizer(
         extra = ["<pad>"] if special_tokens is None and style == "gpt2" else list(special_tokens or [])
         recipe = style_reference(style, eos_token or STYLE_EOS.get(style, ""), extra)
     training = prepare(recipe)
-    needed = len(training.specials) + len(training.alphabet)
+    needed = len(training.specials) + len(training.alphabet) + len(training.others)
     if vocab_size < needed:
         raise PytrainError(
             f"--vocab-size {vocab_size} is too small: {recipe.source} needs at least {needed} "
-            f"({len(training.specials)} special and byte tokens + {len(training.alphabet)} byte-level characters)"
+            f"({len(training.specials)} special and byte tokens + {len(training.alphabet)} byte-level characters"
+            + (f" + {len(training.others)} non-special added tokens)" if training.others else ")")
         )
     sources = open_sources(inputs, ReadSettings(parse_field_path(field, jq), txt_split=txt_split, on_bad_line=on_bad_line))
 
@@ -148,8 +149,8 @@ def train_tokenizer(
                 used += 1
                 yield text
 
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=training.specials,
+    trainer = trainers.BpeTrainer(  # the reference's non-special added tokens come on top of what is learned
+        vocab_size=vocab_size - len(training.others), min_frequency=min_frequency, special_tokens=training.specials,
         initial_alphabet=training.alphabet, show_progress=False,
     )
     training.tokenizer.train_from_iterator(documents(), trainer=trainer)

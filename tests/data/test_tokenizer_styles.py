@@ -7,7 +7,7 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from _bpe_cases import assert_same_ids, fast_pair, llama3_tokenizer_json
+from _bpe_cases import assert_same_ids, fast_pair, llama3_tokenizer_json, published_family_json
 from _sp_cases import SP_TEXTS, metaspace, sentencepiece_json, train_model
 from conftest import run_cli
 from pytrain.data.fast_sentencepiece import BYTE_TOKENS
@@ -47,18 +47,20 @@ def test_pack_uses_the_fast_encoder_for_a_llama2_style_tokenizer(tmp_path, corpu
 
 def _references(documents) -> dict[str, str]:
     """Llama-2's pipeline (Prepend + Replace, <s> template), Mistral v0.3's (Metaspace first, no split) and
-    Llama-3's (Split + ByteLevel, a <|begin_of_text|> template), each over a vocabulary trained here."""
+    Llama-3's (Split + ByteLevel, a <|begin_of_text|> template), Qwen3's published layout (NFC, special and
+    non-special added tokens), each over a vocabulary trained here."""
     model = train_model(documents[:30], 500, words=True)
     return {"llama2": sentencepiece_json(model), "mistral-v0.3": sentencepiece_json(model, metaspace("first", False)),
-            "llama3": llama3_tokenizer_json(600)}
+            "llama3": llama3_tokenizer_json(600), "qwen3": published_family_json("qwen3", 600)}
 
 
-@pytest.mark.parametrize("name", ["llama2", "mistral-v0.3", "llama3"])
+@pytest.mark.parametrize("name", ["llama2", "mistral-v0.3", "llama3", "qwen3"])
 def test_like_keeps_the_references_pipeline_and_added_tokens(tmp_path, corpus_jsonl, documents, name):
     reference = json.loads(_references(documents)[name])
     ref_path = tmp_path / "ref.json"
     ref_path.write_text(json.dumps(reference), encoding="utf-8")
     config = _train(tmp_path, corpus_jsonl, "--like", ref_path)
+    assert Tokenizer.from_str(json.dumps(config)).get_vocab_size() == 900  # --vocab-size, added tokens included
     assert {k: config[k] for k in PIPELINE} == {k: reference[k] for k in PIPELINE}
     ref_flags = [[t.get(f) for f in FLAGS] for t in reference["added_tokens"]]
     assert [[t.get(f) for f in FLAGS] for t in config["added_tokens"]] == ref_flags
@@ -69,7 +71,7 @@ def test_like_keeps_the_references_pipeline_and_added_tokens(tmp_path, corpus_js
     if reference["model"].get("byte_fallback"):  # Llama-2's layout: <unk> <s> </s> <0x00>..<0xFF> keep ids 0-258
         layout = ["<unk>", "<s>", "</s>", *BYTE_TOKENS]
         assert [vocab[t] for t in layout] == [reference["model"]["vocab"][t] for t in layout] == list(range(259))
-    for token, spec in reference["post_processor"]["special_tokens"].items():
+    for token, spec in reference["post_processor"].get("special_tokens", {}).items():
         ours = config["post_processor"]["special_tokens"][token]
         assert ours["tokens"] == spec["tokens"] and ours["ids"] == [vocab[t] for t in spec["tokens"]]
     _assert_fast_and_exact(config, SP_TEXTS + documents[120:200])
