@@ -8,12 +8,15 @@ Cases (each a synthetic NAME.bin/NAME.idx written here from Megatron's published
 - uint16 -> pack: Pythia/NeoX-style uint16 ids, copied into a uint16 pack (`pytrain pack PREFIX`);
 - int32 -> pack: Megatron's default int32 ids narrowed to a uint16 pack (reads twice the bytes it writes);
 - pack -> megatron: `pytrain convert PACK --to megatron PREFIX` of the first case's pack.
-Each is the whole CLI command in a fresh process (interpreter start, tokenizer load, manifest, fsync), with
-the input already in the page cache, timed against `cp` of the same input files to the same folder, and
-against `cp` followed by fsync of the copy (pytrain makes its output durable before renaming it into place).
+Each is the whole CLI command in a fresh process (interpreter start, imports, tokenizer load, manifest,
+fsync), with the input already in the page cache, timed against `cp` of the same input files to the same
+folder, and against `cp` followed by fsync of the copy (pytrain makes its output durable before renaming it
+into place). The three commands run in turn `--repeats` times (medians printed, every run in the JSON), each
+after its output was removed and fresh memory touched (see `touch_memory`), and pytrain runs as an installed
+copy would, with byte-compiled modules (PYTHONDONTWRITEBYTECODE is dropped for it).
 GB/s = input bytes / wall seconds; CPU s = user + system seconds of the pytrain process (on a machine whose
 cores are busy with other work, wall time follows CPU time, so both are printed). Goal (issue 20): within 2x of `cp`.
-Prints a table and writes results/bench_megatron.json.
+Prints a table and writes results/bench_megatron.json; bench_data.py prints the same table.
 """
 
 from __future__ import annotations
