@@ -3,6 +3,7 @@
     python benchmarks/bench_data.py                 # 10 / 1,000 / 10,000 sources x 10^6 / 10^9 documents
     python benchmarks/bench_data.py --quick         # 10 and 1,000 sources, 10^6 documents
     python benchmarks/bench_data.py --sources 10000 --docs 1e9
+    python benchmarks/bench_data.py --parts megatron --megatron-gb 1   # only the Megatron conversion table
 
 For each configuration, S synthetic packs (one per source, equal weights) holding D documents in all are
 written to a temporary folder, then a fresh process (so the peak memory is its own) times:
@@ -19,7 +20,11 @@ would need terabytes of tokens, so their tokens.bin is a sparse file of the righ
 while index.idx holds real offsets (document lengths 1..1999, 8 GB in all: the walk of a shuffled document
 order reads them). Start-up does not depend on either, since nothing in it reads or allocates per document.
 Goal (issue 11): 10,000 sources and 10^9 documents ready in < 10 s with < 2 GB.
-Prints a table and writes results/bench_data.json.
+
+Then the Megatron -> pack conversion GB/s against `cp` of the same bytes (and pack -> Megatron), measured by
+bench_megatron.py's cases (see its docstring for the method; it is also the detailed script). Goal (issue 20):
+within 2x of cp.
+Prints both tables and writes results/bench_data.json.
 """
 
 from __future__ import annotations
@@ -175,6 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", type=int, nargs="*", default=None, help="source counts (default 10 1000 10000)")
     parser.add_argument("--docs", type=float, nargs="*", default=None, help="total documents (default 1e6 1e9)")
     parser.add_argument("--quick", action="store_true", help="10 and 1,000 sources, 10^6 documents")
+    parser.add_argument("--parts", nargs="+", choices=("mixture", "megatron"), default=["mixture", "megatron"],
+                        help="which tables to measure")
+    parser.add_argument("--megatron-gb", type=float, default=1.0, help="GB of .bin per Megatron conversion case")
     parser.add_argument("--out", default=str(RESULTS), help="folder for bench_data.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -183,13 +191,22 @@ def main(argv=None) -> int:
         return 0
     sources = args.sources or ([10, 1000] if args.quick else [10, 1000, 10_000])
     docs = [int(d) for d in (args.docs or ([1e6] if args.quick else [1e6, 1e9]))]
-    rows = [measure(s, d) for d in docs for s in sources]
-    load = os.getloadavg()
-    report(rows)
+    results = {"seq_len": SEQ_LEN, "cpus": os.cpu_count()}
+    if "mixture" in args.parts:
+        results["rows"] = rows = [measure(s, d) for d in docs for s in sources]
+        report(rows)
+    if "megatron" in args.parts:
+        import bench_megatron
+
+        with tempfile.TemporaryDirectory(prefix="bench_data-megatron-") as tmp:
+            results["megatron"] = megatron_rows = bench_megatron.measure(Path(tmp), args.megatron_gb)
+        print()
+        bench_megatron.report(megatron_rows)
+    results["load_average"] = load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_data.json").write_text(json.dumps({"seq_len": SEQ_LEN, "load_average": load, "cpus": os.cpu_count(), "rows": rows}, indent=1))
+    (out / "bench_data.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out / 'bench_data.json'}")
     return 0
 

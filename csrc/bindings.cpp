@@ -9,4 +9,6 @@ PYBIND11_MODULE(_native, m) {
     pytrain::bind_blend_index(m);
     pytrain::bind_bpe(m);
     pytrain::bind_sentencepiece_bpe(m);
+    pytrain::bind_ready_ids(m);
+    pytrain::bind_writeback(m);
 }

@@ -11,5 +11,7 @@ void bind_tokens(pybind11::module_& m);
 void bind_blend_index(pybind11::module_& m);
 void bind_bpe(pybind11::module_& m);
 void bind_sentencepiece_bpe(pybind11::module_& m);
+void bind_ready_ids(pybind11::module_& m);
+void bind_writeback(pybind11::module_& m);
 
 }  // namespace pytrain

@@ -13,7 +13,6 @@ index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytrain.data.hashed_file import HashedFile
 from pytrain.errors import PytrainError
 from pytrain.fsutil import file_sha256
 
@@ -267,26 +267,24 @@ class SplitWriter:
         self.tokens_file = tokens_path(root, split)
         self.index_file = index_path(root, split)
         self.tokens_file.parent.mkdir(parents=True, exist_ok=True)
-        self._tokens = open(self.tokens_file, "wb")
+        self._tokens = HashedFile(open(self.tokens_file, "wb"))
         self._index = open(self.index_file, "wb")
         self._index.write(index_header(dtype.itemsize, 0, 0))  # rewritten on close
         self._index.write(np.zeros(1, dtype="<i8").tobytes())
-        self._hash = hashlib.sha256()
         self._sum = 0  # sum of the ids mod 2**64: a checksum `verify --mode quick` computes at memory speed
-        self._mask = open(mask_path(root, split), "wb") if with_mask else None
-        self._mask_hash = hashlib.sha256()
+        self._mask = HashedFile(open(mask_path(root, split), "wb")) if with_mask else None
         self.documents = 0
         self.tokens = 0
 
     def write(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
         if len(lengths) == 0:
             return
-        self._tokens.write(memoryview(tokens))
-        self._hash.update(memoryview(tokens))
-        self._sum = (self._sum + int(tokens.sum(dtype=np.uint64))) % 2**64
+        from pytrain import _native
+
+        self._tokens.write(tokens)
+        self._sum = (self._sum + _native.token_sum(tokens)) % 2**64
         if self._mask is not None:
-            self._mask.write(memoryview(mask))
-            self._mask_hash.update(memoryview(mask))
+            self._mask.write(mask)
         ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
         self._index.write(ends.astype("<i8", copy=False).tobytes())
         self.tokens = int(ends[-1])
@@ -294,22 +292,24 @@ class SplitWriter:
 
     def close(self) -> dict:
         """Finish both files and make them durable before the directory is renamed into place."""
-        os.fsync(self._tokens.fileno())
-        self._tokens.close()
+        _close_durably(self._tokens.handle)
         self._index.seek(0)
         self._index.write(index_header(self.dtype.itemsize, self.documents, self.tokens))
-        self._index.flush()
-        os.fsync(self._index.fileno())
-        self._index.close()
+        _close_durably(self._index)
         info = {
             "documents": self.documents,
             "tokens": self.tokens,
-            "tokens_sha256": self._hash.hexdigest(),
+            "tokens_sha256": self._tokens.hexdigest(),
             "tokens_sum": self._sum,
             "index_sha256": file_sha256(self.index_file),
         }
         if self._mask is not None:
-            os.fsync(self._mask.fileno())
-            self._mask.close()
-            info["mask_sha256"] = self._mask_hash.hexdigest()
+            _close_durably(self._mask.handle)
+            info["mask_sha256"] = self._mask.hexdigest()
         return info
+
+
+def _close_durably(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()

@@ -128,18 +128,11 @@ def read_index(idx: Path, bin_: Path) -> MegatronIndex:
     return MegatronIndex(idx, bin_, dtype, sequences, bin_size, token_starts[doc_index])
 
 
-def check_ids(ids: np.ndarray, max_id: int, path: Path, first_position: int) -> None:
-    """Refuse ids outside [0, max_id], naming the first bad position (a token index into `path`)."""
-    if not len(ids) or (ids.dtype.kind == "u" and np.iinfo(ids.dtype).max <= max_id):
-        return  # no value of this dtype can be out of range (uint16 ids, a vocabulary of 65,536 or more)
-    low, high = ids.min(), ids.max()
-    if low >= 0 and high <= max_id:
-        return
-    bad = int(np.argmax((ids < 0) | (ids > max_id)))
-    value = int(ids[bad])
+def bad_id(path: Path, value: int, position: int, max_id: int) -> PytrainError:
+    """The error for token id `value` outside [0, max_id] at token `position` of `path`."""
     why = "is negative" if value < 0 else f"is past the tokenizer's vocabulary (largest id {max_id})"
-    raise PytrainError(f"{path}: token id {value} at token {first_position + bad} {why}; "
-                       "pack with the tokenizer the dataset was made with")
+    return PytrainError(f"{path}: token id {value} at token {position} {why}; "
+                        "pack with the tokenizer the dataset was made with")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -162,10 +155,9 @@ def write_pack(root: str | os.PathLike, split: str, prefix: str | os.PathLike) -
 
     Both files are written under temporary names and renamed when complete (the .bin first, so an .idx
     under its final name always has its data); an existing PREFIX.bin or PREFIX.idx is never replaced.
-    The tokens are hashed as they are copied and must match the manifest's sha256."""
-    import hashlib
-
+    The tokens are hashed as they are copied (on a second core) and must match the manifest's sha256."""
     from pytrain.data import format as fmt
+    from pytrain.data.hashed_file import HashedFile
     from pytrain.fsutil import atomic_file
 
     root, prefix = Path(root), Path(prefix)
@@ -181,16 +173,15 @@ def write_pack(root: str | os.PathLike, split: str, prefix: str | os.PathLike) -
     lengths = np.diff(data.offsets)
     if data.num_docs and int(lengths.max()) >= 1 << 31:
         raise PytrainError(f"{root}: a document of {int(lengths.max())} tokens does not fit Megatron's int32 sequence lengths")
-    digest = hashlib.sha256()
     with atomic_file(idx) as idx_out:
         with atomic_file(bin_) as bin_out:
+            copy = HashedFile(bin_out)  # the bytes written are the pack's own (a view), so their hash is the pack's
             for start in range(0, data.num_tokens, _WINDOW):
-                window = np.ascontiguousarray(data.tokens[start:start + _WINDOW])
-                digest.update(memoryview(window))
+                window = data.tokens[start:start + _WINDOW]
                 if dtype != window.dtype and len(window) and int(window.max()) >= 1 << 31:
                     raise PytrainError(f"{root}: token id {int(window.max())} does not fit Megatron's int32")
-                bin_out.write(memoryview(window.view(dtype)))
-            if digest.hexdigest() != manifest["splits"][split]["tokens_sha256"]:
+                copy.write(window.view(dtype))
+            if copy.hexdigest() != manifest["splits"][split]["tokens_sha256"]:
                 raise PytrainError(f"{fmt.tokens_path(root, split)}: sha256 differs from the manifest; the pack is "
                                    "corrupted, run `pytrain verify` and re-pack")
         idx_out.write(index_header(dtype, data.num_docs))

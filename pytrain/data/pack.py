@@ -204,25 +204,6 @@ def _encode_documents(tokenizer, documents: list, chat: bool) -> list:
     return [[next(encoded) if text is not None else None for text, _ in conversation] for conversation in documents]
 
 
-def frame(tokens: np.ndarray, lengths: np.ndarray, bos_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ready token ids framed like tokenized ones: BOS first / EOS last in every document (ids < 0: none),
-    added only where a document does not already start / end with it, so ids that carry their own
-    EOS (Megatron's --append-eod, or a pack converted back) keep exactly one."""
-    if not len(lengths):
-        return tokens, lengths
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    no = np.zeros(len(lengths), dtype=bool)
-    need_eos = tokens[ends - 1] != eos_id if eos_id >= 0 else no
-    need_bos = tokens[starts] != bos_id if bos_id >= 0 else no
-    if not (need_eos.any() or need_bos.any()):
-        return tokens, lengths
-    # np.insert keeps equal positions in the order given: a document's EOS lands before the next one's BOS.
-    positions = np.concatenate([ends[need_eos], starts[need_bos]])
-    values = np.concatenate([np.full(int(need_eos.sum()), eos_id), np.full(int(need_bos.sum()), bos_id)]).astype(tokens.dtype)
-    return np.insert(tokens, positions, values), lengths + need_eos + need_bos
-
-
 def _chat_ids_and_mask(conversations: list, encoded: list, eos_id: int, bos: bool) -> tuple[list[list[int]], np.ndarray]:
     """Concatenate each conversation's segment ids (EOS by id) and build its per-token loss mask."""
     ids, mask_parts = [], []
@@ -279,7 +260,7 @@ class Packer:
         self.sources = open_sources(inputs, ReadSettings(
             self.field_path, documents, txt_split=options.txt_split, on_bad_line=options.on_bad_line,
             batch_bytes=options.batch_bytes, max_doc_bytes=options.max_doc_bytes, threads=options.threads,
-            max_token_id=self.top_id, token_dtype=self.dtype, hf_split=options.split), parts)
+            max_token_id=self.top_id, token_dtype=self.dtype, frame_ids=self._framing(), hf_split=options.split), parts)
         self.tokenizing = tokenizing = not all(reader.reads_token_ids for reader in self.sources.readers)  # else the encoder is idle
         self.fast = _choose_encoder(options.encoder, self.tokenizer_bytes, self.tok, self.tokenizer_path,
                                     options.threads) if tokenizing else None
@@ -288,6 +269,11 @@ class Packer:
         self.stop = threading.Event()
         self.stages: list[_Stage] = []
         self.bytes_done = self.empty_after_tokenizing = 0
+
+    def _framing(self) -> tuple[int, int]:
+        """The (BOS, EOS) ids every document starts / ends with (-1: none); ready ids get them only where missing,
+        so ids that carry their own EOS (Megatron's --append-eod, or a pack converted back) keep exactly one."""
+        return (self.bos_id if self.options.prepend_bos else -1, self.eos_id if self.options.append_eos else -1)
 
     def run(self, out, manifest_extra: dict) -> dict:
         options = self.options
@@ -350,10 +336,9 @@ class Packer:
 
     def encode(self) -> None:
         """Stage 2 (this thread): token ids, from the native encoder (framed and narrowed) or `tokenizers`."""
-        framing = (self.bos_id if self.options.prepend_bos else -1, self.eos_id if self.options.append_eos else -1,
-                   self.dtype.name)
+        framing = (*self._framing(), self.dtype.name)
         while (batch := _get(self.texts_q, self._failed)) is not _DONE:
-            if batch.tokens is not None:  # token ids read as they are (a Megatron dataset): framed by the writer
+            if batch.tokens is not None:  # token ids read as they are (a Megatron dataset), framed by the reader
                 ids = None
             elif self.fast is not None and not self.chat:
                 ids = self.fast.encode_framed(batch.texts, *framing)
@@ -370,9 +355,8 @@ class Packer:
         while (item := _get(self.ids_q, self._failed)) is not _DONE:
             batch, ids = item
             mask = None
-            if ids is None:
-                tokens, lengths = frame(batch.tokens, batch.lengths, self.bos_id if self.options.prepend_bos else -1,
-                                        self.eos_id if self.options.append_eos else -1)
+            if ids is None:  # ready token ids, framed by their reader
+                tokens, lengths = batch.tokens, batch.lengths
             elif isinstance(ids, tuple):  # already framed and narrowed by the fast encoder
                 tokens, lengths, dropped = ids
                 self.empty_after_tokenizing += dropped

@@ -212,20 +212,108 @@ def test_idx_without_bin_and_bin_without_idx(tmp_path, tokenizer_path):
     _refused(tmp_path, tokenizer_path, tmp_path / "e.bin", "e.idx", "beside it")
 
 
-@pytest.mark.parametrize("bos, eos", [(-1, 0), (1, -1), (1, 0), (0, 0), (-1, -1)])
-def test_framing_ready_ids_adds_only_what_is_missing(bos, eos):
-    from pytrain.data.pack import frame
+# ----------------------------------------------------------------------------- the native pass, against numpy
+def numpy_frame_ready_ids(raw, lengths, keep, max_id, bos, eos, out_dtype):
+    """What the reader computed with numpy before the native pass (check_ids, the keep filter, astype, then
+    pack.frame's np.insert), kept here as the reference the native pass must match byte for byte."""
+    wide = raw.astype(np.int64)
+    bad = np.flatnonzero((wide < 0) | (wide > max_id))
+    if len(bad):
+        return None, None, (int(bad[0]), int(wide[bad[0]]))
+    tokens, lengths = raw[np.repeat(keep, lengths)].astype(out_dtype), lengths[keep]
+    if not len(lengths):
+        return tokens, lengths, None
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    no = np.zeros(len(lengths), dtype=bool)
+    need_eos = tokens[ends - 1] != eos if eos >= 0 else no
+    need_bos = tokens[starts] != bos if bos >= 0 else no
+    positions = np.concatenate([ends[need_eos], starts[need_bos]])
+    values = np.concatenate([np.full(int(need_eos.sum()), eos), np.full(int(need_bos.sum()), bos)]).astype(out_dtype)
+    return np.insert(tokens, positions, values), lengths + need_eos + need_bos, None
 
-    rng = np.random.default_rng(10 + bos + 7 * eos)
-    for _ in range(50):
-        lengths = rng.integers(1, 6, size=rng.integers(1, 30))
-        tokens = rng.integers(0, 4, size=int(lengths.sum())).astype(np.uint16)
-        expected, start = [], 0
-        for length in lengths:
-            doc = tokens[start:start + length].tolist()
-            start += length
-            doc = ([bos] if bos >= 0 and doc[0] != bos else []) + doc
-            expected.append(doc + ([eos] if eos >= 0 and doc[-1] != eos else []))
-        framed, framed_lengths = frame(tokens, lengths, bos, eos)
-        assert framed.dtype == tokens.dtype and framed.tolist() == sum(expected, [])
-        assert framed_lengths.tolist() == [len(doc) for doc in expected]
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint16])
+@pytest.mark.parametrize("out_dtype", [np.uint16, np.uint32])
+def test_native_pass_matches_numpy_on_every_dtype(dtype, out_dtype):
+    from pytrain import _native
+
+    top = int(min(np.iinfo(dtype).max, np.iinfo(out_dtype).max))
+    rng = np.random.default_rng(int(np.dtype(dtype).num) * 3 + np.dtype(out_dtype).itemsize)
+    for trial in range(40):
+        max_id = int(rng.integers(2, min(top, 70_000) + 1)) if trial % 4 else top
+        # Documents of 0 to ~9,000 ids: empty ones, and ones spanning the native pass's 4,096-id blocks.
+        lengths = rng.choice([0, 1, 2, 5, 4095, 4097, 9000], size=rng.integers(1, 12))
+        raw = rng.integers(0, max_id + 1, size=int(lengths.sum())).astype(dtype)
+        if len(raw) and trial % 3 == 0:
+            raw[rng.integers(0, len(raw), size=3)] = max_id  # the largest id is accepted
+        keep = (rng.random(len(lengths)) < 0.8) & (lengths > 0)  # the reader always drops empty documents
+        bos, eos = (int(rng.integers(-1, max_id + 1)) for _ in range(2))
+        expected = numpy_frame_ready_ids(raw, lengths, keep, max_id, bos, eos, out_dtype)
+        for keep_arg in ([keep] if not keep.all() else [keep, None]):
+            tokens, got_lengths, bad = _native.frame_ready_ids(raw, np.dtype(dtype).name, lengths, keep_arg, max_id,
+                                                               bos, eos, np.dtype(out_dtype).name)
+            assert bad is None and tokens.dtype == np.dtype(out_dtype)
+            assert tokens.tobytes() == expected[0].tobytes() and got_lengths.tolist() == expected[1].tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint16])
+def test_native_pass_refuses_the_first_id_out_of_range(dtype):
+    from pytrain import _native
+
+    max_id = int(min(np.iinfo(dtype).max - 1, 300))
+    rng = np.random.default_rng(int(np.dtype(dtype).num))
+    lengths = np.array([3, 0, 5000, 4096, 7])
+    for position in (0, 2, 3, 4098, 5003 + 4095, int(lengths.sum()) - 1):
+        raw = rng.integers(0, max_id + 1, size=int(lengths.sum())).astype(dtype)
+        raw[position] = max_id + 1  # the vocabulary's size: one past the largest id
+        if np.iinfo(dtype).min < 0 and position + 5 < len(raw):
+            raw[position + 5] = -1  # a later negative id is not the first
+        keep = np.ones(len(lengths), bool)
+        keep[0] = False  # dropped documents are checked too: the error names the first bad id of the file
+        expected = numpy_frame_ready_ids(raw, lengths, keep, max_id, -1, 0, np.uint16)
+        assert _native.frame_ready_ids(raw, np.dtype(dtype).name, lengths, keep, max_id, -1, 0, "uint16") == (None, None, expected[2])
+        assert expected[2] == (position, max_id + 1)
+    if np.iinfo(dtype).min < 0:
+        raw = np.array([4, -2, 5], dtype=dtype)
+        assert _native.frame_ready_ids(raw, np.dtype(dtype).name, np.array([3]), None, max_id, -1, -1, "uint16")[2] == (1, -2)
+
+
+def test_native_pass_refuses_lengths_that_do_not_match_the_bytes():
+    from pytrain import _native
+
+    with pytest.raises(ValueError, match="lengths sum to 4"):
+        _native.frame_ready_ids(np.zeros(3, np.int32), "int32", np.array([4]), None, 10, -1, -1, "uint16")
+
+
+def test_windows_and_a_bin_not_a_multiple_of_the_window(tmp_path, tokenizer_path, top_id, monkeypatch):
+    """Small windows (the reader's buffer reused across them, a last window shorter than the others, a document
+    larger than a window), empty documents, documents of several sequences: the pack holds exactly the
+    documents, framed, and its checksums are those of its bytes."""
+    import hashlib
+
+    from pytrain import _native
+    from pytrain.data import pack as pack_module
+    from pytrain.data.readers import megatron as reader_module
+
+    monkeypatch.setattr(reader_module, "WINDOW_BYTES", 0)  # windows of --batch-mb's minimum, 64 KiB
+    rng = np.random.default_rng(5)
+    documents = random_documents(rng, 300, top_id, max_sequences=4, max_len=300)
+    documents[7] = [rng.integers(1, top_id + 1, size=50_001).tolist()]  # 100 KB of int16: over one window
+    documents[8] = [[]]
+    documents[9] = [[], [top_id]]
+    documents[10][-1].append(0)
+    write_megatron(tmp_path / "d", documents, dtype=np.int16 if top_id < 2**15 else np.int32)
+    assert (tmp_path / "d.bin").stat().st_size % (1 << 16)
+    out = tmp_path / "packed"
+    pack_module.pack([tmp_path / "d"], tokenizer_path, out, pack_module.PackOptions(batch_bytes=1 << 16, progress=False))
+    joined = [sum(doc, []) for doc in documents if sum(doc, [])]
+    expected = [ids if ids[-1] == 0 else ids + [0] for ids in joined]
+    assert pack_documents(out) == expected
+    manifest = fmt.read_manifest(out)
+    flat = np.array(sum(expected, []), dtype=manifest["dtype"])
+    split = manifest["splits"]["train"]
+    assert split["tokens_sha256"] == hashlib.sha256(flat.tobytes()).hexdigest()
+    assert split["tokens_sum"] == int(flat.astype(np.uint64).sum()) == _native.token_sum(flat)
+    assert manifest["empty_documents"] == 1
+    run_cli("verify", out)

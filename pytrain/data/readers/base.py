@@ -39,7 +39,7 @@ class Part:
 @dataclass
 class DocBatch:
     """Documents of one input window: strings (for chat data lists of (text, trained) segments), or ready
-    token ids: `tokens` (already in the pack's dtype and checked against the vocabulary) cut by `lengths`."""
+    token ids: `tokens` (checked against the vocabulary, in the pack's dtype, framed) cut by `lengths`."""
 
     source: str
     texts: list
@@ -61,7 +61,8 @@ class ReadSettings:
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
     threads: int = 0
     max_token_id: int | None = None  # readers of token ids: the largest id the tokenizer has
-    token_dtype: np.dtype | None = None  # ... and the pack's dtype they narrow to
+    token_dtype: np.dtype | None = None  # ... the pack's dtype they narrow to
+    frame_ids: tuple[int, int] = (-1, -1)  # ... and the (BOS, EOS) a document gets where it lacks it (-1: none)
     hf_split: str | None = None
 
 
