@@ -11,6 +11,8 @@ import numpy as np
 from pytrain.errors import PytrainError
 
 NEUTRAL_POST_PROCESSORS = ("ByteLevel", "TemplateProcessing")
+META = "\u2581"  # SentencePiece's visible space
+BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]  # byte_fallback's tokens, as tokenizers spells them
 
 
 class Unsupported(Exception):
@@ -46,7 +48,7 @@ def check_neutral_extras(config: dict) -> None:
 def check_model_options(model: dict) -> None:
     """A BPE model without dropout or subword prefix/suffix (byte_fallback is the caller's to decide)."""
     require(model.get("type") == "BPE", f"{model.get('type')} model")
-    require(model.get("dropout") is None, "BPE dropout")
+    require(model.get("dropout") in (None, 0, 0.0), "BPE dropout")  # 0.0 never drops a merge
     require(not model.get("continuing_subword_prefix"), "continuing_subword_prefix")
     require(not model.get("end_of_word_suffix"), "end_of_word_suffix")
 
@@ -74,33 +76,46 @@ def vocab_and_merges(model: dict) -> tuple[dict, np.ndarray]:
     return vocab, np.array(ids, dtype=np.uint32).reshape(-1, 3)
 
 
+def _can_overlap(a: str, b: str) -> bool:
+    """Whether an occurrence of `a` and one of `b` can share a character in some text: one inside the other,
+    or a proper suffix of one being a proper prefix of the other."""
+    if a in b or b in a:
+        return True
+    return any(a.endswith(b[:k]) or b.endswith(a[:k]) for k in range(1, min(len(a), len(b))))
+
+
 def added_tokens(config: dict, reference, normalizer: str) -> list[tuple[bytes, int]]:
     """(UTF-8 content, id) of every added token, if splitting them out in one leftmost-longest pass over the
     raw text is what `tokenizers` does. It extracts normalized=false tokens from the raw text first, then
     normalized=true ones from the normalized rest. One pass is the same when the normalizer leaves the text
     as it is — `normalizer` "none", or "nfc" on an NFC-inert text (FastBpe sends the others to `tokenizers`)
-    — and no character is in tokens of both kinds (so no match of one kind can overlap one of the other).
-    With any other normalizer ("other") normalized=true is unsupported.
+    — and no occurrence of a token of one kind can overlap one of the other kind (then neither pass's
+    matches can pre-empt the other's). With any other normalizer ("other") normalized=true is unsupported.
 
     `reference` is the loaded tokenizers.Tokenizer: an added token's id is the one `tokenizers` gave it when
-    loading (the model's id for a content already in the vocabulary), not the JSON's "id"."""
-    added, seen, chars = [], set(), {False: set(), True: set()}
-    for token in config.get("added_tokens") or []:
+    loading (the model's id for a content already in the vocabulary), not the JSON's "id". PytrainError for
+    two entries with one content (which id the text gets would be ambiguous)."""
+    added, first_index, kinds = [], {}, {False: [], True: []}
+    for i, token in enumerate(config.get("added_tokens") or []):
         content = token.get("content", "")
         for flag in ("lstrip", "rstrip", "single_word"):
             require(not token.get(flag, False), f"added token {content!r} has {flag}=true")
-        require(content and content not in seen, f"empty or repeated added token {content!r}")
+        require(bool(content), "an empty added token")
+        if content in first_index:
+            raise PytrainError(f"added_tokens[{i}]: the content {content!r} is also added_tokens[{first_index[content]}]'s;"
+                               " one content can have one id")
+        first_index[content] = i
         normalized = bool(token.get("normalized", False))
         if normalized:
             require(normalizer != "other", f"added token {content!r} has normalized=true under a normalizer")
             if normalizer == "nfc":
                 require(reference.normalizer.normalize_str(content) == content,
                         f"added token {content!r} has normalized=true and NFC changes it")
-        seen.add(content)
-        chars[normalized] |= set(content)
+        kinds[normalized].append(content)
         token_id = reference.token_to_id(content)
         require(token_id is not None, f"added token {content!r} has no id")
         added.append((content.encode("utf-8"), token_id))
-    shared = chars[False] & chars[True]
-    require(not shared, f"added tokens with normalized=true and =false share the character {min(shared or ' ')!r}")
+    for a in kinds[False]:
+        for b in kinds[True]:
+            require(not _can_overlap(a, b), f"added tokens {a!r} (normalized=false) and {b!r} (normalized=true) can overlap")
     return added

@@ -17,8 +17,8 @@ Sequences and options that only move offsets, such as trim_offsets, count as wha
   tokenizer train`), or Split(Regex(P), Isolated, invert=false) + ByteLevel(add_prefix_space=false,
   use_regex=false) with P GPT-2's pattern, Llama-3's, or Qwen2's (Llama-3's with \\p{N} for \\p{N}{1,3});
 - added tokens with lstrip, rstrip and single_word false and distinct contents; normalized=true ones
-  need NFC (if any) to leave their content alone and share no character with the normalized=false ones
-  (then one leftmost-longest pass splits them out as `tokenizers`' two passes do);
+  need NFC (if any) to leave their content alone and be unable to overlap a normalized=false one
+  (then one leftmost-longest pass splits them out as `tokenizers`' two passes do; bpe_support.py);
 - the installed `tokenizers` regex engine classifies the sentinel code points as the tables' Unicode
   version does (bpe_unicode.py), whatever its release.
 
@@ -36,6 +36,7 @@ import json
 
 import numpy as np
 
+from pytrain.errors import PytrainError
 from pytrain.data.bpe_support import (
     Unsupported, added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
 )
@@ -187,7 +188,12 @@ def build_native(config: dict, reference):
     check_model_options(model)
     vocab, merge_rows = vocab_and_merges(model)
     chars = byte_level_chars()
-    missing = [c for c in chars if c not in vocab]
+    missing = [byte for byte, c in enumerate(chars) if c not in vocab]
+    if missing and model.get("unk_token") is None:
+        raise PytrainError(f"model.vocab: the byte-level character {chars[missing[0]]!r} (byte 0x{missing[0]:02X}) is "
+                           f"missing ({len(missing)} of 256 are) and there is no unk_token, so tokenizers would drop "
+                           "those bytes from the text; add them to the vocabulary (or pack with --encoder tokenizers "
+                           "to accept the loss)")
     require(not missing, f"{len(missing)} byte-level characters missing from the vocabulary")
     byte_ids = [vocab[c] for c in chars]
     ignore_merges = bool(model.get("ignore_merges", False))

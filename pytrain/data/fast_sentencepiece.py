@@ -23,16 +23,15 @@ from __future__ import annotations
 import numpy as np
 
 from pytrain.data.bpe_support import (
-    added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
+    BYTE_TOKENS, META, added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
 )
 
-META = "\u2581"  # SentencePiece's visible space
-BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]  # as tokenizers' byte_fallback spells them
+MAX_CHAR_ID = 2**31 - 1  # sp_bpe.cpp keeps one-character token ids as int32 (-1: none)
 
 
-def _normalizer_prepends(normalizer: dict) -> bool:
-    """Whether a supported Prepend/Replace normalizer prepends "▁"; Unsupported for any other normalizer."""
-    parts = steps(normalizer, "normalizers")
+
+def _normalizer_prepends(parts: list[dict]) -> bool:
+    """Whether a supported Prepend/Replace normalizer (its steps) prepends "▁"; Unsupported for any other."""
     kinds = [step.get("type") for step in parts]
     require(kinds.count("Replace") == 1 and set(kinds) <= {"Prepend", "Replace"} and kinds.count("Prepend") <= 1,
              f"normalizer {'+'.join(map(str, kinds))} (not Prepend + Replace)")
@@ -59,13 +58,16 @@ def _metaspace(pre: dict) -> tuple[str, bool]:
 
 
 def _prepend_and_split(config: dict) -> tuple[str, bool]:
-    """How the native encoder prepends "▁" and whether it splits words at each "▁" (see sp_bpe.cpp)."""
-    normalizer, pre = config.get("normalizer"), config.get("pre_tokenizer")
-    if pre is None:
-        require(normalizer is not None, "byte_fallback without a Prepend/Replace normalizer or Metaspace")
+    """How the native encoder prepends "▁" and whether it splits words at each "▁" (see sp_bpe.cpp). A
+    Sequence of steps counts as its steps (an empty one as none)."""
+    normalizer = steps(config.get("normalizer"), "normalizers")
+    pre = steps(config.get("pre_tokenizer"), "pretokenizers")
+    if not pre:
+        require(bool(normalizer), "byte_fallback without a Prepend/Replace normalizer or Metaspace")
         return ("normalizer" if _normalizer_prepends(normalizer) else "never"), False
-    require(normalizer is None, f"normalizer {(normalizer or {}).get('type')!r} with a pre-tokenizer")
-    return _metaspace(pre)
+    require(len(pre) == 1, f"pre-tokenizer sequence {[p.get('type') for p in pre]} with byte_fallback")
+    require(not normalizer, f"normalizer {(normalizer or [{}])[0].get('type')!r} with the pre-tokenizer {pre[0].get('type')!r}")
+    return _metaspace(pre[0])
 
 
 def build_sentencepiece(config: dict, reference):
@@ -81,6 +83,7 @@ def build_sentencepiece(config: dict, reference):
     missing = [token for token in BYTE_TOKENS if token not in vocab]
     require(not missing, f"{len(missing)} of the 256 <0xNN> byte tokens missing from the vocabulary")
     byte_ids = [vocab[token] for token in BYTE_TOKENS]
+    require(max(vocab.values(), default=0) <= MAX_CHAR_ID, f"a token id above {MAX_CHAR_ID}")
     require(not np.isin(merges[:, :2], byte_ids).any(), "a merge of <0xNN> byte tokens")
     token_of = {token_id: token for token, token_id in vocab.items()}
     straddlers = {token_of[token_id] for token_id in np.unique(merges[:, 2]).tolist()}

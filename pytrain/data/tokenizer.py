@@ -40,7 +40,10 @@ def read_tokenizer(path: str | Path):
         return Tokenizer.from_str(raw.decode("utf-8")), raw, path
     except Exception as error:  # tokenizers raises a bare Exception for parse errors
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PytrainError(f"{path}: not a valid tokenizer.json ({_keyed_problem(raw) or first_line})") from None
+        from pytrain.data.tokenizer_json import located_problem
+
+        problem = _keyed_problem(raw) or located_problem(raw, first_line) or first_line
+        raise PytrainError(f"{path}: not a valid tokenizer.json ({problem})") from None
 
 
 def _keyed_problem(raw: bytes) -> str:

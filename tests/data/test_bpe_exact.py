@@ -15,6 +15,7 @@ from _bpe_cases import (
 )
 from conftest import run_cli
 from pytrain.data.fast_bpe import fast_encoder
+from pytrain.errors import PytrainError
 
 
 def _pytrain_tokenizer(tmp_path_factory, corpus_jsonl, vocab_size: int, specials: list[str]) -> str:
@@ -121,7 +122,7 @@ def _config_with(base: str, edit) -> str:
     (lambda c: c.__setitem__("post_processor", {"type": "BertProcessing", "sep": ["x", 1], "cls": ["y", 2]}),
      "post-processor 'BertProcessing'"),
     (lambda c: c.__setitem__("pre_tokenizer", {"type": "Whitespace"}), "pre-tokenizer 'Whitespace'"),
-    (lambda c: c["model"]["vocab"].pop("Ā"), "byte-level characters missing"),
+    (lambda c: c["model"].update(unk_token="a") or c["model"]["vocab"].pop("Ā"), "byte-level characters missing"),
 ])
 def test_unsupported_configurations_fall_back_with_a_reason(family_json, edit, reason):
     base = family_json("pytrain-300")
@@ -184,14 +185,38 @@ def test_no_op_variants_stay_on_the_fast_path(family_json, edit):
     assert_same_ids(reference, fast, FAMILY_TEXTS + generated_texts(seed=3, count=100))
 
 
-def test_added_tokens_of_both_kinds_sharing_characters_fall_back(family_json):
+def test_added_tokens_of_both_kinds_that_can_overlap_fall_back(family_json):
     """tokenizers splits normalized=false tokens out first, then normalized=true ones (NeoX's space runs):
     one leftmost-longest pass differs once a token of each kind can overlap, as "x  y" can with "x " here."""
     def edit(c):
         c["added_tokens"].append({**c["added_tokens"][0], "id": c["added_tokens"][-1]["id"] + 1, "content": "x "})
     config = _config_with(family_json("published-neox"), edit)
     fast, why_not = fast_encoder(config.encode(), Tokenizer.from_str(config))
-    assert fast is None and "share the character ' '" in why_not
+    assert fast is None and "'x ' (normalized=false) and '" in why_not and "' (normalized=true) can overlap" in why_not
+
+
+def test_added_tokens_of_both_kinds_that_cannot_overlap_stay_fast(family_json):
+    """GPT-2's published file (<|endoftext|> normalized=true) with chat tokens added the usual way."""
+    reference = Tokenizer.from_str(family_json("published-gpt2"))
+    reference.add_special_tokens(["<|im_start|>", "<|im_end|>", "<pad>"])
+    fast, why_not = fast_encoder(reference.to_str().encode(), reference)
+    assert fast is not None, why_not
+    assert_same_ids(reference, fast, FAMILY_TEXTS + SPECIALS_IN_TEXT + ["<|im_start|><|endoftext|><|im_end|><pad>x",
+                                                                       "<<|im_start|>|endoftext|>"])
+
+
+def test_byte_level_file_missing_a_byte_without_unk_is_an_error(family_json):
+    """tokenizers would silently drop that byte from the text: a one-line error naming the key instead."""
+    config = json.loads(family_json("pytrain-300"))
+    del config["model"]["vocab"]["Ā"]
+    text = json.dumps(config)
+    with pytest.raises(PytrainError, match=r"model\.vocab: the byte-level character 'Ā' \(byte 0x00\) is missing"):
+        fast_encoder(text.encode(), Tokenizer.from_str(text))
+
+
+def test_dropout_zero_is_no_dropout(family_json):
+    config = _config_with(family_json("published-gpt2"), lambda c: c["model"].__setitem__("dropout", 0.0))
+    assert_same_ids(*fast_pair(config), FAMILY_TEXTS + generated_texts(seed=5, count=100))
 
 
 def test_concurrent_calls_on_one_encoder(family_json, documents):

@@ -25,6 +25,17 @@ SPLIT_WITH_NUMBER = {"type": "Sequence", "pretokenizers": [
     (lambda c: c.__setitem__("pre_tokenizer", SPLIT_WITH_NUMBER),
      "pre_tokenizer.pretokenizers[0].pattern: {'Regex': 5} is not"),
     (lambda c: c["added_tokens"][0].pop("content"), "added_tokens[0]: needs a string \"content\" and an integer \"id\""),
+    # what tokenizers' own parser refuses, keyed from the position it reports
+    (lambda c: c["added_tokens"][0].__setitem__("normalized", "no"),
+     'added_tokens[0].normalized: invalid type: string "no", expected a boolean'),
+    (lambda c: c["model"].__setitem__("ignore_merges", "yes"), 'model.ignore_merges: invalid type: string "yes"'),
+    (lambda c: c.__setitem__("normalizer", "NFC"), "normalizer: data did not match any variant"),
+    (lambda c: c.__setitem__("post_processor", "ByteLevel"), "post_processor: data did not match any variant"),
+    (lambda c: c["pre_tokenizer"].__setitem__("add_prefix_space", 0),
+     "pre_tokenizer.add_prefix_space: invalid type: integer `0`, expected a boolean"),
+    (lambda c: c["model"]["merges"].__setitem__(2, c["model"]["merges"][2].split(" ")),
+     "model.merges[2]: written as a pair, unlike model.merges[0]"),
+    (lambda c: c["added_tokens"].append(dict(c["added_tokens"][0], id=5)), "added_tokens[1]: the content"),
 ])
 def test_malformed_bpe_file_is_a_keyed_one_line_error(tmp_path, edit, message):
     config = json.loads(published_family_json("gpt2", 400))

@@ -107,7 +107,7 @@ def test_older_metaspace_fields_mean_what_tokenizers_reads(trained, documents):
     (lambda c: c["model"].__setitem__("dropout", 0.1), "dropout"),
     (lambda c: c["normalizer"]["normalizers"].append({"type": "NFKC"}), "not Prepend + Replace"),
     (lambda c: c["normalizer"]["normalizers"][1].__setitem__("content", "_"), "Replace other than"),
-    (lambda c: c.__setitem__("pre_tokenizer", metaspace("first", False)), "with a pre-tokenizer"),
+    (lambda c: c.__setitem__("pre_tokenizer", metaspace("first", False)), "'Prepend' with the pre-tokenizer 'Metaspace'"),
     (lambda c: c.update(normalizer=None, pre_tokenizer={"type": "Whitespace"}), "'Whitespace' with byte_fallback"),
     (lambda c: c.update(normalizer=None, pre_tokenizer=dict(metaspace("first", False), replacement="_")),
      "replacement '_'"),
@@ -119,6 +119,26 @@ def test_unsupported_configurations_fall_back_with_a_reason(trained, edit, reaso
     edit(config)
     fast, why_not = fast_encoder(json.dumps(config).encode(), Tokenizer.from_str(base))
     assert fast is None and reason in why_not
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("metaspace-first", lambda c: c.__setitem__("pre_tokenizer", {"type": "Sequence", "pretokenizers": [c["pre_tokenizer"]]})),
+    ("metaspace-first", lambda c: c.__setitem__("normalizer", {"type": "Sequence", "normalizers": []})),
+    ("llama2", lambda c: c.__setitem__("pre_tokenizer", {"type": "Sequence", "pretokenizers": []})),
+    ("llama2", lambda c: c["model"].__setitem__("dropout", 0.0)),
+])
+def test_no_op_variants_stay_on_the_fast_path(trained, documents, name, edit):
+    config = json.loads(trained(name))
+    edit(config)
+    assert_same_ids(*fast_pair(json.dumps(config)), SP_TEXTS + documents[:30])
+
+
+def test_token_ids_past_int32_fall_back(trained):
+    config = json.loads(trained("llama2"))
+    config["model"]["vocab"]["q"] = 3_000_000_000
+    text = json.dumps(config)
+    fast, why_not = fast_encoder(text.encode(), Tokenizer.from_str(text))
+    assert fast is None and "a token id above 2147483647" in why_not
 
 
 def test_malformed_merge_is_an_error_naming_the_key(trained):
