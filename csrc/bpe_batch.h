@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -21,16 +23,23 @@ namespace pytrain::bpe {
 
 namespace py = pybind11;
 
-// Literal tokens found leftmost-longest: at the first position where any token starts, the longest one.
+// Literal tokens found leftmost-longest: at the first position where any token starts, the longest one. Tokens
+// are bucketed by their first two bytes (one-byte tokens apart), so a common first byte shared by many tokens
+// (Mistral v0.3's 768 "[control_N]" tokens all start with '[') costs one bucket lookup, not a scan of them all.
 class AddedTokens {
   public:
+    AddedTokens() { std::fill(std::begin(single_), std::end(single_), int64_t{-1}); }
     void add(std::string content, uint32_t id) {
         const uint8_t first = static_cast<uint8_t>(content[0]);
-        auto& group = by_first_[first];
+        starts_[first] = true;
+        if (content.size() == 1) {
+            single_[first] = static_cast<int64_t>(id);
+            return;
+        }
+        auto& group = by_pair_[pair_key(reinterpret_cast<const uint8_t*>(content.data()))];
         group.push_back({std::move(content), id});
         std::stable_sort(group.begin(), group.end(),
                          [](const Token& a, const Token& b) { return a.content.size() > b.content.size(); });
-        starts_[first] = true;
     }
     struct Found {
         size_t pos, length;
@@ -40,11 +49,17 @@ class AddedTokens {
     Found next(const uint8_t* text, size_t n, size_t from) const {
         for (size_t i = from; i < n; ++i) {
             if (!starts_[text[i]]) continue;
-            for (const Token& t : by_first_[text[i]]) {
-                if (t.content.size() <= n - i && std::memcmp(text + i, t.content.data(), t.content.size()) == 0) {
-                    return Found{i, t.content.size(), t.id};
+            if (i + 1 < n && !by_pair_.empty()) {
+                const auto group = by_pair_.find(pair_key(text + i));
+                if (group != by_pair_.end()) {
+                    for (const Token& t : group->second) {
+                        if (t.content.size() <= n - i && std::memcmp(text + i, t.content.data(), t.content.size()) == 0) {
+                            return Found{i, t.content.size(), t.id};
+                        }
+                    }
                 }
             }
+            if (single_[text[i]] >= 0) return Found{i, 1, static_cast<uint32_t>(single_[text[i]])};
         }
         return Found{n, 0, 0};
     }
@@ -54,7 +69,9 @@ class AddedTokens {
         std::string content;
         uint32_t id;
     };
-    std::vector<Token> by_first_[256];
+    static uint16_t pair_key(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+    std::unordered_map<uint16_t, std::vector<Token>> by_pair_;  // tokens of 2+ bytes, longest first
+    int64_t single_[256];                                       // one-byte tokens' ids, or -1
     bool starts_[256] = {};
 };
 

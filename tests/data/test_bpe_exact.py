@@ -233,3 +233,13 @@ def test_concurrent_calls_on_one_encoder(family_json, documents):
         worker.join(timeout=120)
     assert not any(worker.is_alive() for worker in workers)
     assert results == [expected] * 3
+
+
+def test_added_tokens_sharing_first_bytes_one_byte_tokens_and_prefixes(family_json):
+    """Leftmost-longest across tokens of one and more bytes that share first bytes (bucketed in csrc)."""
+    reference = Tokenizer.from_str(family_json("published-llama3"))
+    reference.add_special_tokens(["[", "[c", "[control_1]", "[control_10]", "[co", "é", "éa", "\u2581"])
+    fast, why_not = fast_encoder(reference.to_str().encode(), reference)
+    assert fast is not None, why_not
+    assert_same_ids(reference, fast, ["[", "[[", "[c", "[co", "[con", "[control_1]", "[control_10]", "[control_100]",
+                                      "x[control_1[control_10]]", "éé éa éaa [é", "\u2581\u2581[", "a[", "[\u2581"])
