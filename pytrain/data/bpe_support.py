@@ -66,13 +66,13 @@ def vocab_and_merges(model: dict) -> tuple[dict, np.ndarray]:
     merges = model.get("merges") or []
     if not isinstance(merges, list):
         raise PytrainError("model.merges: is not a list")
-    ids: list[int] = []
-    for rank, merge in enumerate(merges):
-        try:
-            a, b = merge.split(" ") if isinstance(merge, str) else merge
-            ids += (vocab[a], vocab[b], vocab[a + b])
-        except (ValueError, TypeError, KeyError):
-            raise PytrainError(f"model.merges[{rank}]: {merge_problem(merge, vocab)}") from None
+    try:  # one comprehension for the whole list (this runs on every pack); on a failure, find the bad merge
+        pairs = [merge.split(" ") if isinstance(merge, str) else merge for merge in merges]
+        ids = [vocab[token] for a, b in pairs for token in (a, b, a + b)]
+    except (ValueError, TypeError, KeyError):
+        rank = next((rank for rank, merge in enumerate(merges) if merge_problem(merge, vocab)), None)
+        where = f"model.merges[{rank}]: {merge_problem(merges[rank], vocab)}" if rank is not None else "model.merges: malformed"
+        raise PytrainError(where) from None
     return vocab, np.array(ids, dtype=np.uint32).reshape(-1, 3)
 
 

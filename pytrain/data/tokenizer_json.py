@@ -29,6 +29,9 @@ def merge_problem(merge, vocab: dict) -> str:
 
 def duplicate_id_problem(vocab: dict) -> str:
     """Why model.vocab is malformed: a non-integer or negative id, or one id given to two tokens ("" if none)."""
+    ids = list(vocab.values())
+    if all(type(i) is int for i in ids) and min(ids, default=0) >= 0 and len(set(ids)) == len(ids):
+        return ""  # the common case, checked at C speed; else find the first offender below
     owner: dict[int, str] = {}
     for token, token_id in vocab.items():
         if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
