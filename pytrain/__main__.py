@@ -1,3 +1,3 @@
-from pytrain.cli import main
+from pytrain.cli import command
 
-raise SystemExit(main())
+command()

@@ -485,5 +485,21 @@ def main(argv: list[str] | None = None) -> int:
         return 143
 
 
+def command() -> None:
+    """The `pytrain` command (and `python -m pytrain`): main(), then exit.
+
+    After a failed command that loaded torch, the process leaves without the interpreter's finalization:
+    torch's teardown there (gloo's worker threads, notably) can abort the process after the error was
+    printed ("terminate called without an active exception", seen once in CI after a refused resume),
+    which would turn a clean one-line refusal with exit code 2 into SIGABRT. Everything of ours is closed by
+    then (context managers and finally blocks have run); only the standard streams need flushing."""
+    code = main()
+    if code != 0 and "torch" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    command()
