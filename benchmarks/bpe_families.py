@@ -10,7 +10,7 @@ tokenizer.json: NFC, ByteLevel, <|endoftext|>/<|padding|> and 23 space-run added
 normalized=true). Only the vocabulary and merges differ: they are trained here with `tokenizers`
 on the caller's documents (the published ones are 50k-150k tokens that live on a model hub).
 
-Used by tests/_bpe_cases.py (exactness tests) and bench_pack.py --family.
+Used by tests/_bpe_cases.py (exactness tests) and bench_pack.py --families.
 """
 
 from __future__ import annotations

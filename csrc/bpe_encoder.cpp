@@ -45,8 +45,8 @@ class NfcInert {
                 ++i;
                 continue;
             }
-            const int length = lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;  // valid UTF-8 (Python's own encoding)
-            if (changing_[utf8::decode(p + i, length)]) return false;
+            const size_t length = utf8::lead_length(lead);
+            if (changing_[utf8::decode(p + i, static_cast<int>(length))]) return false;
             i += length;
         }
         return true;

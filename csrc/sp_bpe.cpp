@@ -23,6 +23,7 @@
 #include "bpe.h"
 #include "bpe_batch.h"
 #include "modules.h"
+#include "utf8.h"
 
 namespace pytrain {
 namespace {
@@ -35,15 +36,6 @@ constexpr char kMeta[] = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK, Sent
 constexpr size_t kMetaBytes = 3;
 
 bool is_meta(const uint8_t* p, size_t left) { return left >= kMetaBytes && std::memcmp(p, kMeta, kMetaBytes) == 0; }
-
-size_t char_length(uint8_t lead) { return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
-
-uint32_t code_point(const uint8_t* p, size_t n) {
-    if (n == 1) return p[0];
-    if (n == 2) return (p[0] & 0x1Fu) << 6 | (p[1] & 0x3Fu);
-    if (n == 3) return (p[0] & 0x0Fu) << 12 | (p[1] & 0x3Fu) << 6 | (p[2] & 0x3Fu);
-    return (p[0] & 0x07u) << 18 | (p[1] & 0x3Fu) << 12 | (p[2] & 0x3Fu) << 6 | (p[3] & 0x3Fu);
-}
 
 // When a segment gets a leading "▁": the normalizer Prepend (whenever the segment is not empty), the Metaspace
 // pre-tokenizer's prepend_scheme always / first (unless it already starts with one; first: only the segment at
@@ -155,7 +147,7 @@ class SentencePieceBpe {
         }
         size_t start = 0;
         for (size_t i = 0; i < n;) {
-            const size_t length = std::min(char_length(word[i]), n - i);
+            const size_t length = std::min(utf8::lead_length(word[i]), n - i);
             if (char_id(word + i, length) < 0) {
                 if (i > start) encode_piece(word + start, i - start, cache, out);
                 for (size_t b = 0; b < length; ++b) out.push_back(byte_ids_[word[i + b]]);
@@ -173,7 +165,8 @@ class SentencePieceBpe {
     // The id of the one-character token for the character at p (length bytes), or -1.
     int32_t char_id(const uint8_t* p, size_t length) const {
         if (p[0] < 0x80) return ascii_ids_[p[0]];  // most text: a small, always-cached table
-        const uint32_t cp = code_point(p, length);
+        if (length < 2) return -1;                  // a sequence cut short (not in Python's UTF-8): its bytes
+        const uint32_t cp = utf8::decode(p, static_cast<int>(length));
         return cp < char_ids_.size() ? char_ids_[cp] : -1;
     }
 
@@ -201,14 +194,9 @@ class SentencePieceBpe {
         }
         thread_local std::vector<uint32_t> symbols;
         symbols.clear();
-        for (size_t i = 0; i < n;) {  // tokenizers' BPE::merge_word: a character's id, else its bytes' ids
-            const size_t length = std::min(char_length(piece[i]), n - i);
-            const int32_t id = char_id(piece + i, length);
-            if (id >= 0) {
-                symbols.push_back(static_cast<uint32_t>(id));
-            } else {
-                for (size_t b = 0; b < length; ++b) symbols.push_back(byte_ids_[piece[i + b]]);
-            }
+        for (size_t i = 0; i < n;) {  // every character of a piece has an id: encode_word cut out the others
+            const size_t length = std::min(utf8::lead_length(piece[i]), n - i);
+            symbols.push_back(static_cast<uint32_t>(char_id(piece + i, length)));
             i += length;
         }
         const size_t first = out.size();

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "byte_order.h"
 #include "modules.h"
 
 namespace pytrain {
@@ -55,29 +56,23 @@ uint32_t read_id(PyObject* obj, uint32_t max_id, const std::string& dtype, size_
     return static_cast<uint32_t>(v);
 }
 
-// Little-endian store whatever the host byte order (compiles to a plain store on little-endian hosts).
-template <class Word>
-void store_le(uint8_t* dst, uint32_t v) {
-    for (size_t b = 0; b < sizeof(Word); ++b) dst[b] = static_cast<uint8_t>(v >> (8 * b));
-}
-
 template <class Word>
 void fill(const std::vector<FastSequence>& docs, int64_t bos, int64_t eos, uint32_t max_id, const std::string& dtype,
           uint8_t* out, int64_t* lengths) {
     for (size_t d = 0; d < docs.size(); ++d) {
         const uint8_t* start = out;
         if (bos >= 0) {
-            store_le<Word>(out, static_cast<uint32_t>(bos));
+            store_le<Word>(out, static_cast<Word>(bos));
             out += sizeof(Word);
         }
         PyObject** items = docs[d].items();
         const size_t count = static_cast<size_t>(docs[d].size());
         for (size_t i = 0; i < count; ++i) {
-            store_le<Word>(out, read_id(items[i], max_id, dtype, d, i));
+            store_le<Word>(out, static_cast<Word>(read_id(items[i], max_id, dtype, d, i)));
             out += sizeof(Word);
         }
         if (eos >= 0) {
-            store_le<Word>(out, static_cast<uint32_t>(eos));
+            store_le<Word>(out, static_cast<Word>(eos));
             out += sizeof(Word);
         }
         lengths[d] = static_cast<int64_t>((out - start) / sizeof(Word));

@@ -41,6 +41,9 @@ inline int sequence_length(const uint8_t* p, const uint8_t* end) {
     return trail + 1;
 }
 
+// Length (1..4) of the sequence led by `lead` in text known to be well-formed (Python's own UTF-8).
+inline size_t lead_length(uint8_t lead) { return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
+
 // The code point of the well-formed n-byte sequence at p (n from sequence_length, 2..4).
 inline uint32_t decode(const uint8_t* p, int n) {
     if (n == 2) return (p[0] & 0x1Fu) << 6 | (p[1] & 0x3Fu);
