@@ -107,7 +107,7 @@ def child(entries_file: str) -> dict:
     import torch  # noqa: F401  (imported before timing: training has it loaded already)
 
     from pytrain import _native
-    from pytrain.data.mixture import CHUNK, Mixture
+    from pytrain.sampling.mixture import CHUNK, Mixture
 
     entries = json.loads(Path(entries_file).read_text())
     baseline = rss_mb()

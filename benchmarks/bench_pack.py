@@ -109,7 +109,7 @@ def child_fast(args) -> dict:
     """The native encoder alone, on the same batches as bare."""
     from tokenizers import Tokenizer
 
-    from pytrain.data.fast_bpe import fast_encoder
+    from pytrain.tokenizer.fast_bpe import fast_encoder
 
     raw = Path(args.tokenizer).read_bytes()
     fast, why_not = fast_encoder(raw, Tokenizer.from_str(raw.decode("utf-8")), args.threads)
@@ -127,7 +127,7 @@ def child_tiktoken(args) -> dict:
         return {"skipped": "tiktoken is not importable (see the module docstring)"}
     from gpt2_tokenizer import GPT2_PAT_STR
 
-    from pytrain.data.fast_bpe import byte_level_chars
+    from pytrain.tokenizer.fast_bpe import byte_level_chars
 
     config = json.loads(Path(args.tokenizer).read_text(encoding="utf-8"))
     to_byte = {c: b for b, c in enumerate(byte_level_chars())}

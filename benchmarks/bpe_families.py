@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from pytrain.data.fast_bpe import LLAMA3_PATTERN
+from pytrain.tokenizer.fast_bpe import LLAMA3_PATTERN
 
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2Converter's regex: one digit at a time
 FAMILIES = ("gpt2", "llama3", "qwen2", "qwen3", "neox")

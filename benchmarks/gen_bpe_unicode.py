@@ -13,9 +13,9 @@ version, read through the `unicodedata2` package, which tracks the UCD release b
 The header also lists sentinel code points: those whose class differs between the table's
 version and Python's own `unicodedata` (an older version) or the newest `unicodedata2`. The
 regex engine inside `tokenizers` (Oniguruma) carries its own Unicode tables; at load,
-pytrain.data.bpe_unicode checks that engine on the sentinels, so a `tokenizers` release built
+pytrain.tokenizer.bpe_unicode checks that engine on the sentinels, so a `tokenizers` release built
 on another Unicode version falls back to `tokenizers` instead of giving different ids.
-tests/data/test_bpe_unicode.py checks the header against the UCD and the engine.
+tests/tokenizer/test_bpe_unicode.py checks the header against the UCD and the engine.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def render(table: list[int], fold_sets: dict[str, list[int]], sentinels: set[int
         "// that (?i:x) matches for each letter x of the contractions, and the sentinels: code points whose class",
         f"// differs in Unicode {versions['older']} (Python's unicodedata) or {versions['newer']} (the newest "
         "unicodedata2), on which",
-        "// pytrain.data.bpe_unicode checks the installed tokenizers' regex engine; and the code points NFC may change.",
+        "// pytrain.tokenizer.bpe_unicode checks the installed tokenizers' regex engine; and the code points NFC may change.",
         "#pragma once",
         "",
         "#include <cstdint>",

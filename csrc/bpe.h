@@ -1,6 +1,6 @@
 // Byte-level BPE exactly as the `tokenizers` BPE model applies it: pair-rank merges driven by a min-heap of
 // (rank, position), with its expiry rule, so every tie resolves the same way; optional ignore_merges (a word that
-// is itself in the vocabulary is one token). pytrain/data/fast_bpe.py decides which tokenizer.json files mean
+// is itself in the vocabulary is one token). pytrain/tokenizer/fast_bpe.py decides which tokenizer.json files mean
 // exactly this and builds the tables.
 #pragma once
 

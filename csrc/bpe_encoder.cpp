@@ -146,7 +146,7 @@ void bind_bpe(py::module_& m) {
           "Per text, whether NFC surely leaves it unchanged (its code points are all NFC-inert; see gen_bpe_unicode.py).");
     py::class_<BpeEncoder> cls(m, "BpeEncoder", R"doc(Byte-level BPE encoder equal to a supported tokenizer.json.
 
-Built by pytrain.data.fast_bpe, which checks that the tokenizer means exactly what this implements:
+Built by pytrain.tokenizer.fast_bpe, which checks that the tokenizer means exactly what this implements:
 byte_ids (the id of each byte's byte-level character), merges ((n, 3) uint32 rows left, right, merged,
 in rank order), whole_words ((bytes, id) for ignore_merges), added_tokens ((bytes, id), split out of
 the text before pre-tokenization), pattern ("gpt2" or "llama3") and max_digits (llama3's \p{N}{1,D}).)doc");

@@ -2,7 +2,7 @@
 // Code point classes as the pre-tokenizer regexes see them: \p{L}, \p{N}, \s (disjoint), the code points
 // that (?i:x) matches for each letter x of the contractions, and the sentinels: code points whose class
 // differs in Unicode 14.0.0 (Python's unicodedata) or 18.0.0 (the newest unicodedata2), on which
-// pytrain.data.bpe_unicode checks the installed tokenizers' regex engine; and the code points NFC may change.
+// pytrain.tokenizer.bpe_unicode checks the installed tokenizers' regex engine; and the code points NFC may change.
 #pragma once
 
 #include <cstdint>

@@ -221,7 +221,7 @@ class SentencePieceBpe {
 void bind_sentencepiece_bpe(py::module_& m) {
     py::class_<SentencePieceBpe> cls(m, "SentencePieceBpe", R"doc(SentencePiece-style BPE encoder equal to a supported tokenizer.json.
 
-Built by pytrain.data.fast_sentencepiece, which checks that the tokenizer means exactly what this
+Built by pytrain.tokenizer.fast_sentencepiece, which checks that the tokenizer means exactly what this
 implements: char_ids ((code point, id) of every one-character token), byte_ids (the id of <0xNN> for
 each byte), merges ((n, 3) uint32 rows left, right, merged, in rank order), whole_words ((UTF-8 bytes,
 id) for ignore_merges), added_tokens ((bytes, id), split out of the text first), straddlers (the text of

@@ -63,13 +63,15 @@ def _add_input_options(parser: argparse.ArgumentParser, chat: bool) -> None:
 
 # ----------------------------------------------------------------------------- tokenizer
 def _run_tokenizer_train(args) -> int:
-    from pytrain.data.tokenizer import train_tokenizer
+    from pytrain.data.sources import ReadSettings, open_sources, parse_field_path
+    from pytrain.tokenizer.train import train_tokenizer
 
+    sources = open_sources(args.inputs, ReadSettings(parse_field_path(args.field, args.jq), txt_split=args.txt_split,
+                                                     on_bad_line=args.on_bad_line))
     train_tokenizer(
-        inputs=args.inputs, out=args.out, vocab_size=args.vocab_size, eos_token=args.eos_token,
-        special_tokens=args.special_tokens, min_frequency=args.min_frequency,
-        field=args.field, jq=args.jq, txt_split=args.txt_split, on_bad_line=args.on_bad_line,
-        max_documents=args.max_documents, overwrite=args.overwrite, style=args.style, like=args.like,
+        sources.texts(), args.out, args.vocab_size, inputs=args.inputs, eos_token=args.eos_token,
+        special_tokens=args.special_tokens, min_frequency=args.min_frequency, max_documents=args.max_documents,
+        overwrite=args.overwrite, style=args.style, like=args.like,
     )
     return 0
 

@@ -52,7 +52,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     """Build corpus, tokenizer, packed data, a trained tiny model, samples and an HF export under `out`."""
     from pytrain.data.corpus import stdlib_documents, write_jsonl
     from pytrain.data.pack import PackOptions, pack
-    from pytrain.data.tokenizer import train_tokenizer
+    from pytrain.tokenizer.train import train_tokenizer
     from pytrain.export import export_run
     from pytrain.plot import plot_runs
     from pytrain.train import train
@@ -75,7 +75,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     print(f"wrote {out / 'corpus.jsonl'}: {len(documents)} documents, {corpus_bytes / 1e6:.1f} MB")
 
     _stage(2, f"tokenizer: byte-level BPE, {size.vocab_size} tokens")
-    tokenizer = train_tokenizer([out / "corpus.jsonl"], out / "tokenizer.json", vocab_size=size.vocab_size)
+    tokenizer = train_tokenizer(documents, out / "tokenizer.json", size.vocab_size)
 
     _stage(3, "pack: tokenize into a memory-mapped dataset, 5% held out for validation")
     pack([out / "corpus.jsonl"], tokenizer=tokenizer, out=out / "data",

@@ -39,7 +39,7 @@ def parse_size(text: str) -> int:
 def export_model(model, model_config: ModelConfig, tokenizer_path, out, *, dtype: str = "fp32",
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> Path:
     """Write `model` (unsharded, any family) and its tokenizer as a Hugging Face folder at `out`, atomically."""
-    from pytrain.data.tokenizer import BOS_CANDIDATES, EOS_CANDIDATES, load_tokenizer, special_token_id
+    from pytrain.tokenizer.files import BOS_CANDIDATES, EOS_CANDIDATES, load_tokenizer, special_token_id
     from pytrain.fsutil import atomic_directory
 
     if dtype not in DTYPE_NAMES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 
-from pytrain.data.fast_bpe import GPT2_PATTERN, LLAMA3_PATTERN, byte_level_chars
+from pytrain.tokenizer.fast_bpe import GPT2_PATTERN, LLAMA3_PATTERN, byte_level_chars
 
 SPACES = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 TRICKY = ("'s 't 're 've 'm 'll 'd 'S 'T 'RE 'Ve 'LL 'D 'ſ 'ſt 'x '' ' ß K Å ﬆ ǅ ǈ ǋ "
@@ -140,7 +140,7 @@ def fast_pair(config: str, threads: int = 2):
     """(tokenizers.Tokenizer, the fast encoder) for a tokenizer.json text the fast encoder must support."""
     from tokenizers import Tokenizer
 
-    from pytrain.data.fast_bpe import fast_encoder
+    from pytrain.tokenizer.fast_bpe import fast_encoder
 
     reference = Tokenizer.from_str(config)
     fast, why_not = fast_encoder(config.encode(), reference, threads)

@@ -1,6 +1,6 @@
 """For the sampling tests: synthetic packs, and independent references of the documented keyed permutation and
 document order, written here in plain Python from their specification (csrc/blend_index.cpp's docstring,
-pytrain.data.source_stream)."""
+pytrain.sampling.source_stream)."""
 
 from __future__ import annotations
 

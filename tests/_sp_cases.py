@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from _bpe_cases import training_documents
-from pytrain.data.bpe_support import BYTE_TOKENS, META
+from pytrain.tokenizer.bpe_support import BYTE_TOKENS, META
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from llama2_tokenizer import mistral_json  # noqa: E402  (re-exported for the tests)

@@ -91,7 +91,7 @@ def test_export_import_export_is_byte_identical(exported, tmp_path):
 
 
 def test_training_starts_from_an_hf_folder(base_config, base_run, exported, packed_data, tmp_path):
-    from pytrain.data.dataset import PackedDataset
+    from pytrain.sampling.dataset import PackedDataset
 
     run_dir = tmp_path / "continued"
     train(base_config, f"train.run_dir={run_dir}", f"model.init_from={exported}", "train.steps=1",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.tokenizer import load_tokenizer
+from pytrain.tokenizer.files import load_tokenizer
 from pytrain.progress import human
 
 

@@ -30,10 +30,10 @@ import numpy as np
 from pytrain import __version__
 from pytrain.data import format as fmt
 from pytrain.data.format import SplitWriter
-from pytrain.data.fast_bpe import FastBpe, fast_encoder
+from pytrain.tokenizer.fast_bpe import FastBpe, fast_encoder
 from pytrain.data.documents import ChatDocuments, TextDocuments
 from pytrain.data.sources import DEFAULT_MAX_DOC_BYTES, ReadSettings, describe_path, open_sources, parse_field_path
-from pytrain.data.tokenizer import (
+from pytrain.tokenizer.files import (
     BOS_CANDIDATES, EOS_CANDIDATES, max_token_id, read_tokenizer, special_token_id, vocab_size,
 )
 from pytrain.errors import PytrainError

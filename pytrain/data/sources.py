@@ -67,6 +67,11 @@ class Sources:
             yield from reader.batches()
             self.per_source.append(reader.record())
 
+    def texts(self) -> Iterator[str]:
+        """Every document's text, in order (what tokenizer training reads)."""
+        for batch in self.batches():
+            yield from batch.texts
+
     @property
     def guarded(self) -> list:
         """What the output must neither be, hold, nor lie inside: every input's files."""

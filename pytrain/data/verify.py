@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.tokenizer import tokenizer_file
+from pytrain.tokenizer.files import tokenizer_file
 from pytrain.errors import PytrainError
 from pytrain.fsutil import OUTPUT_MARKER, file_sha256, read_output_marker
 

@@ -16,7 +16,7 @@ from pytrain.train.evaluate import Evaluator, MixtureEvaluator
 
 class RunData:
     def __init__(self, data: DataSection):
-        from pytrain.data.mixture import Mixture
+        from pytrain.sampling.mixture import Mixture
 
         self.section = data
         self.mixture = Mixture(data.mixture) if data.mixture else Mixture.of_path(data.path)

@@ -199,13 +199,13 @@ class RunDir:
         return model, model_config
 
     def tokenizer(self):
-        from pytrain.data.tokenizer import load_tokenizer
+        from pytrain.tokenizer.files import load_tokenizer
 
         return load_tokenizer(self.tokenizer_file)
 
     def eos_id(self, tokenizer) -> int | None:
         """The EOS id the data was packed with (run.json); for runs from before it was recorded, found by name."""
-        from pytrain.data.tokenizer import EOS_CANDIDATES, special_token_id
+        from pytrain.tokenizer.files import EOS_CANDIDATES, special_token_id
 
         record = self._record()
         if "eos_id" in record and (record["eos_id"] is None or type(record["eos_id"]) is int):

@@ -18,7 +18,7 @@ def sample_prompts(model: nn.Module, tokenizer_path, prompts: list[str], *, step
                    max_new_tokens: int, max_len: int, temperature: float, eos_id: int | None,
                    device: torch.device) -> list[tuple[str, str]]:
     """[(prompt, completion)] for each prompt; an empty prompt starts a fresh document (after EOS)."""
-    from pytrain.data.tokenizer import load_tokenizer
+    from pytrain.tokenizer.files import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     generator = torch.Generator(device=device)

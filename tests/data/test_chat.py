@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from conftest import run_cli
 from pytrain.data import format as fmt
-from pytrain.data.dataset import PackedDataset
+from pytrain.sampling.dataset import PackedDataset
 from pytrain.labels import IGNORE_INDEX
 
 CONVERSATIONS = [

@@ -26,7 +26,7 @@ SHORT = ("train.steps=2", "schedule.warmup_steps=0", "train.eval_every=0", "logg
                                             ("gpt_neox", "parallel")])
 def test_family_trains_from_an_hf_folder_generates_and_exports(base_config, packed_data, tmp_path, capsys,
                                                              family, variant):
-    from pytrain.data.dataset import PackedDataset
+    from pytrain.sampling.dataset import PackedDataset
 
     reference = save_reference(tmp_path / "hf", family, variant)
     run_dir = tmp_path / "run"

@@ -134,7 +134,7 @@ def test_fresh_start_refuses_a_run_dir_with_checkpoints(base_config, base_run, c
 
 
 def test_load_model_for_inference(base_run, packed_data):
-    from pytrain.data.dataset import PackedDataset
+    from pytrain.sampling.dataset import PackedDataset
     from pytrain.train import load_model_for_inference
 
     model, config, tokenizer = load_model_for_inference(base_run)
@@ -156,7 +156,7 @@ def test_keep_last_k_checkpoints(base_config, tmp_path):
 def _initial_loss(packed_data, seq_len: int, *, document_masking: bool) -> float:
     """The tiny model's loss on the first training batch (8 sequences), at the seed's initial weights,
     computed here from the dataset and the plain model: what a run's step-1 loss must be."""
-    from pytrain.data.dataset import PackedDataset
+    from pytrain.sampling.dataset import PackedDataset
     from pytrain.model import Llama, preset
 
     model = Llama(preset("tiny", vocab_size=600))

@@ -42,7 +42,7 @@ def _reference(packed_data, steps: int) -> dict[int, tuple]:
     computes the loss, torch.amp.GradScaler scales it, unscales the fp32 gradients, skips the optimizer
     step on inf/NaN and updates the scale. step -> (loss, scale after the step, skipped so far, skipped)."""
     from pytrain.config import OptimSection
-    from pytrain.data.dataset import PackedDataset
+    from pytrain.sampling.dataset import PackedDataset
     from pytrain.model import Llama, preset
     from pytrain.train.optim import build_optimizer
     from pytrain.train.schedule import lr_at

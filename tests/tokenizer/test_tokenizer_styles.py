@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from _bpe_cases import assert_same_ids, fast_pair, llama3_tokenizer_json, published_family_json
 from _sp_cases import SP_TEXTS, metaspace, sentencepiece_json, train_model
 from conftest import run_cli
-from pytrain.data.bpe_support import BYTE_TOKENS
+from pytrain.tokenizer.bpe_support import BYTE_TOKENS
 
 PIPELINE = ("normalizer", "pre_tokenizer", "decoder")
 FLAGS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")

@@ -21,8 +21,8 @@ from _train_fixtures import BASE, ENV, losses, packed_data, torchrun, train  # n
 from pytrain import _native
 from pytrain.config import load_config
 from pytrain.data import format as fmt
-from pytrain.data.mixture import CHUNK, BlendedDataset, Mixture, resolve_sources, weight_units
-from pytrain.data.source_stream import MAX_OPEN_SPLITS
+from pytrain.sampling.mixture import CHUNK, BlendedDataset, Mixture, resolve_sources, weight_units
+from pytrain.sampling.source_stream import MAX_OPEN_SPLITS
 from pytrain.errors import PytrainError
 
 
@@ -211,7 +211,7 @@ def test_thousands_of_shards_stay_under_a_low_open_file_limit(tmp_path):
     script = f"""
 import resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (300, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-from pytrain.data.mixture import Mixture
+from pytrain.sampling.mixture import Mixture
 ds = Mixture([{{"name": "many", "path": {str(tmp_path / 'many')!r}, "weight": 1}}]).train_dataset(8)
 n = ds.streams[0].samples_per_epoch
 seen = set(tuple(ds[g]["input_ids"].tolist()) for g in range(2 * n))

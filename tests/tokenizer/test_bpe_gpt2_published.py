@@ -48,7 +48,7 @@ def test_published_gpt2_file_is_exact_on_the_fast_path(gpt2, documents):
                                     mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
     want = [independent.encode(t, allowed_special="all") for t in texts]
     assert [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)] == want
-    from pytrain.data.fast_bpe import fast_encoder
+    from pytrain.tokenizer.fast_bpe import fast_encoder
 
     fast, why_not = fast_encoder(config.encode(), reference, threads=2)
     assert fast is not None, why_not

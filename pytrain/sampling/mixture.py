@@ -14,7 +14,7 @@ sources' documents, so 10,000 shards and 10^9 documents start in seconds (readin
   (`_native.blend_chunk`); a chunk depends on its number only, so any position is reached in
   O(sources + CHUNK log sources) without replaying the stream;
 - a source's samples in epoch e are cut from its documents laid end to end in a shuffled order of
-  their own, pi_e, seeded by (seed, source name, e) and evaluated lazily (pytrain.data.source_stream).
+  their own, pi_e, seeded by (seed, source name, e) and evaluated lazily (pytrain.sampling.source_stream).
 
 The resume state is one global counter; per-source token counts and epochs are derived from the index
 at that counter, never tracked by hand.
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
-from pytrain.data.samples import SampleStream
-from pytrain.data import source_stream
-from pytrain.data.source_stream import ReadCache, SourceStream
+from pytrain.sampling.samples import SampleStream
+from pytrain.sampling import source_stream
+from pytrain.sampling.source_stream import ReadCache, SourceStream
 from pytrain.errors import PytrainError
 
 CHUNK = 1 << 20  # nominal samples per chunk of the blending index

@@ -27,7 +27,7 @@ SentencePiece-style BPEs (byte_fallback) are checked and built by fast_sentencep
 Then ids equal `tokenizers`' for every text; tests/data/test_bpe_*.py check it against `tokenizers`.
 As a last guard, a loaded encoder must reproduce `tokenizers` on a fixed probe text. A file that
 claims a BPE model but is malformed in a way `tokenizers` accepts (one id for two tokens) is a
-PytrainError naming the key (tokenizer_json.py).
+PytrainError naming the key (checks.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import json
 import numpy as np
 
 from pytrain.errors import PytrainError
-from pytrain.data.bpe_support import (
+from pytrain.tokenizer.bpe_support import (
     Unsupported, added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
 )
 
@@ -179,7 +179,7 @@ def build_native(config: dict, reference):
     require(isinstance(config, dict), "not a JSON object")
     model = config.get("model") or {}
     if model.get("byte_fallback"):
-        from pytrain.data.fast_sentencepiece import build_sentencepiece
+        from pytrain.tokenizer.fast_sentencepiece import build_sentencepiece
 
         return build_sentencepiece(config, reference), False
     nfc = _uses_nfc(config.get("normalizer"))
@@ -212,7 +212,7 @@ def fast_encoder(tokenizer_bytes: bytes, reference, threads: int = 0) -> tuple[F
     """(FastBpe, "") when the tokenizer is supported and agrees with `reference` (the loaded
     tokenizers.Tokenizer) on PROBE_TEXT; else (None, why not in a few words). Raises PytrainError
     (naming the key) for a tokenizer.json that claims a BPE model but is malformed."""
-    from pytrain.data.bpe_unicode import engine_disagreement
+    from pytrain.tokenizer.bpe_unicode import engine_disagreement
 
     try:
         config = json.loads(tokenizer_bytes)

@@ -15,14 +15,14 @@ fast_bpe.build_native hands a tokenizer whose BPE model has byte_fallback here. 
 
 Without a pre-tokenizer (or with Metaspace split=false) `tokenizers` BPEs each text between added tokens
 as one word; csrc/sp_bpe.cpp explains why cutting that word where no merge can span the cut gives the same
-ids. tests/data/test_bpe_sentencepiece.py checks every variant against `tokenizers`.
+ids. tests/tokenizer/test_bpe_sentencepiece.py checks every variant against `tokenizers`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pytrain.data.bpe_support import (
+from pytrain.tokenizer.bpe_support import (
     BYTE_TOKENS, META, added_tokens, check_model_options, check_neutral_extras, require, steps, vocab_and_merges,
 )
 

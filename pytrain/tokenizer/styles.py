@@ -16,7 +16,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 
-from pytrain.data.bpe_support import BYTE_TOKENS, META
+from pytrain.tokenizer.bpe_support import BYTE_TOKENS, META
 from pytrain.errors import PytrainError
 
 MODEL_OPTIONS = ("unk_token", "fuse_unk", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix",

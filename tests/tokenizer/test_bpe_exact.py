@@ -14,7 +14,7 @@ from _bpe_cases import (
     llama3_tokenizer_json, published_family_json, split_tokenizer_json, assert_same_ids, fast_pair,
 )
 from conftest import run_cli
-from pytrain.data.fast_bpe import fast_encoder
+from pytrain.tokenizer.fast_bpe import fast_encoder
 from pytrain.errors import PytrainError
 
 
@@ -149,7 +149,7 @@ def test_wordpiece_falls_back():
 def test_a_regex_engine_on_another_unicode_version_falls_back(family_json, monkeypatch):
     """An engine that classifies a sentinel code point otherwise (as another Unicode version would) is refused."""
     from pytrain import _native
-    from pytrain.data import bpe_unicode
+    from pytrain.tokenizer import bpe_unicode
 
     first, last, cls = next(r for r in _native.bpe_unicode_sentinels if r[2] == 1)  # a letter since some version
     monkeypatch.setattr(_native, "bpe_unicode_sentinels", [(first, last, 0)])

@@ -56,7 +56,7 @@ def check_model_options(model: dict) -> None:
 def vocab_and_merges(model: dict) -> tuple[dict, np.ndarray]:
     """model.vocab, and model.merges as (left id, right id, merged id) rows in rank order ("a b" strings
     or [a, b] pairs); PytrainError naming the key for a malformed vocabulary or merge."""
-    from pytrain.data.tokenizer_json import duplicate_id_problem, merge_problem
+    from pytrain.tokenizer.checks import duplicate_id_problem, merge_problem
 
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from _bpe_cases import TRICKY, assert_same_ids, fast_pair, generated_texts
 from _sp_cases import SP_TEXTS, metaspace, mistral_json, sentencepiece_json, train_model
-from pytrain.data.fast_bpe import fast_encoder
+from pytrain.tokenizer.fast_bpe import fast_encoder
 from pytrain.errors import PytrainError
 
 # name -> (vocabulary trained over whole texts or over words, pre-tokenizer (None: Prepend+Replace), ignore_merges)
@@ -191,7 +191,7 @@ def test_a_regex_engine_on_another_unicode_version_does_not_matter_here(trained,
     """The SentencePiece-style encoder uses no Unicode classes: an engine that disagrees with the byte-level
     tables (which refuses the byte-level encoder, test_bpe_exact.py) leaves this one on the fast path."""
     from pytrain import _native
-    from pytrain.data import bpe_unicode
+    from pytrain.tokenizer import bpe_unicode
 
     first, last, _ = next(r for r in _native.bpe_unicode_sentinels if r[2] == 1)
     monkeypatch.setattr(_native, "bpe_unicode_sentinels", [(first, last, 0)])

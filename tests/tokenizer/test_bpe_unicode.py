@@ -1,7 +1,7 @@
 """csrc/bpe_unicode_table.h is the Unicode Character Database it names, and agrees with the installed regex engine.
 
 The table comes from the UCD of one Unicode version (benchmarks/gen_bpe_unicode.py, via unicodedata2);
-the engine inside `tokenizers` has its own. pytrain.data.bpe_unicode checks that engine on sentinel
+the engine inside `tokenizers` has its own. pytrain.tokenizer.bpe_unicode checks that engine on sentinel
 code points only; these tests check that the sentinels are enough (every code point, when they pass)
 and that the NFC-inert set is left alone by the installed tokenizers' own NFC.
 """
@@ -41,7 +41,7 @@ def _header_table(name: str) -> list[int]:
 
 def _engine_classes(codes: list[int]) -> list[int]:
     """Each code point's class as the installed tokenizers' regex engine sees it (the full probe: seconds)."""
-    from pytrain.data.bpe_unicode import CLASS_PATTERNS, _matched
+    from pytrain.tokenizer.bpe_unicode import CLASS_PATTERNS, _matched
 
     out = [0] * 0x110000
     for cls, (pattern, _) in CLASS_PATTERNS.items():
@@ -71,7 +71,7 @@ def test_table_is_the_named_unicode_version():
 def test_sentinels_decide_agreement_with_the_installed_engine():
     """When the sentinel check passes, the engine agrees on every code point (the whole probe)."""
     from pytrain import _native
-    from pytrain.data.bpe_unicode import engine_disagreement
+    from pytrain.tokenizer.bpe_unicode import engine_disagreement
 
     generator = _generator()
     engine = _engine_classes(generator.scalar_values())

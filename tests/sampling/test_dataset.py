@@ -12,9 +12,9 @@ import pytest
 from _sampling import document_order, documents_seen, epoch_windows, write_pack
 from conftest import run_cli
 from pytrain.data import format as fmt
-from pytrain.data import source_stream
-from pytrain.data.dataset import PackedDataset
-from pytrain.data.mixture import PATH_SOURCE
+from pytrain.sampling import source_stream
+from pytrain.sampling.dataset import PackedDataset
+from pytrain.sampling.mixture import PATH_SOURCE
 from pytrain.errors import PytrainError
 
 

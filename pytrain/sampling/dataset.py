@@ -2,8 +2,8 @@
 
 It is the mixture of that one source with weight 1, exactly what a run on `data.path` trains on: per epoch
 the documents are laid end to end in a seeded shuffled order of their own and cut into samples of
-`seq_len + 1` tokens (pytrain.data.source_stream), and the epochs form one global stream whose position is
-one counter (pytrain.data.mixture). Each optimizer step consumes a global batch of `batch_size * world_size`
+`seq_len + 1` tokens (pytrain.sampling.source_stream), and the epochs form one global stream whose position is
+one counter (pytrain.sampling.mixture). Each optimizer step consumes a global batch of `batch_size * world_size`
 consecutive samples of that stream and rank r takes the r-th slice of it, so a run can resume with a
 different number of ranks and still see each sample once.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytrain.data.mixture import BlendedDataset, Mixture
-from pytrain.data.source_stream import ReadCache, SourceStream
+from pytrain.sampling.mixture import BlendedDataset, Mixture
+from pytrain.sampling.source_stream import ReadCache, SourceStream
 from pytrain.errors import PytrainError
 
 

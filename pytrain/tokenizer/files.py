@@ -1,0 +1,85 @@
+"""Loading a tokenizer.json and finding its special tokens.
+
+Any HF `tokenizer.json` (ours, GPT-2's, Llama-2's, Llama-3's) works wherever pytrain takes a
+tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pytrain.errors import PytrainError
+
+EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
+BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """A tokenizer.json path, or a folder holding one (a dataset, run or HF export)."""
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def read_tokenizer(path: str | Path):
+    """(Tokenizer, the exact bytes it was built from, the file's path), with one-line errors.
+
+    Callers that record or copy the tokenizer use these bytes, so a file replaced while
+    they run cannot make the record disagree with what was used.
+    """
+    from tokenizers import Tokenizer
+
+    path = tokenizer_file(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PytrainError(f"{path}: no such tokenizer file; train one with `pytrain tokenizer train`") from None
+    except OSError as error:
+        raise PytrainError(f"{path}: cannot read the tokenizer ({error.strerror})") from None
+    try:
+        return Tokenizer.from_str(raw.decode("utf-8")), raw, path
+    except Exception as error:  # tokenizers raises a bare Exception for parse errors
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        from pytrain.tokenizer.checks import located_problem
+
+        problem = _keyed_problem(raw) or located_problem(raw, first_line) or first_line
+        raise PytrainError(f"{path}: not a valid tokenizer.json ({problem})") from None
+
+
+def _keyed_problem(raw: bytes) -> str:
+    """What is wrong with a file `tokenizers` refused, naming the key, when the structural checks find it."""
+    from pytrain.tokenizer.checks import bpe_problem
+
+    try:
+        return bpe_problem(json.loads(raw))
+    except ValueError:
+        return ""
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer.json (or a folder holding one) with a one-line error for a bad file."""
+    return read_tokenizer(path)[0]
+
+
+def max_token_id(tokenizer) -> int:
+    """Largest id the tokenizer can emit, added tokens included."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values())
+
+
+def vocab_size(tokenizer, top_id: int) -> int:
+    """Rows an embedding needs, given the largest id: the token count, or more when ids have gaps."""
+    return max(tokenizer.get_vocab_size(with_added_tokens=True), top_id + 1)
+
+
+def special_token_id(tokenizer, explicit: str | None, candidates: tuple[str, ...], role: str, path) -> int | None:
+    """Id of `explicit` (which must exist), else of the first candidate present, else None."""
+    if explicit is not None:
+        token_id = tokenizer.token_to_id(explicit)
+        if token_id is None:
+            raise PytrainError(f"{path}: has no {role} token {explicit!r}")
+        return token_id
+    for name in candidates:
+        token_id = tokenizer.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    return None
