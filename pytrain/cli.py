@@ -379,6 +379,47 @@ def _add_export(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder when done")
 
 
+# ----------------------------------------------------------------------------- eval
+def _run_eval(args) -> int:
+    from pytrain.eval import run_eval
+
+    if (args.run is None) == (args.run_dir is None):
+        raise PytrainError("name the run once: pytrain eval RUN ... (or --run RUN)")
+    run_eval(args.run or args.run_dir, tasks=args.tasks.split(","), out=args.out, step=args.step, include_path=args.include_path,
+             num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+             bootstrap_iters=args.bootstrap_iters, dtype=args.dtype, device=args.device, shard=args.shard,
+             overwrite=args.overwrite)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = _command(
+        sub, "eval", "score a run's checkpoint on lm-evaluation-harness tasks (offline; torchrun splits the work)",
+        "  pytrain eval --run runs/my-run --tasks hellaswag,arc_easy --out results.json   # tasks in the datasets cache\n"
+        "  pytrain eval --run runs/my-run --step 400 --tasks my_task --include-path tasks/ --limit 100 --out r.json\n"
+        "  torchrun --nproc_per_node 8 -m pytrain eval runs/big --tasks lambada_openai --out r.json   # sharded",
+        _run_eval,
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN",
+                   help="a run directory written by `pytrain train` (under torchrun name it here: torchrun takes --run "
+                        "for its own --run-path)")
+    p.add_argument("--run", default=None, help="the run directory, as the other commands take it")
+    p.add_argument("--tasks", required=True, metavar="T1,T2", help="comma-separated harness task (or group) names")
+    p.add_argument("--out", default=None, help="write the harness's results JSON here (lm_eval --output_path's schema)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--include-path", default=None, metavar="DIR", help="a folder of task YAML files (local data)")
+    p.add_argument("--num-fewshot", type=int, default=None, metavar="K", help="few-shot examples (default: the task's)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate at most N documents per task")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="sequences per forward")
+    p.add_argument("--bootstrap-iters", type=int, default=100000, metavar="N",
+                   help="bootstrap samples for the standard errors of non-mean metrics, as lm_eval (0: no stderr)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute dtype")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    p.add_argument("--shard", action=argparse.BooleanOptionalAction, default=True,
+                   help="under torchrun, shard the model over the ranks with FSDP2; --no-shard: a whole copy per rank")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out results file of pytrain eval")
+
+
 # ----------------------------------------------------------------------------- plot / env
 def _run_plot(args) -> int:
     from pytrain.plot import plot_runs
@@ -445,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_export(sub)
+    _add_eval(sub)
     _add_plot_env(sub)
     _add_demo(sub)
     return parser

@@ -7,6 +7,7 @@
     train:      steps, batch sizes, precision, parallelism, evaluation cadence, run directory
     checkpoint: cadence, retention, resume
     logging:    progress, metrics sinks, MFU peak, sample generation
+    eval:       downstream tasks (lm-evaluation-harness) scored during training
 
 Strict: an unknown section or key is an error naming the closest valid one; values are checked
 against each field's type (so `lr: 3e-4`, which YAML reads as a string, still becomes a float).
@@ -121,6 +122,17 @@ class LoggingSection:
 
 
 @dataclass
+class EvalSection:
+    """Downstream evaluation during training (pytrain.train.downstream; the validation loss is train.eval_every)."""
+    tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness task names; empty: none
+    every: int = 0                    # steps between evaluations; 0: at the last step only
+    include_path: str | None = None   # a folder of task YAML files (local data)
+    limit: int | None = None          # documents per task; null: all
+    num_fewshot: int | None = None    # null: each task's own
+    batch_size: int = 8               # sequences per forward
+
+
+@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -129,6 +141,7 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -339,10 +352,10 @@ def _validate(config: RunConfig) -> None:
         _validate_mixture(config.data.mixture)
     positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
                 "train.loss_scale_init", "train.loss_scale_growth_interval",
-                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
+                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens", "eval.limit", "eval.batch_size"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
                     "schedule.warmup_steps", "optim.grad_clip", "optim.weight_decay", "checkpoint.resume_step",
-                    "logging.sample_temperature"]
+                    "logging.sample_temperature", "eval.every", "eval.num_fewshot"]
     for dotted in positive + non_negative:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
@@ -362,6 +375,8 @@ def _validate(config: RunConfig) -> None:
     if config.train.dtype == "fp16" and config.train.reduce_dtype != "fp32":
         raise PytrainError(f"train.dtype=fp16 reduces gradients in fp32 (fp16 would overflow, bf16 would lose the "
                            f"loss-scaled precision): remove train.reduce_dtype={config.train.reduce_dtype}")
+    if not all(isinstance(task, str) and task.strip() for task in config.eval.tasks):
+        raise PytrainError(f"eval.tasks must be lm-evaluation-harness task names, got {config.eval.tasks!r}")
     activation_checkpoint_every(config.train)
 
 

@@ -39,18 +39,26 @@ class RunData:
     def evaluator(self, seq_len: int, d: Distributed, micro: int, max_batches: int):
         """An Evaluator of data.path's val split, or for a mixture a MixtureEvaluator of each source's (sources
         without one are left out, with a note in self.notes)."""
+        from pytrain.tokenizer.files import load_tokenizer
+        from pytrain.tokenizer.token_bytes import token_bytes
+
         masking = self.section.document_masking
         datasets, notes = self.mixture.validation_datasets(seq_len, d.rank, d.world_size)
+        table = token_bytes(load_tokenizer(self.tokenizer_file))
+        if table is None:
+            notes.append(f"{self.tokenizer_file}: its decoder is neither byte-level nor SentencePiece-style, so "
+                         "val_bpb (bits per byte) is not reported")
         if not self.section.mixture:
             if not datasets:
                 raise PytrainError(f"evaluation needs a validation split (or set train.eval_every=0): {notes[0]}; "
                                    "pack with --val-docs/--val-fraction")
-            return Evaluator(datasets[next(iter(datasets))][1], micro, max_batches, masking, d.device)
+            self.notes = notes
+            return Evaluator(datasets[next(iter(datasets))][1], micro, max_batches, masking, d.device, table)
         self.notes = notes
         if not datasets:
             raise PytrainError("evaluation needs a validation split in at least one data.mixture source (pack "
                                "with --val-docs/--val-fraction, or set train.eval_every=0)")
-        return MixtureEvaluator({name: (weight, Evaluator(dataset, micro, max_batches, masking, d.device))
+        return MixtureEvaluator({name: (weight, Evaluator(dataset, micro, max_batches, masking, d.device, table))
                                  for name, (weight, dataset) in datasets.items()})
 
     def progress(self, dataset) -> dict:

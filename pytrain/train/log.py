@@ -3,10 +3,13 @@
     train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
     metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
                     mfu (null when the device peak is unknown), memory_gib, elapsed_s (under train.dtype=fp16
-                    also loss_scale and skipped_steps; grad_norm is null on a skipped step); and one per
-                    evaluation: step, tokens, val_loss, val_ppl. With data.mixture, training rows also carry
+                    also loss_scale and skipped_steps; grad_norm is null on a skipped step); one per
+                    evaluation: step, tokens, val_loss, val_ppl, val_bpb (bits per byte); and one per downstream
+                    evaluation (eval.tasks): step, tokens, tasks ({task: {"acc,none": value, ...}}, the
+                    harness's metric names). With data.mixture, training rows also carry
                     tokens_by_source and epoch_by_source and evaluation rows val_loss_by_source ({name: value});
-                    TensorBoard and W&B get them as train/tokens_by_source/NAME, val/val_loss_by_source/NAME, ...
+                    TensorBoard and W&B get them as train/tokens_by_source/NAME, val/val_loss_by_source/NAME,
+                    eval/tasks/TASK/METRIC, ...
     tensorboard/    event files, when the tensorboard package is installed (logging.tensorboard)
 
 On resume, rows after the resumed step (logged by the interrupted run after its last checkpoint) are
@@ -134,7 +137,17 @@ class RunLogger:
             return
         self._write_row(row, prefix="val")
         by_source = "".join(f" | {name} {loss:.4f}" for name, loss in row.get("val_loss_by_source", {}).items())
-        self.info(f"eval step {row['step']} | val_loss {row['val_loss']:.4f} | val_ppl {row['val_ppl']:.2f}{by_source}")
+        bpb = f" | val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else ""
+        self.info(f"eval step {row['step']} | val_loss {row['val_loss']:.4f} | val_ppl {row['val_ppl']:.2f}{bpb}{by_source}")
+
+    def log_tasks(self, row: dict) -> None:
+        """A downstream evaluation: {"step", "tokens", "tasks": {task: {metric: value}}}."""
+        if not self.enabled:
+            return
+        self._write_row(row, prefix="eval")
+        scores = " | ".join(f"{task} {metric} {value:.4f}" for task, metrics in row["tasks"].items()
+                            for metric, value in metrics.items() if "_stderr" not in metric)
+        self.info(f"tasks step {row['step']} | {scores}")
 
     def _write_row(self, row: dict, prefix: str) -> None:
         self._metrics.write(json.dumps(row) + "\n")
@@ -159,11 +172,12 @@ class RunLogger:
 
 
 def _flatten(row: dict) -> dict:
-    """{"tokens_by_source": {"web": 5}} -> {"tokens_by_source/web": 5}: one scalar per source for TensorBoard/W&B."""
+    """{"tokens_by_source": {"web": 5}} -> {"tokens_by_source/web": 5}, at any depth ({"tasks": {"mc": {"acc,none":
+    0.5}}} -> {"tasks/mc/acc,none": 0.5}): one scalar per source or metric for TensorBoard/W&B."""
     flat = {}
     for key, value in row.items():
         if isinstance(value, dict):
-            flat.update({f"{key}/{name}": v for name, v in value.items()})
+            flat.update({f"{key}/{name}": v for name, v in _flatten(value).items()})
         else:
             flat[key] = value
     return flat

@@ -89,6 +89,8 @@ class _Run:
                 window.restart()
             if self.evaluator and (step % config.train.eval_every == 0 or step == total):
                 self.logger.log_eval({"step": step, "tokens": self.tokens, **self.evaluator.row(self.model)})
+            if self.downstream and self.downstream.due(step, total):
+                self.logger.log_tasks({"step": step, "tokens": self.tokens, **self.downstream.row(self.model)})
             if config.logging.sample_every and config.logging.sample_prompts and step % config.logging.sample_every == 0:
                 self._sample()
             if ((config.checkpoint.every and step % config.checkpoint.every == 0) or step == total) and last_saved != step:
@@ -135,6 +137,11 @@ class _Run:
         self.evaluator = None
         if train.eval_every:
             self.evaluator = self.data.evaluator(self.seq_len, d, self.micro, train.eval_max_batches)
+        self.downstream = None
+        if config.eval.tasks:
+            from pytrain.train.downstream import DownstreamEval
+
+            self.downstream = DownstreamEval(config.eval, r.model, self.data.tokenizer_file, self.eos_id, d)
         self.model = self._build_model(r)
         self.optimizer = build_optimizer(self.model, config.optim, d.device)
         self.train_step = TrainStep(self.model, self.optimizer, dtype=r.dtype, grad_clip=config.optim.grad_clip,

@@ -181,14 +181,9 @@ class RunDir:
 
         from pytrain.model.families import build_model
         from pytrain.model.materialize import materialize
-        from pytrain.train.checkpoint import load_state, model_config_changes, read_train_state
+        from pytrain.train.checkpoint import load_state
 
-        model_config = self.model_config()
-        path = self.checkpoint(step)
-        changed = model_config_changes(read_train_state(path)["model_config"], model_config.to_dict())
-        if changed:
-            raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); restore "
-                               "the run's config.yaml")
+        model_config, path = self._model_checkpoint(self.checkpoint(step))
         with torch.device("meta"):
             model = build_model(model_config)
         materialize(model, device)  # DCP fills it below
@@ -197,6 +192,40 @@ class RunDir:
             load_state(path, {"model": model.state_dict()}, single_process=not dist.is_initialized())
         model.eval()
         return model, model_config
+
+    def load_sharded_model(self, d, step: int | None = None, dtype: str = "fp32"):
+        """(model, model_config, checkpoint path): the trained model sharded over the process group by FSDP2
+        (each rank holds 1/W of the weights, computing in `dtype`), in eval mode; what a model too large for
+        one device is evaluated with. Every rank checks its share of the checkpoint's checksums."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+        from pytrain.train.checkpoint import find_checkpoint, load_state, summarize, verify_checkpoint_everywhere
+        from pytrain.train.parallelize import build_model
+
+        self.require()
+        path = find_checkpoint(self.path, step)
+        problems = verify_checkpoint_everywhere(path, d)
+        if problems:
+            raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
+                               "lists the intact checkpoints (pass one with --step)")
+        model_config, path = self._model_checkpoint(path)
+        model = build_model(model_config, d, dtype=dtype)
+        state = get_model_state_dict(model)
+        load_state(path, {"model": state})
+        set_model_state_dict(model, state)
+        model.eval()
+        return model, model_config, path
+
+    def _model_checkpoint(self, path: Path):
+        """(this run's ModelConfig, `path`) once the checkpoint is known to hold that model."""
+        from pytrain.train.checkpoint import model_config_changes, read_train_state
+
+        model_config = self.model_config()
+        changed = model_config_changes(read_train_state(path)["model_config"], model_config.to_dict())
+        if changed:
+            raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); restore "
+                               "the run's config.yaml")
+        return model_config, path
 
     def tokenizer(self):
         from pytrain.tokenizer.files import load_tokenizer
