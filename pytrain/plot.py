@@ -2,8 +2,11 @@
 
 Rows: against optimizer steps, then against training tokens. Columns: training loss (solid) with
 validation loss (dots), learning rate, training tokens/s. Runs trained on a mixture (`data.mixture`)
-add a third row: each source's validation loss against steps and against tokens (one colour per source,
-one line style per run). Everything comes from each run's
+add a row: each source's validation loss against steps and against tokens (one colour per source,
+one line style per run). Runs with validation bits per byte (val_bpb) or downstream task scores
+(`eval.tasks`) add a row against steps: val_bpb, then each task's metrics (the harness's names, standard
+errors left out): scores in [0, 1] in one panel, perplexities and bits per byte (log scale) in the next.
+Everything comes from each run's
 metrics.jsonl; matplotlib (the `plot` extra) is imported only here, without pyplot's global state.
 Without matplotlib, the PNG holds the loss, learning-rate and tokens/s panels against steps, drawn by
 pytrain.chart (numpy and zlib).
@@ -21,10 +24,10 @@ TRAIN_KEYS = ("step", "tokens", "loss", "lr", "tokens_per_s")
 EVAL_KEYS = ("step", "tokens", "val_loss")
 
 
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, evaluation rows) of a run's metrics.jsonl. A torn last line (a run killed while
-    writing, or still writing) is left out, as the trainer drops it on resume; rows without the fields a
-    curve needs are left out too."""
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(training rows, evaluation rows, downstream task rows) of a run's metrics.jsonl. A torn last line (a
+    run killed while writing, or still writing) is left out, as the trainer drops it on resume; rows without
+    the fields a curve needs are left out too."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PytrainError(f"{path}: not found; --run takes a directory written by `pytrain train`")
@@ -41,15 +44,29 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     rows = [r for r in rows if isinstance(r, dict)]
     train = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in TRAIN_KEYS)]
     evals = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in EVAL_KEYS)]
-    return train, evals
+    tasks = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in ("step", "tokens"))
+             and isinstance(r.get("tasks"), dict)]
+    return train, evals, tasks
+
+
+def _task_curves(rows: list[dict]) -> dict[str, list[tuple[int, int, float]]]:
+    """{"task metric": [(step, tokens, value)]} from downstream rows, standard errors left out."""
+    curves: dict[str, list] = {}
+    for row in rows:
+        for task, metrics in row["tasks"].items():
+            for metric, value in (metrics.items() if isinstance(metrics, dict) else ()):
+                if "_stderr" not in metric and isinstance(value, (int, float)):
+                    curves.setdefault(f"{task} {metric}", []).append((row["step"], row["tokens"], value))
+    return curves
 
 
 def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     """Write the PNG (default: the first run's plot.png) and return its path."""
     if not run_dirs:
         raise PytrainError("pass at least one --run DIR")
-    runs = [(_label(run, run_dirs), *read_metrics(run)) for run in run_dirs]
-    if not any(train or val for _, train, val in runs):
+    read = [(_label(run, run_dirs), *read_metrics(run)) for run in run_dirs]
+    runs = [(label, train, val) for label, train, val, _ in read]
+    if not any(train or val or tasks for _, train, val, tasks in read):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
     _check_replaceable(out)
@@ -62,8 +79,10 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
         return out
 
     sources = list(dict.fromkeys(name for _, _, val in runs for row in val for name in row.get("val_loss_by_source", {})))
-    figure = Figure(figsize=(15, 12 if sources else 8), layout="constrained")
-    axes = figure.subplots(3 if sources else 2, 3)
+    evaluated = any(tasks or any("val_bpb" in row for row in val) for _, _, val, tasks in read)
+    extra_rows = bool(sources) + evaluated
+    figure = Figure(figsize=(15, 8 + 4 * extra_rows), layout="constrained")
+    axes = figure.subplots(2 + extra_rows, 3)
     for row, (x_key, x_label) in enumerate((("step", "step"), ("tokens", "tokens"))):
         loss_ax, lr_ax, speed_ax = axes[row]
         for index, (label, train, val) in enumerate(runs):
@@ -89,6 +108,8 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
             _plot_by_source(axes[2][row], runs, sources, x_key, x_label, EngFormatter())
     if sources:
         axes[2][2].set_visible(False)
+    if evaluated:
+        _plot_evaluations(axes[2 + bool(sources)], read, EngFormatter())
     with atomic_file(out) as handle:
         figure.savefig(handle, format="png", dpi=100)
     return out
@@ -109,6 +130,35 @@ def _plot_by_source(ax, runs, sources: list[str], x_key: str, x_label: str, form
     ax.xaxis.set_major_formatter(formatter)
     if len(sources) * len(runs) <= 20:
         ax.legend(fontsize="small")
+
+
+def _plot_evaluations(axes, read, formatter) -> None:
+    """Validation bits per byte vs step; downstream task metrics vs step: scores in [0, 1] (accuracy, exact
+    match) in one panel, the others (perplexities, bits per byte) on a log scale in the next."""
+    bpb_ax, score_ax, other_ax = axes
+    styles = ("-", "--", ":", "-.")
+    names = list(dict.fromkeys(name for *_, tasks in read for name in _task_curves(tasks)))
+    for index, (label, _, val, tasks) in enumerate(read):
+        points = [(r["step"], r["val_bpb"]) for r in val if isinstance(r.get("val_bpb"), (int, float))]
+        if points:
+            bpb_ax.plot(*zip(*points), "o--", color=f"C{index % 10}", markersize=4, label=label)
+        for name, curve in _task_curves(tasks).items():
+            values = [p[2] for p in curve]
+            ax = score_ax if all(0 <= v <= 1 for v in values) else other_ax
+            ax.plot([p[0] for p in curve], values, styles[index % len(styles)], marker="o", markersize=3,
+                    color=f"C{names.index(name) % 10}", label=f"{label} {name}" if len(read) > 1 else name)
+    if other_ax.lines and all(min(line.get_ydata()) > 0 for line in other_ax.lines):
+        other_ax.set_yscale("log")
+    for ax, title, y_label in ((bpb_ax, "validation bits per byte vs step", "bits per byte"),
+                               (score_ax, "downstream scores vs step", "score"),
+                               (other_ax, "downstream perplexities, bits per byte vs step", "value")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(formatter)
+        if ax.lines and len(ax.lines) <= 20:
+            ax.legend(fontsize="small")
 
 
 def _label(run: str, runs: list[str]) -> str:
