@@ -385,8 +385,8 @@ def _run_eval(args) -> int:
 
     if (args.run is None) == (args.run_dir is None):
         raise PytrainError("name the run once: pytrain eval RUN ... (or --run RUN)")
-    run_eval(args.run or args.run_dir, tasks=args.tasks.split(","), out=args.out, step=args.step, include_path=args.include_path,
-             num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+    run_eval(args.run or args.run_dir, tasks=args.tasks.split(","), out=args.out, step=args.step,
+             include_path=args.include_path, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
              bootstrap_iters=args.bootstrap_iters, dtype=args.dtype, device=args.device, shard=args.shard,
              overwrite=args.overwrite)
     return 0

@@ -44,20 +44,25 @@ def run_eval(run_dir: str, *, tasks: list[str], out: str | None, step: int | Non
     if out is not None:
         check_replaceable(Path(out), overwrite)
     run = RunDir(run_dir)
-    step = _step(run, step)
+    step = resolve_step(run, step)
     require_harness()
     task_set = TaskSet(tasks, include_path)
+    task_set.check()
+    import torch.distributed as dist
+
+    owns_process_group = not dist.is_initialized()  # else the caller's, left as it is
     try:
         from pytrain.harness.tasks import results_table, run_tasks
 
-        lm, checkpoint = _load(run, step, batch_size=batch_size, dtype=dtype, device=device, shard=shard)
+        lm, checkpoint = load_lm(run, step, batch_size=batch_size, dtype=dtype, device=device, shard=shard)
         description = f"run={run.path},step={step}"
         results = run_tasks(lm, task_set, num_fewshot=num_fewshot, limit=limit, bootstrap_iters=bootstrap_iters,
                             description=description)
     finally:
         from pytrain.train.distributed import shutdown
 
-        shutdown()
+        if owns_process_group:
+            shutdown()
     if results is None:
         return None
     from pytrain import __version__
@@ -74,7 +79,7 @@ def run_eval(run_dir: str, *, tasks: list[str], out: str | None, step: int | Non
     return results
 
 
-def _step(run, step: int | None) -> int:
+def resolve_step(run, step: int | None) -> int:
     """`step`, or the run's latest checkpoint's (fixed now, so every rank loads the same one and the results
     name it)."""
     from pytrain.train.checkpoint import list_checkpoints
@@ -88,10 +93,8 @@ def _step(run, step: int | None) -> int:
     return step
 
 
-def _load(run, step: int, *, batch_size: int, dtype: str, device: str, shard: bool):
+def load_lm(run, step: int, *, batch_size: int, dtype: str, device: str, shard: bool):
     """(PytrainLM over the run's checkpoint, the checkpoint's path), in this process's share of torchrun."""
-    import torch
-
     from pytrain.harness.lm import PytrainLM
     from pytrain.tokenizer.files import BOS_CANDIDATES, special_token_id
     from pytrain.train.checkpoint import step_name
@@ -112,7 +115,6 @@ def _load(run, step: int, *, batch_size: int, dtype: str, device: str, shard: bo
     bos_id = special_token_id(tokenizer, None, BOS_CANDIDATES, "BOS", run.tokenizer_file)
     lm = PytrainLM(model, tokenizer, eos_id=run.eos_id(tokenizer), bos_id=bos_id,
                    max_length=model_config.context_length, batch_size=batch_size, device=d.device, lockstep=sharded)
-    torch.set_grad_enabled(False)
     return lm, checkpoint
 
 
@@ -164,8 +166,8 @@ def _register() -> None:
             if "run" not in options:
                 raise PytrainError('model_args of model "pytrain" need run=RUN_DIR (and optionally step=N)')
             run = RunDir(options["run"])
-            step = _step(run, int(options["step"]) if options.get("step") is not None else None)
-            lm, _ = _load(run, step, batch_size=int(options.get("batch_size") or 8),
+            step = resolve_step(run, int(options["step"]) if options.get("step") is not None else None)
+            lm, _ = load_lm(run, step, batch_size=int(options.get("batch_size") or 8),
                           dtype=options.get("dtype", "fp32"), device=options.get("device") or "auto",
                           shard=str(options.get("shard", True)).lower() != "false")
             return lm

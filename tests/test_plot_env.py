@@ -33,9 +33,9 @@ def test_plot_overlays_runs_into_a_png(base_run, tmp_path, capsys):
     out = tmp_path / "both.png"
     assert main(["plot", "--run", str(runs[0]), "--run", str(runs[1]), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
-    assert png_size(out) == (1500, 800)
+    assert png_size(out) == (1500, 1200)  # + the evaluation row (val_bpb)
     assert plot_runs([str(runs[0])]) == runs[0] / "plot.png"  # the default place
-    assert png_size(runs[0] / "plot.png") == (1500, 800)
+    assert png_size(runs[0] / "plot.png") == (1500, 1200)
 
 
 def test_plot_errors(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ writes (results -> task -> "acc,none", ...), the table `lm_eval` prints (`lm_eva
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import random
@@ -62,7 +63,7 @@ class TaskSet:
         self.names = list(dict.fromkeys(names))
         manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
         if manager is None or any(name not in manager.all_tasks for name in self.names):
-            manager = TaskManager(include_path=include_path)
+            manager = _full_index(include_path)
         unknown = [name for name in self.names if name not in manager.all_tasks]
         if unknown:
             where = f"in {include_path} or " if include_path else ""
@@ -70,9 +71,19 @@ class TaskSet:
                                f"not {where}among the harness's built-in tasks; write its YAML into a folder and "
                                f"pass it with {path_option} (`lm_eval ls tasks` lists the built-in ones)")
         self.manager = manager
+        self._checked: list | None = None
+
+    def check(self) -> None:
+        """Load the tasks now, so that one whose data is not available stops the command (or the run's start)
+        before any work; the next `load()` returns them."""
+        with _random_state_kept():
+            self._checked = self.load()
 
     def load(self) -> list:
         """The tasks (Task, or Group for a group name; a tag's tasks), their data read offline."""
+        if self._checked is not None:
+            loaded, self._checked = self._checked, None
+            return loaded
         loaded = []
         for name in self.names:
             try:
@@ -87,6 +98,14 @@ class TaskSet:
             group = built["groups"].get(name)
             loaded += [group] if group is not None else list(built["tasks"].values())
         return loaded
+
+
+@functools.lru_cache(maxsize=4)
+def _full_index(include_path: str | None):
+    """The harness's built-in tasks and the include path's, indexed once per process (it takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
 
 
 @contextlib.contextmanager
@@ -112,8 +131,8 @@ def run_tasks(lm, tasks: TaskSet, *, num_fewshot: int | None = None, limit: int 
     standard errors (analytic for means; bootstrapped for perplexities, as `lm_eval` does)."""
     from lm_eval import simple_evaluate
 
-    loaded = tasks.load()
     with _random_state_kept():
+        loaded = tasks.load()
         results = simple_evaluate(model=lm, model_args=description, tasks=loaded, task_manager=tasks.manager,
                                   num_fewshot=num_fewshot, limit=limit, bootstrap_iters=bootstrap_iters,
                                   log_samples=False, batch_size=lm.batch_size, device=str(lm.device))

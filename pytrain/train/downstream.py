@@ -37,7 +37,7 @@ class DownstreamEval:
             raise PytrainError(f"eval.tasks is set, but {NOT_INSTALLED}; or remove eval.tasks") from None
         self.section, self.model_config, self.d = section, model_config, d
         self.tasks = TaskSet(section.tasks, section.include_path, option="eval.tasks", path_option="eval.include_path")
-        self.tasks.load()  # a task whose data is not available offline stops the start, not the run
+        self.tasks.check()  # a task whose data is not available offline stops the start, not the run
         self.tokenizer = load_tokenizer(tokenizer_file)
         self.eos_id = eos_id
         self.bos_id = special_token_id(self.tokenizer, None, BOS_CANDIDATES, "BOS", tokenizer_file)

@@ -313,7 +313,7 @@ def test_mixture_training_logs_per_source_and_resumes_on_one_rank_from_two(mixtu
     from pytrain.plot import plot_runs
 
     png = plot_runs([str(two)]).read_bytes()
-    assert png[12:16] == b"IHDR" and struct.unpack(">II", png[16:24]) == (1500, 1200)  # + the per-source row
+    assert png[12:16] == b"IHDR" and struct.unpack(">II", png[16:24]) == (1500, 1600)  # + the per-source row, + the evaluation row (val_bpb)
 
 
 def test_tensorboard_and_wandb_get_one_scalar_per_source(tmp_path):
