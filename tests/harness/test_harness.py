@@ -53,7 +53,7 @@ def _write_tasks(folder: Path, documents: list[str]) -> None:
                                                                    {"metric": "bits_per_byte"}]},
         "mini_gen": {**common("gen"), "output_type": "generate_until", "doc_to_text": "{{prompt}}",
                      "doc_to_target": "{{target}}", "metric_list": [{"metric": "exact_match"}],
-                     "generation_kwargs": {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}},
+                     "generation_kwargs": {"until": ["\n", " "], "max_gen_toks": 12, "do_sample": False}},
     }
     for task, config in configs.items():
         (folder / f"{task}.yaml").write_text(yaml.safe_dump({"task": task, **config}))
