@@ -36,7 +36,9 @@ def _write_tasks(folder: Path, documents: list[str]) -> None:
     rng = random.Random(0)
     words = [" return", " import", " self", " None", " def", " class"]
     mc = [{"question": doc[:80], "choices": rng.sample(words, 4), "answer": i % 4} for i, doc in enumerate(documents[:12])]
-    rolling = [{"text": doc[:300]} for doc in documents[:11]] + [{"text": documents[11][:2500]}]  # > 256 tokens
+    # The last document spans several context windows (256 tokens), all of them on one of two ranks: an
+    # imbalance of forwards that the sharded model must absorb.
+    rolling = [{"text": doc[:300]} for doc in documents[:11]] + [{"text": "\n\n".join(documents)[:6000]}]
     generation = [{"prompt": doc[:60], "target": doc[60:64]} for doc in documents[:6]]
     data = {"mc": mc, "roll": rolling, "gen": generation}
     for name, rows in data.items():
@@ -239,6 +241,27 @@ def test_scores_during_training_are_those_of_pytrain_eval_on_the_checkpoint(eval
                 assert metrics[key] == pytest.approx(value, rel=1e-6), (row["step"], task, key)
     log = (eval_run / "train.log").read_text()
     assert "tasks step 8 | mini_mc acc,none" in log
+
+
+def test_scores_during_sharded_training_are_those_of_the_checkpoint(eval_run, tasks_dir, tmp_path):
+    """torchrun, 2 CPU ranks: the model being trained is FSDP2-sharded; its scores at the last step (eval.every
+    0) are those `pytrain eval` gives on that step's checkpoint in one process."""
+    run = tmp_path / "run2"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pytrain",
+               "train", "--config", str(eval_run.parent / "run.yaml"), f"train.run_dir={run}", "train.steps=4",
+               "eval.every=0", "logging.every=4"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [row for row in rows if "tasks" in row]
+    assert row["step"] == 4
+    out = tmp_path / "step4.json"
+    assert main(["eval", str(run), "--tasks", "mini_mc,mini_roll", "--include-path", str(tasks_dir), "--limit",
+                 str(LIMIT_IN_LOOP), "--out", str(out), "--batch-size", "4", "--bootstrap-iters", "0"]) == 0
+    results = json.loads(out.read_text())["results"]
+    for task, metrics in row["tasks"].items():
+        assert metrics == pytest.approx({k: v for k, v in results[task].items() if k in metrics}, rel=1e-6), task
+        assert metrics, task
 
 
 def test_val_bpb_is_the_plain_python_formula(eval_run, exported):
