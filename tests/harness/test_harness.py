@@ -208,7 +208,7 @@ def test_two_ranks_give_the_numbers_of_one(eval_run, tasks_dir, our_results, tmp
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(Path(__file__).parent / "_eval_twice.py"), *map(str, outs), str(eval_run), "--tasks",
                ",".join(TASKS), "--include-path", str(tasks_dir), "--batch-size", "4", "--bootstrap-iters", "0"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900)
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("sharded over 2 ranks") == 2  # the first evaluation, on both ranks
     for out in outs:
@@ -250,7 +250,7 @@ def test_scores_during_sharded_training_are_those_of_the_checkpoint(eval_run, ta
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pytrain",
                "train", "--config", str(eval_run.parent / "run.yaml"), f"train.run_dir={run}", "train.steps=4",
                "eval.every=0", "logging.every=4"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900)
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     (row,) = [row for row in rows if "tasks" in row]
