@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # pytrain[eval] is imported as installed: the checkout's kernels/ folder on sys.path
+                            # would shadow the `kernels` package transformers looks for
 
 
 def write_tasks(folder: Path, docs: int) -> dict[str, int]:

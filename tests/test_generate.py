@@ -13,7 +13,7 @@ from torch import nn
 from _train_fixtures import base_config, base_run, packed_data  # noqa: F401
 from pytrain.cli import main
 from pytrain.errors import PytrainError
-from pytrain.model.generation import GREEDY, Sampling, generate_tokens, next_token, prompt_ids
+from pytrain.model.generation import GREEDY, Sampling, generate_batch, generate_tokens, next_token, prompt_ids
 from pytrain.model import Llama, preset
 from pytrain.model.layers import KVCache
 
@@ -45,6 +45,23 @@ def test_generation_with_and_without_cache_gives_the_same_tokens(sampling):
                                  use_cache=use_cache, generator=torch.Generator().manual_seed(1)))
             for use_cache in (True, False)]
     assert len(runs[0]) == 60 and runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 1}])
+def test_a_batch_of_left_padded_prompts_gives_each_prompt_its_own_tokens(overrides):
+    """generate_batch (prompts of 1 to 17 tokens decoded together) gives every prompt the greedy tokens
+    generate_tokens gives it alone: padding is never attended to; a row stops at EOS or when `stop` says so (that token kept) while the others go on."""
+    model = peaked_model(**overrides)
+    rng = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 512, (n,), generator=rng).tolist() for n in (17, 1, 9, 4)]
+    alone = [list(generate_tokens(model, p, max_new_tokens=12, max_len=64)) for p in prompts]
+    assert len({tuple(tokens) for tokens in alone}) == len(prompts)
+    assert generate_batch(model, prompts, max_new_tokens=12, max_len=64) == alone
+    eos = alone[2][5]  # the third prompt's sixth token: an end of text for it (and maybe for others)
+    until_eos = [tokens[:tokens.index(eos)] if eos in tokens else tokens for tokens in alone]
+    assert generate_batch(model, prompts, max_new_tokens=12, max_len=64, eos_id=eos) == until_eos
+    stopped = generate_batch(model, prompts, max_new_tokens=12, max_len=64, stop=lambda row, tokens: row == 1 and len(tokens) == 3)
+    assert stopped == [alone[0], alone[1][:3], *alone[2:]]
 
 
 def test_cache_runs_each_token_through_the_model_once():

@@ -8,8 +8,9 @@ folder, so both give the same numbers:
   continuation's summed log-probabilities and whether greedy decoding would produce it;
 - loglikelihood_rolling: a whole document in the harness's disjoint rolling windows
   (`lm_eval.utils.get_rolling_token_windows`), each token predicted once, summed per document;
-- generate_until: decoding with pytrain's KV cache (pytrain.model.generation) until a stop string, EOS
-  or `max_gen_toks`; greedy unless the task asks to sample.
+- generate_until: decoding with pytrain's KV cache (pytrain.model.generation.generate_batch, `batch_size`
+  left-padded contexts at a time) until a stop string, EOS or `max_gen_toks`; greedy unless the task
+  asks to sample.
 
 Under torchrun the harness gives each rank its share of the documents and gathers the per-document
 results on rank 0 (through `rank`, `world_size`, `all_gather`, `gather_object` here). A model sharded
@@ -21,6 +22,8 @@ all-reduce per forward.
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -31,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pytrain.errors import PytrainError
-from pytrain.model.generation import GREEDY, Sampling, generate_tokens
+from pytrain.model.generation import GREEDY, Sampling, generate_batch
 
 DEFAULT_MAX_GEN_TOKS = 256  # the harness's default for generate_until
 
@@ -199,16 +202,20 @@ class PytrainLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Continue each context until one of the task's stop strings (or EOS, or max_gen_toks tokens),
-        with the KV cache; the stop string and what follows are cut off, as the harness does."""
+        """Continue each context until one of the task's stop strings (or EOS, or max_gen_toks tokens), with
+        the KV cache, `batch_size` contexts of the same generation settings at a time (longest first); the stop
+        string and what follows are cut off, as the harness does."""
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         bos_text = None if self._bos_id is None else self.tok_decode([self._bos_id], skip_special_tokens=False)
         generator = torch.Generator(device=self._device)
         generator.manual_seed(self.seed)
-        outputs = []
-        for context, gen_kwargs in tqdm([r.args for r in requests], desc="Running generate_until requests",
-                                        disable=disable_tqdm or self.rank != 0):
-            kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
+        outputs: list[str | None] = [None] * len(requests)
+        progress = self._progress(len(requests), "generate_until", disable_tqdm)
+        for indices in groups.values():
+            kwargs = dict(normalize_gen_kwargs(requests[indices[0]].args[1], self.max_gen_toks))
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_new = kwargs.pop("max_gen_toks")
             if not 0 < max_new < self.max_length:
@@ -216,15 +223,22 @@ class PytrainLM(TemplateLM):
                                    f"context is {self.max_length} tokens), got {max_new}")
             sampling = _sampling(kwargs)
             # The Hugging Face backend encodes contexts as a batch: special tokens unless the text starts with BOS.
-            add_special = not (bos_text and context.startswith(bos_text))
-            prompt = self.tok_encode(context, add_special_tokens=add_special) or [self.prefix_token_id]
-            new: list[int] = []
-            for token in generate_tokens(self.model, prompt, max_new_tokens=max_new, max_len=self.max_length,
-                                         sampling=sampling, eos_id=self.eot_token_id, generator=generator):
-                new.append(token)
-                if any(stop and stop in self.tok_decode(new) for stop in until):
-                    break
-            outputs.append(postprocess_generated_text(self.tok_decode(new), until, None))
+            prompts = {}
+            for i in indices:
+                context = requests[i].args[0]
+                add_special = not (bos_text and context.startswith(bos_text))
+                prompts[i] = self.tok_encode(context, add_special_tokens=add_special) or [self.prefix_token_id]
+            order = sorted(indices, key=lambda i: -len(prompts[i]))
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                stopped = lambda row, tokens: any(stop and stop in self.tok_decode(tokens) for stop in until)  # noqa: E731
+                generated = generate_batch(self.model, [prompts[i] for i in chunk], max_new_tokens=max_new,
+                                           max_len=self.max_length, sampling=sampling, eos_id=self.eot_token_id,
+                                           generator=generator, stop=stopped)
+                for i, tokens in zip(chunk, generated):
+                    outputs[i] = postprocess_generated_text(self.tok_decode(tokens), until, None)
+                progress.update(len(chunk))
+        progress.close()
         self._finish()
         return outputs
 

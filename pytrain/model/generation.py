@@ -1,7 +1,8 @@
 """Text generation from a pytrain model (any family): sampling (greedy, temperature, top-k, top-p) and the KV-cache decoding loop.
 
 The one generator in pytrain, beside the model it drives: `pytrain generate`, the demo and the trainer's
-periodic samples (pytrain.train.sample) all call `generate_tokens`. With the KV cache (the default) the
+periodic samples (pytrain.train.sample) all call `generate_tokens`; `generate_batch` decodes several
+prompts together (left-padded, for `pytrain eval`'s generation tasks). With the KV cache (the default) the
 prompt runs through the model once and every new token alone, so a completion costs time linear in its
 length; `use_cache=False` re-runs the whole sequence per token (quadratic, kept as the reference the
 cache is tested against).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -85,6 +86,46 @@ def generate_tokens(model: nn.Module, prompt: list[int], *, max_new_tokens: int,
         yield token
         ids.append(token)
         pending = [token]
+
+
+@torch.no_grad()
+def generate_batch(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, max_len: int,
+                   sampling: Sampling = GREEDY, eos_id: int | None = None, generator: torch.Generator | None = None,
+                   stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+    """The tokens continuing each of `prompts` (non-empty lists of ids), decoded together: the prompts are
+    left-padded to one length and the KV cache keeps each row's padding out of attention (RoPE positions are
+    relative, so the offset changes nothing), so greedily a row gets the tokens `generate_tokens` gives it alone. A row ends before
+    EOS, at `max_new_tokens`, or once `stop(row, its tokens so far)` is true (that token kept); decoding ends
+    when every row has. Prompts keep their last `max_len - max_new_tokens` tokens, as in `generate_tokens`."""
+    from pytrain.model.layers import KVCache
+
+    if not prompts or not all(prompts):
+        raise PytrainError("generation needs at least one prompt token per prompt")
+    if not 0 < max_new_tokens < max_len:
+        raise PytrainError(f"--max-new-tokens must be in [1, {max_len - 1}] (the model's context is {max_len} "
+                           f"tokens), got {max_new_tokens}")
+    device = next(model.parameters()).device
+    prompts = [list(p[-(max_len - max_new_tokens):]) for p in prompts]
+    width = max(map(len, prompts))
+    padding = torch.tensor([width - len(p) for p in prompts], device=device)
+    cache = KVCache(width + max_new_tokens, padding=padding)
+    pending = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    new: list[list[int]] = [[] for _ in prompts]
+    running = list(range(len(prompts)))
+    for _ in range(max_new_tokens):
+        logits = model(pending, cache=cache)[:, -1]
+        tokens = [next_token(logits[row], sampling, generator) if row in running else 0 for row in range(len(prompts))]
+        for row in list(running):
+            if tokens[row] == eos_id:
+                running.remove(row)
+                continue
+            new[row].append(tokens[row])
+            if stop is not None and stop(row, new[row]):
+                running.remove(row)
+        if not running:
+            break
+        pending = torch.tensor(tokens, device=device)[:, None]
+    return new
 
 
 def prompt_ids(tokenizer, text: str, eos_id: int | None) -> list[int]:

@@ -64,11 +64,21 @@ class KVCache:
     values of `ids` at positions `length` onwards, attends over all stored positions, then advances `length`.
     """
 
-    def __init__(self, max_len: int):
+    def __init__(self, max_len: int, padding: torch.Tensor | None = None):
         self.max_len = max_len
         self.length = 0
+        self.padding = padding  # [batch]: left-padding positions of each row (prompts of different lengths;
+                                # RoPE is relative, so a row's offset leaves its attention unchanged)
         self._keys: dict[int, torch.Tensor] = {}
         self._values: dict[int, torch.Tensor] = {}
+
+    def padded_mask(self, seq: int) -> torch.Tensor:
+        """Boolean [batch, 1, seq, length + seq] for `seq` new tokens of left-padded rows: causal, padding never
+        attended to (a padding position attends to itself alone, so no row of the softmax is empty)."""
+        keys = torch.arange(self.length + seq, device=self.padding.device)
+        queries = keys[self.length:, None]
+        visible = (keys <= queries) & (keys >= self.padding[:, None, None])
+        return (visible | (keys == queries)).unsqueeze(1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `layer`'s new k, v [batch, kv_heads, seq, head_dim]; return its keys and values so far."""
@@ -226,7 +236,9 @@ class Decoder(nn.Module):
             start, seq = cache.length, input_ids.shape[1]
             if position_ids is None:
                 position_ids = torch.arange(start, start + seq, device=input_ids.device).expand(input_ids.shape[0], -1)
-            if start and seq > 1:  # several new tokens after cached ones: causal with an offset
+            if cache.padding is not None:
+                mask = cache.padded_mask(seq)
+            elif start and seq > 1:  # several new tokens after cached ones: causal with an offset
                 mask = torch.ones(seq, start + seq, dtype=torch.bool, device=input_ids.device).tril(start)
         for layer in self.layers:
             x = layer(x, position_ids, mask, cache)
