@@ -4,8 +4,9 @@
 tokenizer, the way the harness's own Hugging Face backend (`lm_eval --model hf`) does on an exported
 folder, so both give the same numbers:
 
-- loglikelihood: context + continuation in one forward (left-truncated to the context length), the
-  continuation's summed log-probabilities and whether greedy decoding would produce it;
+- loglikelihood: context + continuation in one forward (left-truncated to the context length; requests
+  with the same input, like one-token choices of a question, share it), the continuation's summed
+  log-probabilities and whether greedy decoding would produce it;
 - loglikelihood_rolling: a whole document in the harness's disjoint rolling windows
   (`lm_eval.utils.get_rolling_token_windows`), each token predicted once, summed per document;
 - generate_until: decoding with pytrain's KV cache (pytrain.model.generation.generate_batch, `batch_size`
@@ -157,30 +158,31 @@ class PytrainLM(TemplateLM):
     # ------------------------------------------------------------------ loglikelihood
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """(summed log-probability of the continuation, whether it is the greedy one) per
-        (request, context ids, continuation ids), batched longest first."""
+        """(summed log-probability of the continuation, whether it is the greedy one) per (request, context ids,
+        continuation ids). Requests with the same input (the choices of one question, when each is one token)
+        share a forward; inputs run in batches, longest first."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+        inputs: dict[tuple[int, ...], list[int]] = {}  # input ids -> the requests scored on its logits
+        for i, (_, context, continuation) in enumerate(requests):
+            if not context or not continuation or len(continuation) > self.max_length:
+                raise PytrainError(f"a loglikelihood request needs a context and a continuation of 1 to "
+                                   f"{self.max_length} tokens, got {len(context)} and {len(continuation)}")
+            inputs.setdefault(tuple((context + continuation)[-(self.max_length + 1):][:-1]), []).append(i)
+        order = sorted(inputs, key=len, reverse=True)
         progress = self._progress(len(requests), "loglikelihood", disable_tqdm)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            inputs, continuations = [], []
-            for i in chunk:
-                _, context, continuation = requests[i]
-                if not context or not continuation or len(continuation) > self.max_length:
-                    raise PytrainError(f"a loglikelihood request needs a context and a continuation of 1 to "
-                                       f"{self.max_length} tokens, got {len(context)} and {len(continuation)}")
-                inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
-                continuations.append(continuation)
-            width = max(map(len, inputs))
-            batch = torch.tensor([ids + [0] * (width - len(ids)) for ids in inputs], device=self._device)
+            width = len(chunk[0])
+            batch = torch.tensor([ids + (0,) * (width - len(ids)) for ids in chunk], device=self._device)
             logits = self.model(batch)  # right padding: the positions that are read never see it
-            for row, (i, ids, continuation) in enumerate(zip(chunk, inputs, continuations)):
-                scored = logits[row, len(ids) - len(continuation):len(ids)].float().log_softmax(-1)
-                target = torch.tensor(continuation, device=self._device)
-                logprob = float(scored.gather(-1, target[:, None]).sum())
-                results[i] = (logprob, bool((scored.argmax(-1) == target).all()))
-                progress.update(1)
+            for row, ids in enumerate(chunk):
+                for i in inputs[ids]:
+                    continuation = requests[i][2]
+                    scored = logits[row, len(ids) - len(continuation):len(ids)].float().log_softmax(-1)
+                    target = torch.tensor(continuation, device=self._device)
+                    logprob = float(scored.gather(-1, target[:, None]).sum())
+                    results[i] = (logprob, bool((scored.argmax(-1) == target).all()))
+                progress.update(len(inputs[ids]))
         progress.close()
         self._finish()
         return results
