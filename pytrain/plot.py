@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_file
+from pytrain.fsutil import atomic_file, output_lock
 
 TRAIN_KEYS = ("step", "tokens", "loss", "lr", "tokens_per_s")
 EVAL_KEYS = ("step", "tokens", "val_loss")
@@ -52,7 +52,12 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     if not any(train or val for _, train, val in runs):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
-    _check_replaceable(out)
+    with output_lock(out, "plot"):  # one writer per PNG
+        _check_replaceable(out)
+        return _write_png(out, runs)
+
+
+def _write_png(out: Path, runs: list) -> Path:
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import EngFormatter

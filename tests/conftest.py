@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,24 @@ def run_cli(*args, check=True, env=None, cwd=None) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"pytrain {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def snapshot(root) -> dict:
+    """Every entry under `root` (hidden ones included) with its bytes or link target: equal before and after a
+    refused command means it changed nothing there."""
+    entries = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        entries[rel] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+    return entries
+
+
+def one_line_refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one line a refused command printed (exit code 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

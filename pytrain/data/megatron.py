@@ -155,12 +155,19 @@ def write_pack(root: str | os.PathLike, split: str, prefix: str | os.PathLike) -
 
     Both files are written under temporary names and renamed when complete (the .bin first, so an .idx
     under its final name always has its data); an existing PREFIX.bin or PREFIX.idx is never replaced.
-    The tokens are hashed as they are copied (on a second core) and must match the manifest's sha256."""
+    The tokens are hashed as they are copied (on a second core) and must match the manifest's sha256.
+    One conversion per prefix at a time: a second one is refused (pytrain.fsutil.output_lock)."""
+    from pytrain.fsutil import output_lock
+
+    with output_lock(prefix, "convert"):
+        return _write_pack(Path(root), split, Path(prefix))
+
+
+def _write_pack(root: Path, split: str, prefix: Path) -> dict:
     from pytrain.data import format as fmt
     from pytrain.data.hashed_file import HashedFile
     from pytrain.fsutil import atomic_file
 
-    root, prefix = Path(root), Path(prefix)
     manifest = fmt.read_manifest(root)
     if manifest.get("loss_mask"):
         raise PytrainError(f"{root}: a chat pack with a loss mask; Megatron's format has no mask, so it cannot carry it")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_refusal, run_cli, snapshot
 from pytrain import fsutil
 from pytrain.data import format as fmt
 from pytrain.data.corpus import mixed_documents, write_jsonl
@@ -23,21 +23,10 @@ from pytrain.data.pack import PackOptions, pack
 from pytrain.errors import PytrainError
 
 
-def snapshot(root: Path) -> dict:
-    """Every entry under `root` (hidden ones included) with its bytes or link target."""
-    entries = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        entries[rel] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
-    return entries
-
-
 def assert_refused(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = one_line_refusal(proc)
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in line, line
 
 
 def pack_cli(inputs, tokenizer, out, *extra, check=False, cwd=None):
