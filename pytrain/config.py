@@ -104,6 +104,7 @@ class CheckpointSection:
     resume: str = "auto"              # auto (this run's latest, if any) | none | a run or checkpoint directory
     resume_step: int | None = None    # null: the latest
     resume_other_config: bool = False  # continue a run directory that another config file created
+    resume_other_data: bool = False   # continue although the data was re-packed since the checkpoint (a note says so)
 
 
 @dataclass

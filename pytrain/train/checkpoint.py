@@ -3,7 +3,8 @@
     RUN/checkpoints/step_N/          one complete checkpoint
         .metadata, __*_*.distcp      DCP: model and optimizer state, sharded, any rank count reads it
         rng_rank{r}.pt               rank r's RNG states (torch CPU, CUDA, python)
-        train_state.json             step, tokens, data position, model config, batch shape
+        train_state.json             step, tokens, data position, model config, batch shape, the data's
+                                     checksums, and "integrity": "checksums.json"
         checksums.json               size and sha256 of every file above, written last
     RUN/checkpoints/latest           the name of the newest complete checkpoint, e.g. "step_400"
 
@@ -36,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
 from pytrain.model.config import ModelConfig
+from pytrain.train.checkpoint_hold import rename_unless_read
 from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
 from pytrain.train.distributed import Distributed, all_gather_object, barrier, broadcast_object
 
@@ -44,6 +46,7 @@ LATEST = "latest"
 TRAIN_STATE = "train_state.json"
 CHECKSUMS = "checksums.json"
 CHECKSUMS_FORMAT = "pytrain-checkpoint-checksums"
+INTEGRITY = "integrity"  # train_state.json's mark that checksums.json was written: deleting that file is no opt-out
 TMP_PREFIX = ".tmp-"
 _TRAIN_STATE_KEYS = {"step": int, "tokens": int, "world_size": int, "batch_size": int, "seq_len": int,
                      "data": dict, "model_config": dict}
@@ -59,8 +62,15 @@ def _is_complete(path: Path) -> bool:
 
 
 def is_legacy(path: Path) -> bool:
-    """Saved by a pytrain that did not record checksums: it loads (through the safe reader), unverified."""
-    return not (path / CHECKSUMS).exists()
+    """Saved by a pytrain that did not record checksums: it loads (through the safe reader), unverified. A
+    checkpoint whose train_state.json carries the integrity mark never is, with or without checksums.json."""
+    if (path / CHECKSUMS).exists():
+        return False
+    try:
+        state = json.loads((path / TRAIN_STATE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return True  # verify_checkpoint reports what is wrong with train_state.json
+    return not (isinstance(state, dict) and state.get(INTEGRITY) == CHECKSUMS)
 
 
 def list_checkpoints(root: Path) -> dict[int, Path]:
@@ -120,7 +130,8 @@ def read_checksums(path: Path) -> dict[str, dict]:
     try:
         record = json.loads(where.read_text())
     except FileNotFoundError:
-        raise PytrainError(f"{where}: missing (an incomplete checkpoint, or one saved by pytrain < 0.2)") from None
+        raise PytrainError(f"{where}: missing, though this checkpoint was saved with it (its {TRAIN_STATE} says so); "
+                           "a checkpoint that lost its checksums is not used unverified") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise PytrainError(f"{where}: unreadable ({error})") from None
     files = record.get("files") if isinstance(record, dict) else None
@@ -270,7 +281,7 @@ def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dic
     """Rank 0: train_state.json and checksums.json into the finished directory, rename it, point `latest` at
     it, drop checkpoints beyond keep_last_k."""
     files = {name: entry for o in outcomes for name, entry in o.items()}
-    state_text = json.dumps(train_state, indent=1)
+    state_text = json.dumps({**train_state, INTEGRITY: CHECKSUMS}, indent=1)
     atomic_write_text(tmp / TRAIN_STATE, state_text)
     state_bytes = state_text.encode()
     files[TRAIN_STATE] = {"size": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest()}
@@ -282,12 +293,17 @@ def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dic
     atomic_write_text(root / LATEST, final.name)  # also fsyncs `root`, making the rename durable
     if keep_last_k:
         for old_step in list(list_checkpoints(root))[:-keep_last_k]:
-            _remove(root / step_name(old_step), root)
+            _remove(root / step_name(old_step), root, unless_read=True)
 
 
-def _remove(path: Path, root: Path) -> None:
+def _remove(path: Path, root: Path, unless_read: bool = False) -> None:
+    """Rename a checkpoint away, then delete it; with `unless_read`, one that `generate`/`export` is reading is left
+    for a later save to remove (pytrain.train.checkpoint_hold)."""
     doomed = root / f"{TMP_PREFIX}delete-{path.name}"
-    os.replace(path, doomed)
+    if not unless_read:
+        os.replace(path, doomed)
+    elif not rename_unless_read(path, doomed):
+        return
     shutil.rmtree(doomed, ignore_errors=True)
 
 
