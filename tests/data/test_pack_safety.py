@@ -119,6 +119,79 @@ def test_replace_rules_for_every_command(tmp_path):
     assert "no valid" in fsutil.why_not_replaceable(bad, "export")
 
 
+# ----------------------------------------------------------------------------- one writer per output
+STALL_SCRIPT = Path(__file__).resolve().parents[1] / "_stall_before_rename.py"
+
+
+def _writers(tmp_path, corpus_jsonl, tokenizer_path):
+    """command -> (its arguments, the output it writes, the path whose rename the first writer stalls before)."""
+    pack_dir = tmp_path / "P"
+    pack([corpus_jsonl], tokenizer_path, pack_dir, PackOptions(progress=False))
+    out = tmp_path / "out"
+    return {
+        "pack": (["pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out], out, out),
+        "pack --shard": (["pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--shard", "1/2"],
+                         out / "shard-00001-of-00002", out / "shard-00001-of-00002"),
+        "tokenizer train": (["tokenizer", "train", corpus_jsonl, "--vocab-size", 300, "--out", tmp_path / "tok.json"],
+                            tmp_path / "tok.json", tmp_path / "tok.json"),
+        "convert": (["convert", pack_dir, "--to", "megatron", out / "c"], out / "c", out / "c.bin"),
+        "demo": (["demo", "--small", "--out", out], out, out / fsutil.OUTPUT_MARKER),
+    }
+
+
+@pytest.mark.parametrize("command", ["pack", "pack --shard", "tokenizer train", "convert", "demo"])
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path, corpus_jsonl, tokenizer_path, command):
+    """Two real processes: the first holds its output mid-write (stalled just before its final rename), the second
+    is refused in one line naming the first and changes nothing; the first then finishes as if alone."""
+    args, final, stall_at = _writers(tmp_path, corpus_jsonl, tokenizer_path)[command]
+    first = subprocess.Popen([sys.executable, str(STALL_SCRIPT), *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "STALL_AT": str(stall_at)})
+    try:
+        deadline = time.time() + 120
+        while not Path(f"{stall_at}.stalled").exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1]
+            time.sleep(0.02)
+        before = snapshot(tmp_path)
+        line = one_line_refusal(run_cli(*args, check=False))
+        assert f"{final}: another command is writing it (pid {first.pid} " in line and f"(pytrain {command.split()[0]}" in line
+        assert snapshot(tmp_path) == before
+        if command == "demo":
+            return  # (training the demo to its end adds nothing here)
+        Path(f"{stall_at}.go").touch()
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        first.kill()
+        first.wait()
+    assert final.exists() or final.with_name(final.name + ".bin").exists()
+    assert not fsutil.lock_file_of(final).exists()
+
+
+def test_the_lock_is_on_the_file_under_the_name(tmp_path, monkeypatch):
+    """A holder removes the lock file on release; a writer that opened it just before must not believe it holds the
+    removed file's lock (a third writer would lock the new one): the lock is retried on the file under the name."""
+    final = tmp_path / "out"
+    lock_file = fsutil.lock_file_of(final)
+    lock_file.write_text("")
+    real_flock, swapped = fsutil.fcntl.flock, []
+
+    def released_between_open_and_lock(handle, operation):
+        if not swapped:  # the previous holder releases: unlinks the file; a third writer creates a new one
+            swapped.append(os.stat(lock_file).st_ino)
+            lock_file.unlink()
+            lock_file.write_text("")
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", released_between_open_and_lock)
+    with fsutil.output_lock(final, "pack"):
+        monkeypatch.undo()
+        assert swapped
+        with open(lock_file) as other:  # what a third writer sees: the file under the name is locked
+            with pytest.raises(BlockingIOError):
+                fsutil.fcntl.flock(other, fsutil.fcntl.LOCK_EX | fsutil.fcntl.LOCK_NB)
+    assert not lock_file.exists()
+
+
 # ----------------------------------------------------------------------------- interrupted swaps
 def test_an_interrupted_swap_is_restored_by_the_next_verify_and_pack(tmp_path, corpus_jsonl, tokenizer_path):
     out = tmp_path / "P"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,40 @@ def test_rerun_skips_a_complete_shard_and_refuses_changed_inputs(mixed_inputs, t
         quiet(inputs, tokenizer_path, tmp_path / "out", ShardSpec(1, 2), val_docs=3)
     quiet(inputs, tokenizer_path, tmp_path / "out", ShardSpec(1, 2), val_docs=3, overwrite=True)
     assert fmt.read_manifest(manifest.parent)["splits"]["val"]["documents"] == 3
+
+
+def test_one_folder_holds_one_sharding(documents, tokenizer_path, tmp_path):
+    """A 3-way sharding into a folder holding a 2-way one is refused (one line, nothing written); a folder holding
+    two shardings anyway (moved there by hand), or shards of other inputs, is refused by readers, naming them."""
+    from conftest import one_line_refusal, run_cli, snapshot
+
+    from pytrain.sampling.mixture import Mixture
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[:60]))
+    out = tmp_path / "out"
+    for k in range(2):
+        quiet([corpus], tokenizer_path, out, ShardSpec(k, 2))
+    before = snapshot(tmp_path)
+    line = one_line_refusal(run_cli("pack", corpus, "--tokenizer", tokenizer_path, "--out", out, "--shard", "0/3",
+                                    check=False))
+    assert f"{out}: already holds shard-00000-of-00002, a shard of a 2-way sharding" in line, line
+    assert snapshot(tmp_path) == before
+    for k in range(3):
+        quiet([corpus], tokenizer_path, tmp_path / "three", ShardSpec(k, 3))
+        (tmp_path / "three" / f"shard-0000{k}-of-00003").rename(out / f"shard-0000{k}-of-00003")
+    with pytest.raises(PytrainError, match=f"data.path: {out} holds a 2-way and a 3-way `pytrain pack --shard` output "
+                                           r"\(shard-00000-of-00002, shard-00000-of-00003\)"):
+        Mixture.of_path(out)
+    for k in range(3):
+        shutil.rmtree(out / f"shard-0000{k}-of-00003")
+    Mixture.of_path(out)  # one sharding again
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": d.upper()}) + "\n" for d in documents[:60]))
+    quiet([other], tokenizer_path, out, ShardSpec(1, 2), overwrite=True)  # half of a re-pack of other inputs
+    with pytest.raises(PytrainError, match=r"data.mixture\[0\] \(web\): .*shard-00001-of-00002 was packed from other "
+                                           r"inputs, tokenizer or options than .*shard-00000-of-00002"):
+        Mixture([{"name": "web", "path": str(out), "weight": 1.0}])
 
 
 def test_a_killed_shard_reruns_alone(documents, tokenizer_path, tmp_path):
