@@ -224,6 +224,8 @@ def test_two_configs_with_one_name_do_not_share_a_run(packed_data, tmp_path):
 def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, tmp_path):
     """`train.run_dir: .` beside the config (or any folder of the user's) is refused before anything is written;
     a new or empty folder becomes a run, and a run continues."""
+    from pytrain.train.run_dir import RunDir
+
     project = tmp_path / "project"
     project.mkdir()
     config = json.loads(json.dumps(BASE))
@@ -241,6 +243,8 @@ def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, t
     run_cli("train", "--config", "config.yaml", "train.run_dir=empty", cwd=project)
     run_cli("train", "--config", "config.yaml", "train.run_dir=empty", "train.steps=2", cwd=project)
     assert max(losses(project / "empty")) == 2
+    shutil.rmtree(project / "empty" / "checkpoints")  # a run killed before its first checkpoint: still a run
+    assert RunDir(project / "empty").why_not_a_run() is None
     assert snapshot(project) == {**before, **{k: v for k, v in snapshot(project).items() if k.startswith("empty")}}
 
 
