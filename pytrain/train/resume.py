@@ -74,23 +74,20 @@ def _candidates(config: RunConfig, rundir: RunDir, config_source: str | None) ->
 
 def _check_init_from(init_from: str | None, rundir: RunDir, existing: dict[int, Path]) -> None:
     """model.init_from gives a new run its first weights; a run directory with checkpoints resumes from them, so an
-    init_from other than the one the run started from would be silently ignored: refused."""
+    init_from other than the one the run started from would be silently ignored: refused. (Leaving it out when
+    resuming a run that started from one ignores nothing.)"""
     from pytrain.config import load_config
 
+    if init_from is None:
+        return
     started_from = load_config(rundir.config_file).model.init_from if rundir.config_file.is_file() else None
-    if _same_folder(init_from, started_from):
+    if started_from is not None and Path(started_from).resolve() == Path(init_from).resolve():
         return
     steps = ", ".join(map(str, existing))
     began = f"model.init_from={started_from}" if started_from else "fresh weights (no model.init_from)"
     raise PytrainError(f"model.init_from={init_from}: {rundir.path} already has checkpoints (steps {steps}) of a run "
-                       f"that started from {began}, and resumes from them; to start a new run from "
-                       f"{init_from or 'fresh weights'}, choose another train.run_dir")
-
-
-def _same_folder(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return a == b
-    return Path(a).resolve() == Path(b).resolve()
+                       f"that started from {began}, and resumes from them; to start a new run from {init_from}, "
+                       "choose another train.run_dir")
 
 
 def check_compatible(path: Path, model_config: dict, rundir: RunDir, data, allow_other_data: bool) -> list[str]:
