@@ -32,7 +32,6 @@ CONFIG = "config.yaml"
 ORIGIN = "run.json"
 TOKENIZER = "tokenizer.json"
 LOCK = ".lock"
-RUN_FORMAT = "pytrain-run"  # run.json's "format" (an older pytrain's run.json has only config, created, eos_id)
 
 
 class RunDir:
@@ -68,8 +67,8 @@ class RunDir:
 
     @staticmethod
     def _is_run_record(record: dict) -> bool:
-        return record.get("format") == RUN_FORMAT or ({"config", "created"} <= set(record)
-                                                      and isinstance(record["created"], (int, float)))
+        """run.json as record() writes it: the creating config (or null) and when it was created."""
+        return "config" in record and type(record.get("created")) in (int, float)
 
     def claim(self) -> None:
         """Make a new or empty folder a run directory before training starts (`pytrain demo` writes its data
@@ -98,7 +97,6 @@ class RunDir:
         """run.json: the creating config (kept from the first start) and the data's EOS id (what generation
         stops at: the pack's, which `--eos-token` may have chosen, not a guess from token names)."""
         record = self._record()
-        record["format"] = RUN_FORMAT
         record.setdefault("config", config_source)
         record.setdefault("created", time.time())
         record["eos_id"] = eos_id
