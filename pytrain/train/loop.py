@@ -129,8 +129,8 @@ class _Run:
 
         self.resume_from = choose_checkpoint(config, d, self.rundir, self.config_source, self.notes)
         if self.resume_from is not None:
-            self.notes += on_main(d, lambda: check_compatible(self.resume_from, self.model_config.to_dict(), self.rundir,
-                                                              self.data, config.checkpoint.resume_other_data))
+            self.notes += on_main(d, lambda: check_compatible(self.resume_from, self.model_config.to_dict(),
+                                                              self.rundir, self.data, config.checkpoint.resume_other_data))
         self.data.verify(config.data.verify, d)
         self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
