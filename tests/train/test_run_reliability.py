@@ -221,7 +221,7 @@ def test_two_configs_with_one_name_do_not_share_a_run(packed_data, tmp_path):
     assert max(losses(tmp_path / "runs" / "run")) == 4
 
 
-def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, tmp_path):
+def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, tmp_path, monkeypatch):
     """`train.run_dir: .` beside the config (or any folder of the user's) is refused before anything is written;
     a new or empty folder becomes a run, and a run continues."""
     from pytrain.train.run_dir import RunDir
@@ -240,8 +240,9 @@ def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, t
     assert "train.run_dir .: refusing to train there: it holds config.yaml, and no run.json" in line, line
     assert snapshot(project) == before
     (project / "empty").mkdir()
-    run_cli("train", "--config", "config.yaml", "train.run_dir=empty", cwd=project)
-    run_cli("train", "--config", "config.yaml", "train.run_dir=empty", "train.steps=2", cwd=project)
+    monkeypatch.chdir(project)
+    train(project / "config.yaml", "train.run_dir=empty")
+    train(project / "config.yaml", "train.run_dir=empty", "train.steps=2")
     assert max(losses(project / "empty")) == 2
     shutil.rmtree(project / "empty" / "checkpoints")  # a run killed before its first checkpoint: still a run
     assert RunDir(project / "empty").why_not_a_run() is None
@@ -312,7 +313,7 @@ def test_reading_the_latest_checkpoint_is_safe_against_rotation(base_run, base_c
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         deadline = time.time() + 120
-        while not (run / "checkpoints" / "step_10").exists() and time.time() < deadline and trainer.poll() is None:
+        while not (run / "checkpoints" / "step_3").exists() and time.time() < deadline and trainer.poll() is None:
             time.sleep(0.05)
         assert trainer.poll() is None, trainer.stderr.read()
         proc = run_cli("export", "--run", run, "--out", tmp_path / "hf", check=False)
