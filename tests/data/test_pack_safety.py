@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_line_refusal, run_cli, snapshot
+from conftest import check_second_writer_refused, one_line_refusal, run_cli, snapshot
 from pytrain import fsutil
 from pytrain.data import format as fmt
 from pytrain.data.corpus import mixed_documents, write_jsonl
@@ -120,9 +120,6 @@ def test_replace_rules_for_every_command(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one writer per output
-STALL_SCRIPT = Path(__file__).resolve().parents[1] / "_stall_before_rename.py"
-
-
 def _writers(tmp_path, corpus_jsonl, tokenizer_path):
     """command -> (its arguments, the output it writes, the path whose rename the first writer stalls before)."""
     pack_dir = tmp_path / "P"
@@ -141,30 +138,10 @@ def _writers(tmp_path, corpus_jsonl, tokenizer_path):
 
 @pytest.mark.parametrize("command", ["pack", "pack --shard", "tokenizer train", "convert", "demo"])
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path, corpus_jsonl, tokenizer_path, command):
-    """Two real processes: the first holds its output mid-write (stalled just before its final rename), the second
-    is refused in one line naming the first and changes nothing; the first then finishes as if alone."""
     args, final, stall_at = _writers(tmp_path, corpus_jsonl, tokenizer_path)[command]
-    first = subprocess.Popen([sys.executable, str(STALL_SCRIPT), *map(str, args)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "STALL_AT": str(stall_at)})
-    try:
-        deadline = time.time() + 120
-        while not Path(f"{stall_at}.stalled").exists():
-            assert first.poll() is None and time.time() < deadline, first.communicate()[1]
-            time.sleep(0.02)
-        before = snapshot(tmp_path)
-        line = one_line_refusal(run_cli(*args, check=False))
-        assert f"{final}: another command is writing it (pid {first.pid} " in line and f"(pytrain {command.split()[0]}" in line
-        assert snapshot(tmp_path) == before
-        if command == "demo":
-            return  # (training the demo to its end adds nothing here)
-        Path(f"{stall_at}.go").touch()
-        _, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
-    finally:
-        first.kill()
-        first.wait()
-    assert final.exists() or final.with_name(final.name + ".bin").exists()
-    assert not fsutil.lock_file_of(final).exists()
+    check_second_writer_refused(args, final, stall_at, tmp_path, finish=command != "demo")  # (a demo trains: long)
+    if command != "demo":
+        assert final.exists() or final.with_name(final.name + ".bin").exists()
 
 
 def test_the_lock_is_on_the_file_under_the_name(tmp_path, monkeypatch):

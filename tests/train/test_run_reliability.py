@@ -21,7 +21,7 @@ import yaml
 from _train_fixtures import (BASE, ENV, base_config, base_run, losses, packed_data, train,  # noqa: F401
                              train_command)
 from conftest import one_line_refusal as _one_line_error
-from conftest import run_cli, snapshot
+from conftest import check_second_writer_refused, run_cli, snapshot
 
 from pytrain.errors import PytrainError
 
@@ -301,6 +301,14 @@ def test_init_from_is_refused_on_a_run_that_has_checkpoints(base_run, base_confi
     train(base_config, f"train.run_dir={tuned}", f"model.init_from={hf}", "train.steps=2", *short)
     train(base_config, f"train.run_dir={tuned}", "train.steps=3", *short)  # without it: nothing is ignored either
     assert (tuned / "train.log").read_text().count("resumed from") == 2 and max(losses(tuned)) == 3
+
+
+@pytest.mark.parametrize("command", ["export", "plot"])
+def test_a_second_export_or_plot_of_the_same_output_is_refused(base_run, tmp_path, command):
+    out = tmp_path / ("hf" if command == "export" else "curves.png")
+    args = [command, "--run", base_run, "--out", out]
+    check_second_writer_refused(args, out, out, tmp_path)
+    assert out.exists()
 
 
 def test_reading_the_latest_checkpoint_is_safe_against_rotation(base_run, base_config, tmp_path):
