@@ -327,7 +327,8 @@ def why_file_not_replaceable(final: str | os.PathLike, command: str, inputs: Ite
     record = file_marker_of(final)
     marker = _read_marker(record)
     if marker is None:
-        return f"it has no valid {record.name} beside it, so `pytrain {command}` did not write it"
+        return (f"it has no valid {record.name} beside it, so it is not known as `pytrain {command}`'s output "
+                "(delete it yourself if it is yours to replace)")
     if marker.get("command") != command:
         return f"it is the output of `pytrain {marker.get('command')}`, not of `pytrain {command}`"
     entry = marker["files"][0] if len(marker["files"]) == 1 else {}
