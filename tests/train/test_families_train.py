@@ -82,6 +82,17 @@ def _edited(tmp_path, family, variant, **changes):
                                                   "partial_rotary_factor": 0.25}},
      "rope scaling 'linear' is not supported by pytrain's gpt_neox"),
     ("gpt_neox", "parallel", {"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false"),
+    ("qwen3_moe", "norm_topk", {"mlp_only_layers": [1]}, "mlp_only_layers=[1] is not supported by pytrain's qwen3_moe"),
+    ("qwen3_moe", "norm_topk", {"decoder_sparse_step": 2},
+     "decoder_sparse_step=2 is not supported by pytrain's qwen3_moe"),
+    ("qwen3_moe", "norm_topk", {"use_sliding_window": True},
+     "use_sliding_window=True is not supported by pytrain's qwen3_moe"),
+    ("qwen2_moe", "shared", {"qkv_bias": False}, "qkv_bias=False is not supported by pytrain's qwen2_moe"),
+    ("qwen2_moe", "shared", {"shared_expert_intermediate_size": 0},
+     "model.shared_expert_intermediate_size must be positive (got 0)"),
+    ("mixtral", "top2", {"router_jitter_noise": 0.1}, "router_jitter_noise=0.1 is not supported by pytrain's mixtral"),
+    ("olmoe", "bias", {"clip_qkv": 8.0}, "clip_qkv=8.0 is not supported by pytrain's olmoe"),
+    ("olmoe", "bias", {"num_experts_per_tok": 9}, "model.num_experts_per_tok (9) exceeds model.num_experts (8)"),
 ])
 def test_unsupported_folders_are_one_line_errors(base_config, tmp_path, capsys, family, variant, changes, message):
     folder = _edited(tmp_path, family, variant, **changes)
