@@ -42,7 +42,7 @@ class Routing(NamedTuple):
     """One MoE layer's routing in one forward (fp32 device tensors)."""
     counts: torch.Tensor        # [E] tokens the router sent to each expert (before any capacity drop), no grad
     prob_sums: torch.Tensor     # [E] router probabilities summed over tokens (differentiable)
-    z_sum: torch.Tensor         # [] sum over tokens of logsumexp(logits)^2 (differentiable)
+    z_sum: torch.Tensor         # [] sum over tokens of logsumexp(logits)^2 (differentiable with a z-loss)
     tokens: int                 # tokens routed
     dropped: torch.Tensor | None  # [] assignments dropped by the capacity, or None when dropless
 
@@ -102,6 +102,7 @@ class MoE(nn.Module):
         super().__init__()
         self.num_experts, self.top_k = config.num_experts, config.num_experts_per_tok
         self.capacity_factor = config.moe_capacity_factor
+        self.z_loss = bool(config.router_z_loss_coef)
         self.gate = Router(config)
         self.experts = GroupedExperts(config.num_experts, config.hidden_size, config.expert_intermediate_size)
         if shared_mlp is not None:
@@ -141,8 +142,9 @@ class MoE(nn.Module):
         out = rows[inverse].view(x.shape[0], self.top_k, -1).sum(dim=1)
         if self.shared_expert is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        self.routing = Routing(counts.detach().float(), probs.sum(dim=0),
-                               torch.logsumexp(logits.float(), dim=-1).square().sum(), x.shape[0], dropped)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.z_loss):  # its graph would hold the logits
+            z_sum = torch.logsumexp(logits.float(), dim=-1).square().sum()
+        self.routing = Routing(counts.detach().float(), probs.sum(dim=0), z_sum, x.shape[0], dropped)
         return out.view(shape)
 
 

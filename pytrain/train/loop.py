@@ -185,7 +185,8 @@ class _Run:
         log = self.logger.info
         log(f"pytrain {__version__} | run {self.run_dir} | {d.world_size} rank(s) on {device} | dtype {self.dtype} | "
             f"kernels {config.train.kernels}")
-        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters, "
+        active = f" ({mc.num_params(active=True) / 1e6:.2f}M active per token)" if mc.num_experts else ""
+        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters{active}, "
             f"{self.flops_per_token / 1e9:.3f} GFLOPs/token at seq {self.seq_len}")
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
@@ -217,7 +218,7 @@ class _Run:
             "lr": lr, "grad_norm": None if result.skipped else result.grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
-            **self.train_step.metrics(), **self.data.progress(self.train_data),
+            **result.router, **self.train_step.metrics(), **self.data.progress(self.train_data),
         }, eta_s=(self.config.train.steps - self.step) / max(wall_steps_per_s, 1e-9))
 
     def _sample(self) -> None:
