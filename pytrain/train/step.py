@@ -66,13 +66,22 @@ def _unscale(model: nn.Module, loss_scale: float) -> None:
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (before clipping), clipping to `max_norm` when it is > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if isinstance(norm, DTensor):  # sharded gradients: the local norms are combined over ranks here
-        norm = norm.full_tensor()
+    """The global gradient norm (before clipping), clipping to `max_norm` when it is > 0.
+
+    Sharded gradients are grouped by device mesh (FSDP2's, and expert parallelism's for the experts):
+    torch's norm and clipping take one mesh at a time; the groups' norms are combined here."""
+    groups: dict = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    norms = []
+    for params in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # local norms combined over ranks
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        for params in groups.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
 
 
