@@ -107,19 +107,20 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _blocks(dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): fp32 tiles hold twice the bytes, so they are smaller
-    (no spills on sm_80/sm_90: benchmarks/aot_check.py)."""
-    if dtype == torch.float32:
-        return 64, 64, 32, 4
-    return 64, 128, 64, 4
+def _blocks(dtype: torch.dtype, widths: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). 16-bit operands whose rows are 16-byte multiples (every
+    model's widths) take large tiles; fp32 (twice the bytes) and unaligned widths (scalar loads, more
+    registers) smaller ones, so that nothing spills on sm_80/sm_90 (benchmarks/aot_check.py)."""
+    if dtype != torch.float32 and all(width % 8 == 0 for width in widths):
+        return 64, 128, 64, 4
+    return 64, 64, 16, 4
 
 
 def _rows_product(a: torch.Tensor, b: torch.Tensor, b_strides: tuple[int, int, int], n: int,
                   ends: torch.Tensor) -> torch.Tensor:
     m, k = a.shape
     c = torch.empty((m, n), dtype=a.dtype, device=a.device)
-    block_m, block_n, block_k, warps = _blocks(a.dtype)
+    block_m, block_n, block_k, warps = _blocks(a.dtype, (k, n))
     if m and n:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
         _grouped_rows_kernel[grid](a, b, c, ends, m, n, k, ends.shape[0], a.stride(0), a.stride(1), *b_strides,
@@ -150,7 +151,7 @@ def launch_grouped_mm_bwd(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, en
         return dx, w.new_empty((0,))
     groups, n, k = w.shape
     dw = torch.empty((groups, n, k), dtype=w.dtype, device=w.device)
-    block_m, block_n, block_k, warps = _blocks(x.dtype)
+    block_m, block_n, block_k, warps = _blocks(x.dtype, (n, k))
     if groups and n and k:
         grid = (triton.cdiv(n, block_n) * triton.cdiv(k, block_k), groups)
         _grouped_weight_grad_kernel[grid](dy, x, dw, ends, n, k, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1),
