@@ -21,6 +21,7 @@ load) of its layer: from the load, outside the gradient, identically on every ra
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pytrain.model.moe import clear_routing, moe_layers, router_losses
@@ -60,12 +61,12 @@ class RouterTraining:
         clear_routing(self.layers)
 
     def step_values(self) -> dict[str, torch.Tensor]:
-        """This step's logged values as device scalars, summed over ranks (a collective, no host sync)."""
-        sums, forwards = self._sums, torch.tensor(float(self._forwards), device=self._sums.device)
+        """This step's logged values as device scalars, summed over ranks (a collective, no host sync;
+        every rank runs the same number of forwards)."""
+        totals = all_reduce_sum(self._sums)
+        forwards = self._forwards * dist.get_world_size()
         self._sums, self._forwards = None, 0
-        totals = all_reduce_sum(torch.cat([sums, forwards[None]]))
-        forwards = totals[-1]
-        self.load = totals[3:-1].view(len(self.layers), -1)
+        self.load = totals[3:].view(len(self.layers), -1)
         values = {"aux_loss": totals[0] / forwards, "expert_load": (self.load.amax(-1) / self.load.mean(-1)).max()}
         if self.z_coef:
             values["z_loss"] = totals[1] / forwards

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from _family_references import VOCAB, save_reference
+from _kernel_checks import TRITON_OK, host_syncs_forbidden
 from _train_fixtures import base_config, losses, packed_data, train  # noqa: F401
 
 transformers = pytest.importorskip("transformers")
@@ -66,6 +67,34 @@ def test_step_gradient_is_transformers_lm_plus_router_losses(tmp_path, one_rank)
         else:
             grad = ours["embed_tokens.weight" if name == "lm_head.weight" else ours_name]
         torch.testing.assert_close(grad, param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not TRITON_OK, reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
+def test_router_bookkeeping_adds_no_host_sync(one_rank, monkeypatch):
+    """Router losses, the load summed over micro-batches and ranks, the logged values and the bias update
+    stay on the device: the step's one host sync (which reads them with the loss) stays the only one."""
+    from pytrain import ops
+    from pytrain.model import build_model, preset
+    from pytrain.train.moe import RouterTraining
+
+    model = build_model(preset("tiny-moe", vocab_size=VOCAB, router_z_loss_coef=1e-3, moe_capacity_factor=1.0,
+                               router_bias_update_rate=1e-3))
+    model.init_weights(seed=0)
+    router = RouterTraining.of(model)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    previous = ops.get_backend()
+    ops.set_backend("triton")
+    try:
+        with host_syncs_forbidden(monkeypatch):
+            for _ in range(2):
+                (model(ids, ids, reduction="sum") + router.loss(2)).backward()
+                router.after_backward()
+            values = router.step_values()
+            router.update_bias()
+    finally:
+        ops.set_backend(previous)
+    assert set(values) == {"aux_loss", "z_loss", "expert_load", "dropped_tokens"}
+    assert model.layers[0].mlp.gate.expert_bias.abs().sum() > 0 and model.layers[0].mlp.routing is None
 
 
 def test_router_options_are_logged_and_resume_exactly(base_config, tmp_path):
