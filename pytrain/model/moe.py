@@ -11,8 +11,9 @@
              matrix per expert for optimizers that treat experts apart; computed with pytrain.ops.grouped_mm
 
 Routing is dropless by default: every token reaches its k experts. With a capacity factor c, an expert
-takes at most ceil(c * tokens * k / experts) tokens per forward, earlier tokens first; the assignments
-past that are dropped (the token keeps its other experts and the residual) and counted. Tokens are
+takes at most ceil(c * tokens * k / experts) tokens per training forward, earlier tokens first; the
+assignments past that are dropped (the token keeps its other experts and the residual) and counted. In
+eval mode (evaluation, generation) the layer is dropless, as the exported model in transformers is. Tokens are
 sorted by expert with one stable argsort (dropped ones last), and put back with its inverse: no loop
 over experts anywhere in the layer.
 
@@ -113,8 +114,9 @@ class MoE(nn.Module):
         self.routing: Routing | None = None
 
     def capacity(self, tokens: int) -> int | None:
-        """Assignments one expert takes per forward of `tokens` tokens (None: dropless)."""
-        if self.capacity_factor is None:
+        """Assignments one expert takes per training forward of `tokens` tokens (None: dropless, as every
+        forward in eval mode is: evaluation, generation and the exported model see all experts)."""
+        if self.capacity_factor is None or not self.training:
             return None
         return math.ceil(self.capacity_factor * tokens * self.top_k / self.num_experts)
 

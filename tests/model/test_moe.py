@@ -1,5 +1,6 @@
 """The MoE layer's routing options against a plain per-token, per-expert loop written here: dropless routing,
-a capacity factor (the latest assignments of an over-full expert dropped, and counted), the aux-loss-free
+a capacity factor (the latest assignments of an over-full expert dropped, and counted, in training mode
+only), the aux-loss-free
 expert bias (it steers the choice, not the weights), the z-loss; and no host sync on the kernel path.
 (The families' routers and aux loss against transformers: test_families.py.)"""
 
@@ -76,6 +77,9 @@ def test_capacity_drops_the_latest_assignments_of_a_full_expert():
     torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)
     assert moe.routing.dropped.item() == dropped
     assert moe.routing.counts.sum() == 48 * 2  # the load counts what the router asked for, before the cap
+    moe.eval()  # evaluation and generation are dropless, as the exported model is in transformers
+    torch.testing.assert_close(moe(x), plain_moe(moe, x)[0], atol=1e-5, rtol=1e-5)
+    assert moe.routing.dropped is None
 
 
 def test_expert_bias_steers_the_choice_and_not_the_weights():

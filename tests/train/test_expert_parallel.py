@@ -54,10 +54,16 @@ def test_expert_parallel_matches_one_process(ep_run, moe_base):
     assert "expert parallel" not in (moe_base / "train.log").read_text()
 
 
-def test_resume_on_one_rank_from_expert_parallel(ep_run, base_config, tmp_path):
+def test_resume_on_one_rank_from_expert_parallel(ep_run, base_config, tmp_path, capsys):
     run_dir = tmp_path / "one"
     train(base_config, f"train.run_dir={run_dir}", *MOE, f"checkpoint.resume={ep_run}", "checkpoint.resume_step=4")
     assert_same_steps(run_dir, ep_run, range(5, 9))
+    from pytrain.cli import main
+
+    capsys.readouterr()  # the expert bias steers routing: no Hugging Face format can hold it
+    assert main(["export", "--run", str(ep_run), "--out", str(tmp_path / "hf")]) == 2
+    assert "model.router_bias_update_rate=0.01: the expert bias" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_resume_expert_parallel_from_one_rank(moe_base, base_config, tmp_path):
