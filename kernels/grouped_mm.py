@@ -40,7 +40,8 @@ def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _grouped_rows_kernel(A, B, C, ENDS, M, N, K, n_groups, stride_am, stride_ak, stride_bg, stride_bk, stride_bn,
-                         IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """C[m, n] = sum_k A[m, k] * B[g(m), k, n] for the rows m of each group g; C is [M, N] contiguous."""
     first_row = tl.program_id(0) * BLOCK_M
     rows = first_row + tl.arange(0, BLOCK_M)
@@ -94,10 +95,10 @@ def _grouped_weight_grad_kernel(DY, X, DW, ENDS, N, K, stride_dym, stride_dyn, s
         rows = m0 + tl.arange(0, BLOCK_M)
         rmask = rows < end
         rows64 = rows.to(tl.int64)
-        dy = tl.load(DY + rows64[:, None] * stride_dym + ns[None, :] * stride_dyn, mask=rmask[:, None] & (ns < N)[None, :],
-                     other=0.0)
-        x = tl.load(X + rows64[:, None] * stride_xm + kk[None, :] * stride_xk, mask=rmask[:, None] & (kk < K)[None, :],
-                    other=0.0)
+        dy = tl.load(DY + rows64[:, None] * stride_dym + ns[None, :] * stride_dyn,
+                     mask=rmask[:, None] & (ns < N)[None, :], other=0.0)
+        x = tl.load(X + rows64[:, None] * stride_xm + kk[None, :] * stride_xk,
+                    mask=rmask[:, None] & (kk < K)[None, :], other=0.0)
         acc = _dot(tl.trans(dy), x, acc, IEEE, UPCAST)
     out = DW + g.to(tl.int64) * N * K + ns[:, None].to(tl.int64) * K + kk[None, :]
     tl.store(out, acc.to(DW.dtype.element_ty), mask=(ns < N)[:, None] & (kk < K)[None, :])
@@ -124,8 +125,8 @@ def _rows_product(a: torch.Tensor, b: torch.Tensor, b_strides: tuple[int, int, i
     if m and n:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
         _grouped_rows_kernel[grid](a, b, c, ends, m, n, k, ends.shape[0], a.stride(0), a.stride(1), *b_strides,
-                                   IEEE=a.dtype == torch.float32, UPCAST=_interpreted(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                   num_warps=warps)
+                                   IEEE=a.dtype == torch.float32, UPCAST=_interpreted(), BLOCK_M=block_m,
+                                   BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     return c
 
 

@@ -33,10 +33,11 @@ def materialize(model: nn.Module, device, fill: Callable[[str, torch.Tensor], ob
                 dtype: torch.dtype | None = None, fill_device=None) -> None:
     """Allocate `model`'s meta parameters and buffers on `device` (in `dtype`, default unchanged; buffers
     zeroed), tie the LM head to the embedding again where the config ties them (to_empty gives each
-    module its own tensor), then call `fill(name, full)` for each parameter with an empty full-size tensor (on `fill_device`, default
-    `device`) to write its value into. A sharded (DTensor) parameter keeps only this rank's slice of it
-    (`distribute_tensor(src_data_rank=None)` slices locally, no traffic), so memory stays bounded by one
-    full parameter at a time. Without `fill` the values are left uninitialised (a checkpoint is loaded next).
+    module its own tensor), then call `fill(name, full)` for each parameter with an empty full-size
+    tensor (on `fill_device`, default `device`) to write its value into. A sharded (DTensor) parameter
+    keeps only this rank's slice of it (`distribute_tensor(src_data_rank=None)` slices locally, no
+    traffic), so memory stays bounded by one full parameter at a time. Without `fill` the values are
+    left uninitialised (a checkpoint is loaded next).
     """
     model.to_empty(device=device)
     if dtype is not None:

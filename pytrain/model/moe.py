@@ -127,16 +127,8 @@ class MoE(nn.Module):
         flat = experts.flatten()  # assignment a = token * k + slot
         counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat))  # (bincount would read the largest id on the host)
-        order = torch.argsort(flat, stable=True)  # by expert, then token
-        capacity, dropped = self.capacity(x.shape[0]), None
-        kept = counts
-        if capacity is not None:
-            kept = counts.clamp(max=capacity)
-            starts = counts.cumsum(0) - counts
-            sorted_experts = flat[order]
-            rank = torch.arange(flat.shape[0], device=x.device) - starts[sorted_experts]
-            order = order[torch.argsort(rank >= capacity, stable=True)]  # the dropped ones last
-            dropped = (flat.shape[0] - kept.sum()).float()
+        order, kept = expert_order(flat, counts, self.capacity(x.shape[0]))
+        dropped = None if kept is counts else (flat.shape[0] - kept.sum()).float()
         rows = self.experts(x[order // self.top_k], kept)
         rows = (rows.float() * weights.flatten()[order, None]).to(rows.dtype)  # weighted in fp32, as torchtitan
         inverse = torch.empty_like(order)
@@ -148,6 +140,17 @@ class MoE(nn.Module):
             z_sum = torch.logsumexp(logits.float(), dim=-1).square().sum()
         self.routing = Routing(counts.detach().float(), probs.sum(dim=0), z_sum, x.shape[0], dropped)
         return out.view(shape)
+
+
+def expert_order(flat: torch.Tensor, counts: torch.Tensor, capacity: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the assignments `flat` (expert ids) sorted by expert, then token; the rows each expert takes). With
+    a `capacity`, an expert's assignments past it (its latest tokens) are moved last and not counted."""
+    order = torch.argsort(flat, stable=True)
+    if capacity is None:
+        return order, counts
+    starts = counts.cumsum(0) - counts
+    place = torch.arange(flat.shape[0], device=flat.device) - starts[flat[order]]  # within its expert
+    return order[torch.argsort(place >= capacity, stable=True)], counts.clamp(max=capacity)
 
 
 # ----------------------------------------------------------------------------- what the trainer reads

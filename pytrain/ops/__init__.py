@@ -14,6 +14,6 @@ from pytrain.ops.rope import apply_rope, apply_rope_reference, rope_table
 
 __all__ = [
     "BACKENDS", "apply_rope", "apply_rope_reference", "attention", "checks_enabled", "document_mask", "get_backend",
-    "grouped_mm", "grouped_mm_reference", "linear_cross_entropy", "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "rope_table",
-    "set_backend", "set_checks",
+    "grouped_mm", "grouped_mm_reference", "linear_cross_entropy", "linear_cross_entropy_reference", "rms_norm",
+    "rms_norm_reference", "rope_table", "set_backend", "set_checks",
 ]

@@ -86,7 +86,8 @@ class TokenExchange:
         local = counts.shape[0] // self.size
         with torch.no_grad():
             # received[r, j]: rows rank r sends to this rank's local expert j
-            received = funcol.wait_tensor(funcol.all_to_all_single(counts, None, None, self.group)).view(self.size, local)
+            received = funcol.wait_tensor(funcol.all_to_all_single(counts, None, None, self.group))
+            received = received.view(self.size, local)
             send_splits, receive_splits = torch.stack([counts.view(self.size, local).sum(1), received.sum(1)]).tolist()
             order = expert_major_order(received, sum(receive_splits))
         sent = sum(send_splits)

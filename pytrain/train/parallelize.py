@@ -4,10 +4,11 @@ family, then materialise it.
 The plan is the same for every family (pytrain.model.families), since they share one decoder trunk:
 split the experts over the expert ranks (MoE families with train.expert_parallel > 1), checkpoint-wrap
 blocks (`model.layers`), compile blocks, shard the experts and then the blocks, shard the root, in
-torchtitan's order; the meshes come from pytrain.train.mesh. The model is built on the meta device, so no rank ever holds the full weights:
-pytrain.model.materialize allocates each rank's shards and fills them from the full initial value of
-each parameter, which depends only on (seed, parameter name). A run on any number of ranks therefore
-starts from the very weights a single process would.
+torchtitan's order; the meshes come from pytrain.train.mesh. The model is built on the meta device, so
+no rank ever holds the full weights: pytrain.model.materialize allocates each rank's shards and fills
+them from the full initial value of each parameter, which depends only on (seed, parameter name). A run
+on any number of ranks (and any expert-parallel size) therefore starts from the very weights a single
+process would.
 """
 
 from __future__ import annotations

@@ -101,11 +101,12 @@ def test_moe_folder_in_transformers_5_fused_layout_loads(tmp_path, family, varia
 
 @pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
-@pytest.mark.parametrize("preset_name", ["tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox"])
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox",
+                                         "tiny-qwen2_moe"])
 def test_each_family_takes_the_kernels_that_fit(preset_name):
-    """The Triton kernels (RMSNorm, Qwen3's per-head q/k RMSNorm, RoPE, the fused LM-head loss) give each
-    family the reference path's loss and gradients; GPT-NeoX's LayerNorm and partial rotary stay on the
-    PyTorch path under backend triton too."""
+    """The Triton kernels (RMSNorm, Qwen3's per-head q/k RMSNorm, RoPE, the fused LM-head loss, the grouped
+    GEMM of a mixture of experts) give each family the reference path's loss and gradients; GPT-NeoX's
+    LayerNorm and partial rotary stay on the PyTorch path under backend triton too."""
     model = build_model(preset(preset_name, vocab_size=VOCAB))
     model.init_weights(seed=0)
     inputs, labels = ids(batch=1, seq=16, seed=3), ids(batch=1, seq=16, seed=4)

@@ -99,7 +99,8 @@ def test_router_z_loss_is_the_mean_squared_log_partition():
     xs = [inputs(seed=s) for s in (6, 7)]
     for moe, x in zip(moes, xs):
         moe(x)
-    expected = torch.stack([torch.logsumexp(x.reshape(-1, 64) @ m.gate.weight.T, -1).square() for m, x in zip(moes, xs)])
+    expected = torch.stack([torch.logsumexp(x.reshape(-1, 64) @ m.gate.weight.T, -1).square()
+                            for m, x in zip(moes, xs)])
     losses = router_losses(moes)
     torch.testing.assert_close(losses.z_loss, expected.mean())
     assert losses.counts.shape == (2, model_config.num_experts)

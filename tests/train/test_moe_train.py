@@ -106,8 +106,8 @@ def test_router_options_are_logged_and_resume_exactly(base_config, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     train(base_config, f"train.run_dir={full}", *options)
     train(base_config, f"train.run_dir={resumed}", *options, f"checkpoint.resume={full}", "checkpoint.resume_step=2")
-    rows = {json.loads(line)["step"]: json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()}
-    again = {json.loads(line)["step"]: json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()}
+    rows, again = ({row["step"]: row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+                   for run in (full, resumed))
     for step in (3, 4):
         for key in ("loss", "aux_loss", "z_loss", "expert_load", "dropped_tokens"):
             assert again[step][key] == pytest.approx(rows[step][key], rel=1e-6, abs=1e-9), (step, key)

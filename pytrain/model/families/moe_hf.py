@@ -53,9 +53,9 @@ def moe_json(model_config, *, experts_key: str, fields: tuple[str, ...]) -> dict
     family's format has no place for it (transformers would route differently)."""
     if model_config.router_bias_update_rate:
         raise PytrainError(f"model.router_bias_update_rate={model_config.router_bias_update_rate}: the expert bias of "
-                           f"aux-loss-free balancing steers the routing, and {model_config.family}'s Hugging Face format "
-                           "has no place for it (transformers would route without it); export a model trained "
-                           "without it")
+                           f"aux-loss-free balancing steers the routing, and {model_config.family}'s Hugging Face "
+                           "format has no place for it (transformers would route without it); export a model "
+                           "trained without it")
     return {experts_key: model_config.num_experts, **{name: getattr(model_config, name) for name in fields},
             "output_router_logits": False}
 

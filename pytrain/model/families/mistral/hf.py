@@ -21,8 +21,8 @@ def config_json(model_config) -> dict:
 
 
 def model_config_values(config: dict, path: Path) -> dict:
-    values = read_llama_like(config, path, MODEL_TYPE, fields=MISTRAL_FIELDS, defaults={**DEFAULTS, "sliding_window": 4096},
-                             accepted=MISTRAL_ACCEPTED)
+    values = read_llama_like(config, path, MODEL_TYPE, fields=MISTRAL_FIELDS,
+                             defaults={**DEFAULTS, "sliding_window": 4096}, accepted=MISTRAL_ACCEPTED)
     if "sliding_window" in config and config["sliding_window"] is None:
         values["sliding_window"] = None  # an explicit null: no window (Mistral v0.2+)
     return values

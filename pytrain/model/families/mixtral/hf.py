@@ -29,8 +29,8 @@ def config_json(model_config) -> dict:
 
 
 def model_config_values(config: dict, path: Path) -> dict:
-    values = read_llama_like(config, path, MODEL_TYPE, fields=MISTRAL_FIELDS, defaults={**DEFAULTS, "sliding_window": None},
-                             accepted=_ACCEPTED)
+    values = read_llama_like(config, path, MODEL_TYPE, fields=MISTRAL_FIELDS,
+                             defaults={**DEFAULTS, "sliding_window": None}, accepted=_ACCEPTED)
     return {**values, **read_moe(config, path, experts_keys=("num_local_experts", "num_experts"), fields=MOE_FIELDS,
                                  defaults=MOE_DEFAULTS)}
 
