@@ -9,6 +9,7 @@ import pytrain.kernels.grouped_mm as kmod
 from _kernel_checks import DEVICE, TRITON_OK, assert_close, host_syncs_forbidden, leaf64, poisoned, requires_triton
 from pytrain.errors import PytrainError
 from pytrain.ops import grouped_mm, grouped_mm_reference
+from pytrain.ops.grouped_mm import torch_grouped_mm
 
 # (rows, in, out, group ends): odd widths; empty groups first, inside and last; rows past the last end
 CASES = {
@@ -111,6 +112,26 @@ def test_no_host_sync(monkeypatch):
     x, w, ends, _ = problem("tiles", torch.float32, seed=4)
     with host_syncs_forbidden(monkeypatch):
         grouped_mm(x, w, ends, backend="triton").sum().backward()
+
+
+def test_torch_grouped_mm_wrapper_keeps_the_contract():
+    """The wrapper the CUDA path takes around torch._grouped_mm (bf16, sm90+), run here on PyTorch's CPU
+    implementation where it exists: the reference's values, and no gradient for the rows past the last
+    group (PyTorch leaves garbage in them)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(150, 40, generator=gen).requires_grad_()  # widths a multiple of 16 bytes
+    w = torch.randn(5, 48, 40, generator=gen).requires_grad_()
+    ends = torch.tensor([10, 10, 70, 71, 130])
+    try:
+        y = torch_grouped_mm(x, w, ends)
+    except (RuntimeError, NotImplementedError) as missing:
+        pytest.skip(f"torch._grouped_mm does not run on this CPU build: {missing}")
+    dy = torch.randn(y.shape, generator=gen)
+    got = (y, *torch.autograd.grad(y, (x, w), dy))
+    expected = grouped_mm_reference(x, w, ends)
+    for a, b in zip(got, (expected, *torch.autograd.grad(expected, (x, w), dy))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not got[0][130:].any() and not got[1][130:].any()
 
 
 @pytest.mark.parametrize("backend", ["torch"] + (["triton"] if TRITON_OK else []))
