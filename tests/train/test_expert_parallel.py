@@ -13,7 +13,8 @@ from _train_fixtures import base_config, losses, packed_data, torchrun, train  #
 # tiny-moe (8 experts, top-2) with every router option that changes what crosses the all-to-all: a capacity
 # (dropped rows are never sent), the z-loss and the aux-loss-free bias; 4 sequences per forward on every run
 MOE = ("model.preset=tiny-moe", "model.moe_capacity_factor=1.25", "model.router_z_loss_coef=0.001",
-       "model.router_bias_update_rate=0.01", "train.micro_batch_size=4", "logging.sample_every=0")
+       "model.router_bias_update_rate=0.01", "train.micro_batch_size=4", "logging.sample_every=0", "train.steps=6",
+       "checkpoint.every=3", "train.eval_every=3")
 
 
 def rows(run_dir) -> dict[int, dict]:
@@ -46,7 +47,7 @@ def ep_run(tmp_path_factory, base_config):
 
 
 def test_expert_parallel_matches_one_process(ep_run, moe_base):
-    assert_same_steps(ep_run, moe_base, range(1, 9))
+    assert_same_steps(ep_run, moe_base, range(1, 7))
     assert all(row["dropped_tokens"] > 0 for row in rows(moe_base).values())  # the capacity bites
     log = (ep_run / "train.log").read_text()
     assert "2 rank(s) on CPU" in log
@@ -56,8 +57,8 @@ def test_expert_parallel_matches_one_process(ep_run, moe_base):
 
 def test_resume_on_one_rank_from_expert_parallel(ep_run, base_config, tmp_path, capsys):
     run_dir = tmp_path / "one"
-    train(base_config, f"train.run_dir={run_dir}", *MOE, f"checkpoint.resume={ep_run}", "checkpoint.resume_step=4")
-    assert_same_steps(run_dir, ep_run, range(5, 9))
+    train(base_config, f"train.run_dir={run_dir}", *MOE, f"checkpoint.resume={ep_run}", "checkpoint.resume_step=3")
+    assert_same_steps(run_dir, ep_run, range(4, 7))
     from pytrain.cli import main
 
     capsys.readouterr()  # the expert bias steers routing: no Hugging Face format can hold it
@@ -69,8 +70,8 @@ def test_resume_on_one_rank_from_expert_parallel(ep_run, base_config, tmp_path, 
 def test_resume_expert_parallel_from_one_rank(moe_base, base_config, tmp_path):
     run_dir = tmp_path / "ep"
     torchrun(base_config, f"train.run_dir={run_dir}", *MOE, "train.expert_parallel=2", f"checkpoint.resume={moe_base}",
-             "checkpoint.resume_step=4")
-    assert_same_steps(run_dir, moe_base, range(5, 9))
+             "checkpoint.resume_step=3")
+    assert_same_steps(run_dir, moe_base, range(4, 7))
 
 
 @pytest.mark.parametrize("overrides,message", [
