@@ -3,7 +3,7 @@
     python benchmarks/gpu_report.py OUT_DIR [--dry-run] [--budget S] [--elapsed S]
 
 Reads what the stages left in OUT_DIR (stages.tsv, kernel_tests.xml, aot.json, train_*.json,
-kernels/kernels.json, attention/*.json) and reports only what they measured. Exits 1 when a stage
+kernels/kernels.json, attention/*.json, moe/moe.md) and reports only what they measured. Exits 1 when a stage
 failed or timed out (a stage skipped for lack of time is reported, not failed).
 """
 
@@ -145,12 +145,16 @@ def main(argv=None) -> int:
     if attention:
         lines += ["", "## Attention (bench_attention.py)", ""]
         lines += [f"- {name}: `{json.dumps(data)[:2000]}`" for name, data in attention.items()]
+    moe = _load(out / "moe" / "moe.json")
+    if moe and (out / "moe" / "moe.md").is_file():
+        lines += ["", "## MoE layer (bench_moe.py)", "", *(out / "moe" / "moe.md").read_text().splitlines()[2:]]
     plotted = _plot(out / "results.png", stages, trains)
     lines += ["", "results.png: stage times" + (" and training throughput" if trains else "") if plotted
               else "(matplotlib missing: no results.png)", ""]
     (out / "RESULTS.md").write_text("\n".join(lines))
     summary = {"dry_run": args.dry_run, "budget_s": args.budget, "elapsed_s": args.elapsed, "stages": stages,
-               "kernel_tests": tests, "aot": aot, "train": trains, "bench_kernels": kernels, "attention": attention}
+               "kernel_tests": tests, "aot": aot, "train": trains, "bench_kernels": kernels, "attention": attention,
+               "moe": moe}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     bad = [s["stage"] for s in stages if s["status"] in ("failed", "timeout")]
     print(f"wrote {out}/RESULTS.md, results.json" + (", results.png" if plotted else ""))

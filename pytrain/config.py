@@ -91,6 +91,7 @@ class TrainSection:
     cpu_offload: bool = False         # FSDP2 CPU offload of parameters, gradients, optimizer state
     hsdp: bool = False                # shard within a node, replicate across nodes
     hsdp_shard_size: int | None = None  # null: processes per node (LOCAL_WORLD_SIZE)
+    expert_parallel: int = 1          # MoE: ranks each layer's experts are split over (all-to-all); 1: none
     eval_every: int = 500             # 0 disables evaluation
     eval_max_batches: int = 20        # validation micro-batches per rank per evaluation
     device: str = "auto"              # auto | cuda | cpu
@@ -338,7 +339,7 @@ def _validate(config: RunConfig) -> None:
                            "data.path is required: a directory written by `pytrain pack` (or set data.mixture)")
     if config.data.mixture:
         _validate_mixture(config.data.mixture)
-    positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
+    positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len", "train.expert_parallel",
                 "train.loss_scale_init", "train.loss_scale_growth_interval",
                 "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",

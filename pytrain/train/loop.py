@@ -25,6 +25,7 @@ from pytrain.train import checkpoint as ckpt
 from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.data import RunData
 from pytrain.train.distributed import Distributed, init_distributed, on_main, shutdown
+from pytrain.train.expert_parallel import describe as describe_experts
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
 from pytrain.train.optim import build_optimizer
@@ -160,8 +161,8 @@ class _Run:
             weights = HFWeights(init_from, self.model_config)
         return build_model(self.model_config, self.d, dtype=r.dtype, reduce_dtype=train.reduce_dtype,
                            ac_every=r.ac_every, compile=train.compile, cpu_offload=train.cpu_offload,
-                           hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size, seed=train.seed,
-                           initial_weights=weights)
+                           hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size,
+                           expert_parallel=train.expert_parallel, seed=train.seed, initial_weights=weights)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.d, self.model_config.to_dict())
@@ -186,11 +187,14 @@ class _Run:
         log = self.logger.info
         log(f"pytrain {__version__} | run {self.run_dir} | {d.world_size} rank(s) on {device} | dtype {self.dtype} | "
             f"kernels {config.train.kernels}")
-        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters, "
+        active = f" ({mc.num_params(active=True) / 1e6:.2f}M active per token)" if mc.num_experts else ""
+        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters{active}, "
             f"{self.flops_per_token / 1e9:.3f} GFLOPs/token at seq {self.seq_len}")
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        if experts := describe_experts(self.model):
+            log(experts)
         for note in [*self.notes, *self.data.notes]:
             log(f"note: {note}")
         self._adjust_cpu_threads()
@@ -218,7 +222,7 @@ class _Run:
             "lr": lr, "grad_norm": None if result.skipped else result.grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
-            **self.train_step.metrics(), **self.data.progress(self.train_data),
+            **result.router, **self.train_step.metrics(), **self.data.progress(self.train_data),
         }, eta_s=(self.config.train.steps - self.step) / max(wall_steps_per_s, 1e-9))
 
     def _sample(self) -> None:
