@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pytrain.errors import PytrainError
+from pytrain.safe_read import read_json
 
 OUTPUT_MARKER = ".pytrain-output.json"
 MARKER_FORMAT = "pytrain-output"
@@ -135,8 +136,8 @@ def write_output_marker(root: str | os.PathLike, command: str) -> None:
 def read_output_marker(root: str | os.PathLike) -> dict | None:
     """The marker's content when it is well formed, else None (absent, unreadable, foreign)."""
     try:
-        marker = json.loads((Path(root) / OUTPUT_MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        marker = read_json(Path(root) / OUTPUT_MARKER)
+    except (OSError, ValueError):  # UnreadableInput is a ValueError
         return None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or not isinstance(marker.get("files"), list):
         return None
