@@ -33,10 +33,9 @@ def _clipped(line: str) -> str:
 def bounded(message: str) -> str:
     """`message` with each line clipped to MAX_LINE characters, at most MAX_LINES lines, control characters
     escaped."""
-    lines = str(message).split("\n", MAX_LINES)
-    if len(lines) > MAX_LINES:
-        rest = lines.pop().count("\n") + 1
-        lines.append(f"... ({rest} more line{'s' if rest > 1 else ''})")
+    lines = str(message).split("\n")
+    if len(lines) > MAX_LINES:  # the first MAX_LINES - 1, and a note: bounding a bounded message changes nothing
+        lines[MAX_LINES - 1:] = [f"... ({len(lines) - MAX_LINES + 1} more lines)"]
     return "\n".join(_clipped(line) for line in lines)
 
 

@@ -74,6 +74,14 @@ def open_regular(path: str | os.PathLike, what: str = "file"):
         raise
 
 
+def require_regular(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse (UnreadableInput) a path that exists and is not a regular file (symlinks followed), before a reader
+    that would block on a FIFO or read a device forever opens it; OSError when it cannot be examined."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise UnreadableInput(str(path), f"is {_kind(mode)}, not a {what}; pass a regular file")
+
+
 def _size_text(n: int) -> str:
     return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n} bytes"
 

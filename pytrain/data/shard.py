@@ -56,7 +56,7 @@ def parse_shard(text: str, environ=os.environ) -> ShardSpec:
     if not match:
         raise PytrainError(f"--shard {text!r}: expected K/N with 0 <= K < N (0-based, e.g. 0/8 ... 7/8) or auto")
     index, count = (int(digits) if len(digits) <= 18 else 10**18 for digits in match.groups())  # no 5000-digit ints
-    return _checked(index, count, f"--shard {text}")
+    return _checked(index, count, f"--shard {text.strip() if len(text) <= 40 else shown(text.strip(), 40)}")
 
 
 def _checked(index: int, count: int, where: str) -> ShardSpec:

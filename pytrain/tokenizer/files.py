@@ -6,7 +6,10 @@ tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 from pytrain.errors import PytrainError
@@ -40,7 +43,8 @@ def read_tokenizer(path: str | Path):
         raise PytrainError(f"{path}: cannot read the tokenizer ({error.strerror})") from None
     text = checked_json_text(raw, str(path))
     try:
-        tokenizer = Tokenizer.from_str(text)
+        with _rust_panic_output_hidden():
+            tokenizer = Tokenizer.from_str(text)
     except BaseException as error:  # a bare Exception for parse errors; pyo3's PanicException (a BaseException)
         if not isinstance(error, Exception) and type(error).__name__ != "PanicException":  # Ctrl-C, SIGTERM
             raise
@@ -54,6 +58,21 @@ def read_tokenizer(path: str | Path):
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer, raw, path
+
+
+@contextlib.contextmanager
+def _rust_panic_output_hidden():
+    """File descriptor 2 pointed at /dev/null: `tokenizers`' Rust panic hook prints the panic and a backtrace there
+    before pyo3 raises PanicException, whose message the one-line error then carries."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def _keyed_problem(raw: bytes) -> str:
