@@ -242,14 +242,15 @@ def _override(config: RunConfig, item: str) -> RunConfig:
     import yaml
 
     key, sep, text = item.partition("=")
+    given = item if len(item) <= 80 else item[:80] + "..."  # echoed in full, a long value would hide the message
     if not sep or "." not in key:
-        raise PytrainError(f'override "{item}": expected section.key=value, e.g. train.steps=100')
+        raise PytrainError(f'override "{given}": expected section.key=value, e.g. train.steps=100')
     check_yaml(text, f'override "{key}"')
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
         value = text
-    _set(config, key.strip(), value, f'override "{item}"')
+    _set(config, key.strip(), value, f'override "{given}"')
     return config
 
 
@@ -346,7 +347,7 @@ def _validate(config: RunConfig) -> None:
         _validate_mixture(config.data.mixture)
     positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
                 "train.loss_scale_init", "train.loss_scale_growth_interval",
-                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
+                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens", "optim.eps", "logging.peak_tflops"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
                     "schedule.warmup_steps", "optim.grad_clip", "optim.weight_decay", "checkpoint.resume_step",
                     "logging.sample_temperature"]

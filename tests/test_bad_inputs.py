@@ -268,3 +268,24 @@ def _hidden_matplotlib(tmp_path: Path) -> Path:
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
     return stub.parent
+
+
+@pytest.mark.parametrize("pattern, expected", [("(", "end pattern with unmatched parenthesis"),
+                                               ("\\p{Foo}", "invalid character property name")])
+def test_a_regex_the_tokenizers_engine_rejects(work, pattern, expected):
+    config = json.loads((work / "tokenizer.json").read_text())
+    config["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}, config["pre_tokenizer"]]}
+    (work / "regex.json").write_text(json.dumps(config))
+    assert_one_line_refusal(["pack", work / "corpus.jsonl", "--tokenizer", work / "regex.json", "--out", work / "o"],
+                            work, "regex.json: not a valid tokenizer.json (pre_tokenizer", expected)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.eps=0", "optim.eps must be positive, got 0.0"), ("optim.eps=-1e-8", "optim.eps must be positive"),
+    ("optim.eps=.inf", "optim.eps must be a finite number"), ("logging.peak_tflops=0", "logging.peak_tflops must be positive"),
+    ("train.steps=" + "9" * 5000, "train.steps must be an integer"),
+])
+def test_numbers_in_the_config(work, override, expected):
+    (work / "run.yaml").write_text("data: {path: x}\n")
+    assert_one_line_refusal(["train", "--config", work / "run.yaml", override], work, expected)
