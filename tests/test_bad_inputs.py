@@ -289,3 +289,11 @@ def test_a_regex_the_tokenizers_engine_rejects(work, pattern, expected):
 def test_numbers_in_the_config(work, override, expected):
     (work / "run.yaml").write_text("data: {path: x}\n")
     assert_one_line_refusal(["train", "--config", work / "run.yaml", override], work, expected)
+
+
+def test_a_megatron_index_that_is_a_fifo(work):
+    os.mkfifo(work / "m.idx")
+    (work / "m.bin").write_bytes(b"\0" * 8)
+    for given in ("m", "m.bin"):
+        assert_one_line_refusal(["pack", work / given, "--tokenizer", work / "tokenizer.json", "--out", work / "out"],
+                                work, "m.idx: is a named pipe (FIFO), not a Megatron index")

@@ -29,7 +29,8 @@ def input_kind(given) -> str:
     path = Path(given)
     if (pair := megatron_format.pair_paths(path)) is not None:
         for part in pair:
-            require_regular(part, "Megatron dataset file")
+            if part.exists():  # a missing one is read_index's to name
+                require_regular(part, "Megatron dataset file")
         return MegatronReader.kind
     if not path.exists():
         raise PytrainError(f"{path}: no such file or directory")
