@@ -294,6 +294,6 @@ def test_numbers_in_the_config(work, override, expected):
 def test_a_megatron_index_that_is_a_fifo(work):
     os.mkfifo(work / "m.idx")
     (work / "m.bin").write_bytes(b"\0" * 8)
-    for given in ("m", "m.bin"):
-        assert_one_line_refusal(["pack", work / given, "--tokenizer", work / "tokenizer.json", "--out", work / "out"],
+    for name in ("m", "m.bin"):
+        assert_one_line_refusal(["pack", work / name, "--tokenizer", work / "tokenizer.json", "--out", work / "out"],
                                 work, "m.idx: is a named pipe (FIFO), not a Megatron index")
