@@ -15,14 +15,14 @@ Torch-free, so a bad config fails before any heavy import.
 
 from __future__ import annotations
 
-import json
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
-from pytrain.errors import PytrainError, did_you_mean
+from pytrain.errors import PytrainError, did_you_mean, shown
 from pytrain.model.config import PRESETS, ModelConfig
+from pytrain.safe_read import MAX_JSON_BYTES, check_yaml, parse_json, read_bytes
 
 
 def _model_section():
@@ -169,21 +169,27 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def _read(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_bytes(path, MAX_JSON_BYTES, "config file")
     except FileNotFoundError:
         raise PytrainError(f"{path}: config file not found") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PytrainError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
+    if path.suffix == ".json":
+        return _mapping(parse_json(text, str(path), object_pairs_hook=_unique_keys_object), path)
+    check_yaml(text, str(path))
     try:
-        if path.suffix == ".json":
-            raw = json.loads(text, object_pairs_hook=_unique_keys_object)
-        else:
-            raw = _yaml_unique_keys(text)
+        raw = _yaml_unique_keys(text)
     except PytrainError as error:
         raise PytrainError(f"{path}: {error}") from None
     except Exception as error:  # yaml/json syntax errors: one line naming the file
         detail = " ".join(str(error).split())
         raise PytrainError(f"{path}: cannot parse config: {detail}") from None
+    return _mapping(raw, path)
+
+
+def _mapping(raw, path: Path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -228,7 +234,7 @@ def _build(raw: dict, where: str) -> RunConfig:
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise PytrainError(f'{where}: section "{name}" must be a mapping of keys, got {values!r}')
+            raise PytrainError(f'{where}: section "{name}" must be a mapping of keys, got {shown(values)}')
         for key, value in values.items():
             _set(config, f"{name}.{key}", value, where)
     return config
@@ -238,13 +244,15 @@ def _override(config: RunConfig, item: str) -> RunConfig:
     import yaml
 
     key, sep, text = item.partition("=")
+    given = item if len(item) <= 80 else item[:80] + "..."  # echoed in full, a long value would hide the message
     if not sep or "." not in key:
-        raise PytrainError(f'override "{item}": expected section.key=value, e.g. train.steps=100')
+        raise PytrainError(f'override "{given}": expected section.key=value, e.g. train.steps=100')
+    check_yaml(text, f'override "{key}"')
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
         value = text
-    _set(config, key.strip(), value, f'override "{item}"')
+    _set(config, key.strip(), value, f'override "{given}"')
     return config
 
 
@@ -322,7 +330,7 @@ def _coerce(value, tp, key: str, where: str):
 
 
 def _type_error(value, expected: str, key: str, where: str) -> PytrainError:
-    return PytrainError(f"{where}: {key} must be {expected}, got {value!r}")
+    return PytrainError(f"{where}: {key} must be {expected}, got {shown(value)}")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -341,7 +349,7 @@ def _validate(config: RunConfig) -> None:
         _validate_mixture(config.data.mixture)
     positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len", "train.expert_parallel",
                 "train.loss_scale_init", "train.loss_scale_growth_interval",
-                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
+                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens", "optim.eps", "logging.peak_tflops"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
                     "schedule.warmup_steps", "optim.grad_clip", "optim.weight_decay", "checkpoint.resume_step",
                     "logging.sample_temperature"]
@@ -384,19 +392,19 @@ def _validate_mixture(entries: list[dict]) -> None:
             raise PytrainError(f"{where}: missing {', '.join(missing)}; an entry is {{name, path, weight}}")
         name, path, weight = entry["name"], entry["path"], entry["weight"]
         if not isinstance(name, str) or not name:
-            raise PytrainError(f"{where}: name must be a non-empty string, got {name!r}")
+            raise PytrainError(f"{where}: name must be a non-empty string, got {shown(name)}")
         where = f"{where} ({name})"
         if name in seen:
             raise PytrainError(f'{where}: duplicate name "{name}" (also data.mixture[{seen[name]}]); names must differ')
         seen[name] = i
         if not isinstance(path, str) or not path:
-            raise PytrainError(f"{where}: path must be a pack directory or a glob of them, got {path!r}")
+            raise PytrainError(f"{where}: path must be a pack directory or a glob of them, got {shown(path)}")
         try:
             number = float(weight) if not isinstance(weight, bool) else float("nan")
         except (TypeError, ValueError):
             number = float("nan")
         if not 0 < number < float("inf"):
-            raise PytrainError(f"{where}: weight must be a number > 0, got {weight!r}")
+            raise PytrainError(f"{where}: weight must be a number > 0, got {shown(weight)}")
         entry["weight"] = number
 
 
@@ -408,4 +416,4 @@ def activation_checkpoint_every(train: TrainSection) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     raise PytrainError(f'train.activation_checkpointing must be "none", "full" or k >= 0 (every k-th block), '
-                       f"got {value!r}")
+                       f"got {shown(value)}")

@@ -110,8 +110,8 @@ DEMO_ENTRIES = {"corpus.jsonl", "tokenizer.json", file_marker_of("tokenizer.json
                 "run.json", ".lock", "checkpoints", "train.log", "metrics.jsonl", "tensorboard", "wandb_id", SAMPLES,
                 "plot.png", "hf", OUTPUT_MARKER}
 # checkpoints/ entries, and (with a leading "/") the files inside a step or temporary directory
-_CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*|\.latest\.tmp-.*"
-                               r"|/(\.metadata|__\d+_\d+\.distcp|rng_rank\d+\.pt|train_state\.json|checksums\.json"
+_CHECKPOINT_ENTRY = re.compile(r"step_[0-9]+|latest|\.tmp-.*|\.latest\.tmp-.*"
+                               r"|/(\.metadata|__[0-9]+_[0-9]+\.distcp|rng_rank[0-9]+\.pt|train_state\.json|checksums\.json"
                                r"|\.[\w.]+\.tmp-\w+)")
 
 

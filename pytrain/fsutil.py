@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pytrain.errors import PytrainError
+from pytrain.safe_read import read_json
 
 OUTPUT_MARKER = ".pytrain-output.json"
 MARKER_FORMAT = "pytrain-output"
@@ -236,8 +237,8 @@ def write_output_marker(root: str | os.PathLike, command: str) -> None:
 
 def _read_marker(where: Path) -> dict | None:
     try:
-        marker = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        marker = read_json(where)
+    except (OSError, ValueError):  # UnreadableInput is a ValueError
         return None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or not isinstance(marker.get("files"), list):
         return None

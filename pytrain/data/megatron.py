@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.errors import PytrainError
+from pytrain.safe_read import open_regular
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -47,7 +48,7 @@ def pair_paths(given: str | os.PathLike) -> tuple[Path, Path] | None:
     idx, bin_ = prefix.with_name(prefix.name + ".idx"), prefix.with_name(prefix.name + ".bin")
     if not idx.exists():
         raise PytrainError(f"{bin_}: no {idx.name} beside it; a Megatron dataset is a NAME.bin + NAME.idx pair")
-    with open(idx, "rb") as handle:
+    with open_regular(idx, "Megatron index") as handle:
         magic = handle.read(len(MAGIC))
     if magic != MAGIC:
         what = ("a pytrain pack's index, not a Megatron one (a pack is read by training, not packed again)"

@@ -26,7 +26,6 @@ or failed shards are packed again.
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import re
@@ -36,10 +35,11 @@ from pathlib import Path
 from pytrain.data import format as fmt
 from pytrain.data.readers import READERS, input_bytes, input_kind
 from pytrain.data.readers.base import Part
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, shown
 
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-SHARD_DIR = re.compile(r"shard-(\d+)-of-(\d+)$")
+_SPEC = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$")
+MAX_SHARDS = 99_999  # the folder names' five digits; a count like a pasted job id is refused before any work
+SHARD_DIR = re.compile(r"shard-([0-9]+)-of-([0-9]+)$")
 # PackOptions fields that cannot change the packed bytes (the rest are part of a shard's identity).
 _NEUTRAL_OPTIONS = ("threads", "batch_bytes", "overwrite", "progress")
 
@@ -61,12 +61,15 @@ def parse_shard(text: str, environ=os.environ) -> ShardSpec:
     match = _SPEC.match(text)
     if not match:
         raise PytrainError(f"--shard {text!r}: expected K/N with 0 <= K < N (0-based, e.g. 0/8 ... 7/8) or auto")
-    return _checked(int(match.group(1)), int(match.group(2)), f"--shard {text}")
+    index, count = (int(digits) if len(digits) <= 18 else 10**18 for digits in match.groups())  # no 5000-digit ints
+    return _checked(index, count, f"--shard {text.strip() if len(text) <= 40 else shown(text.strip(), 40)}")
 
 
 def _checked(index: int, count: int, where: str) -> ShardSpec:
+    if count > MAX_SHARDS:
+        raise PytrainError(f"{where}: {shown(count)} shards; pack splits its inputs into at most {MAX_SHARDS} shards")
     if count < 1 or not 0 <= index < count:
-        raise PytrainError(f"{where}: shard {index} of {count} is out of range; K is 0-based, 0 <= K < N")
+        raise PytrainError(f"{where}: shard {shown(index)} of {count} is out of range; K is 0-based, 0 <= K < N")
     return ShardSpec(index, count)
 
 
@@ -107,8 +110,7 @@ def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
     kinds = [input_kind(p) for p in paths]
     sizes = [input_bytes(p) for p in paths]
     total = sum(sizes)
-    bounds = [k * total // spec.count for k in range(spec.count + 1)]
-    lo, hi = bounds[spec.index], bounds[spec.index + 1]
+    lo, hi = _bound(spec.index, total, spec.count), _bound(spec.index + 1, total, spec.count)
     chosen, parts, start = [], [], 0
     for path, kind, size in zip(paths, kinds, sizes):
         if READERS[kind].splittable:
@@ -117,11 +119,24 @@ def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
             if part is not None:
                 chosen.append(path)
                 parts.append(part)
-        elif min(bisect.bisect_right(bounds, start + size // 2) - 1, spec.count - 1) == spec.index:
+        elif _shard_holding(start + size // 2, total, spec.count) == spec.index:
             chosen.append(path)
             parts.append(None)
         start += size
     return chosen, parts
+
+
+def _bound(k: int, total: int, count: int) -> int:
+    """Where byte range k of `count` equal ranges of `total` bytes starts (range k is [bound k, bound k+1))."""
+    return k * total // count
+
+
+def _shard_holding(byte: int, total: int, count: int) -> int:
+    """The range of `count` equal ranges of `total` bytes that holds `byte` (the last one for bytes at or past the
+    end): the largest k with _bound(k) <= byte, computed, not searched, so no list of `count` bounds is built."""
+    if total == 0:
+        return count - 1
+    return min(((byte + 1) * count + total - 1) // total - 1, count - 1)
 
 
 def _line_part(path: Path, a: int, b: int, size: int) -> Part | None:

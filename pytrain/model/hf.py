@@ -23,13 +23,13 @@ Torch-free at import: the run configuration reads `hf_model_config` (model.init_
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 from pytrain.errors import PytrainError
 from pytrain.model.config import ROPE_TYPES, ModelConfig
+from pytrain.safe_read import read_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -148,11 +148,9 @@ def read_config_json(folder: str | os.PathLike) -> tuple[dict, Path]:
         raise PytrainError(f"{folder}: no such folder (expected a Hugging Face model folder with config.json and "
                            "model.safetensors, e.g. from `pytrain export`)")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)
     except FileNotFoundError:
         raise PytrainError(f"{path}: missing; not a Hugging Face model folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{path}: invalid JSON ({error})") from None
     if not isinstance(config, dict):
         raise PytrainError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config, path
@@ -300,8 +298,8 @@ class HFWeights:
 
 def _read_weight_map(index: Path) -> dict:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        weight_map = read_json(index)["weight_map"]
+    except (KeyError, TypeError) as error:
         raise PytrainError(f"{index}: not a safetensors index (needs a weight_map object): {error}") from None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) and "/" not in f and "\\" not in f
                                                    for f in weight_map.values()):

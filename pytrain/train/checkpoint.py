@@ -37,6 +37,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
 from pytrain.model.config import ModelConfig
+from pytrain.safe_read import read_json
+from pytrain.train.checkpoint_files import check_train_state, parse_step_name
 from pytrain.train.checkpoint_hold import rename_unless_read
 from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
 from pytrain.train.distributed import Distributed, all_gather_object, barrier, broadcast_object
@@ -48,8 +50,6 @@ CHECKSUMS = "checksums.json"
 CHECKSUMS_FORMAT = "pytrain-checkpoint-checksums"
 INTEGRITY = "integrity"  # train_state.json's mark that checksums.json was written: deleting that file is no opt-out
 TMP_PREFIX = ".tmp-"
-_TRAIN_STATE_KEYS = {"step": int, "tokens": int, "world_size": int, "batch_size": int, "seq_len": int,
-                     "data": dict, "model_config": dict}
 
 
 def step_name(step: int) -> str:
@@ -67,8 +67,8 @@ def is_legacy(path: Path) -> bool:
     if (path / CHECKSUMS).exists():
         return False
     try:
-        state = json.loads((path / TRAIN_STATE).read_text())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        state = read_json(path / TRAIN_STATE)
+    except (OSError, ValueError):  # UnreadableInput is a ValueError
         return True  # verify_checkpoint reports what is wrong with train_state.json
     return not (isinstance(state, dict) and state.get(INTEGRITY) == CHECKSUMS)
 
@@ -78,9 +78,9 @@ def list_checkpoints(root: Path) -> dict[int, Path]:
     found = {}
     if root.is_dir():
         for path in root.iterdir():
-            name = path.name
-            if name.startswith("step_") and name[5:].isdigit() and _is_complete(path):
-                found[int(name[5:])] = path
+            step = parse_step_name(path.name)
+            if step is not None and _is_complete(path):
+                found[step] = path
     return dict(sorted(found.items()))
 
 
@@ -128,12 +128,10 @@ def read_checksums(path: Path) -> dict[str, dict]:
     """checksums.json of checkpoint `path` as {file name: {"size", "sha256"}}, checked for shape."""
     where = path / CHECKSUMS
     try:
-        record = json.loads(where.read_text())
+        record = read_json(where)
     except FileNotFoundError:
         raise PytrainError(f"{where}: missing, though this checkpoint was saved with it (its {TRAIN_STATE} says so); "
                            "a checkpoint that lost its checksums is not used unverified") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{where}: unreadable ({error})") from None
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(record, dict) or record.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict):
         raise PytrainError(f"{where}: not a pytrain checkpoint checksum list")
@@ -312,15 +310,10 @@ def read_train_state(path: Path) -> dict:
     """train_state.json of checkpoint `path`, checked for the keys and types a resume needs."""
     where = path / TRAIN_STATE
     try:
-        state = json.loads(where.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{where}: unreadable ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict):
-        raise PytrainError(f"{where}: not a JSON object")
-    for key, kind in _TRAIN_STATE_KEYS.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise PytrainError(f"{where}: {key} is missing or not {kind.__name__}")
-    return state
+        state = read_json(where)
+    except OSError as error:
+        raise PytrainError(f"{where}: unreadable ({error.strerror})") from None
+    return check_train_state(state, str(where), parse_step_name(path.name))
 
 
 def model_config_changes(saved: dict, current: dict) -> str:

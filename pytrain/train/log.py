@@ -25,6 +25,7 @@ from pathlib import Path
 from pytrain.config import LoggingSection
 from pytrain.fsutil import atomic_write_text
 from pytrain.progress import bar, duration, human
+from pytrain.safe_read import parse_json
 
 BAR_WIDTH = 20
 
@@ -69,7 +70,7 @@ class RunLogger:
             if not row.strip():
                 continue
             try:
-                step = json.loads(row)["step"]
+                step = parse_json(row, str(path))["step"]  # UnreadableInput is a ValueError
             except (ValueError, KeyError, TypeError):
                 torn += 1
                 continue

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pytrain.errors import PytrainError
 from pytrain.fsutil import acquire_lock, atomic_file, atomic_write_text, name_holder
+from pytrain.safe_read import read_json
 
 CONFIG = "config.yaml"
 ORIGIN = "run.json"
@@ -83,7 +84,7 @@ class RunDir:
     # ------------------------------------------------------------------ which config made the run
     def _record(self) -> dict:
         try:
-            record = json.loads(self.origin_file.read_text())
+            record = read_json(self.origin_file)
         except (OSError, ValueError):
             return {}
         return record if isinstance(record, dict) else {}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_cli
 from pytrain.data import format as fmt
@@ -222,3 +224,16 @@ def test_cli_shard_error_is_one_line(tmp_path, tokenizer_path, corpus_jsonl):
                            str(tokenizer_path), "--out", str(tmp_path / "o"), "--shard", "auto"],
                           capture_output=True, text=True, env=environ)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--shard auto" in proc.stderr
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 10**6), st.integers(1, 200), st.data())
+def test_the_shard_holding_a_byte_is_computed_as_the_list_of_bounds_would_give_it(total, count, data):
+    """No list of N bounds is built (a count like 10^11 was OOM-killed building it); the reference builds it."""
+    import bisect
+
+    from pytrain.data.shard import _shard_holding
+
+    byte = data.draw(st.integers(0, total + 5))
+    bounds = [k * total // count for k in range(count + 1)]
+    assert _shard_holding(byte, total, count) == min(bisect.bisect_right(bounds, byte) - 1, count - 1)
