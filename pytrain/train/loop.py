@@ -27,7 +27,7 @@ from pytrain.train.data import RunData
 from pytrain.train.distributed import Distributed, init_distributed, on_main, shutdown
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
-from pytrain.train.optim import build_optimizer
+from pytrain.train.optim import build_optimizer, describe_optimizer
 from pytrain.train.parallelize import build_model
 from pytrain.train.resolve import ResolvedRun, resolve_run
 from pytrain.train.resume import changes_since_saved, check_compatible, choose_checkpoint
@@ -190,6 +190,8 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for line in describe_optimizer(self.optimizer, self.model):
+            log(line)
         for note in [*self.notes, *self.data.notes]:
             log(f"note: {note}")
         self._adjust_cpu_threads()
