@@ -49,7 +49,23 @@ def reference_optimizers(model: nn.Module, settings: dict, nesterov: bool) -> li
 
 def loss_of(model: nn.Module, step: int) -> torch.Tensor:
     tokens = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(step))
+    tokens = tokens.to(next(model.parameters()).device)
     return model(tokens[:, :-1], labels=tokens[:, 1:])
+
+
+def train_both(model, optimizer, reference, references, steps: int, compare) -> None:
+    """Step pytrain's optimizer and the reference optimizers on the same losses; `compare` after each step."""
+    for step in range(1, steps + 1):
+        lr = MUON["lr"] * step / steps  # the schedule sets every group's lr
+        for group in optimizer.param_groups + [g for o in references for g in o.param_groups]:
+            group["lr"] = lr
+        loss_of(model, step).backward()
+        loss_of(reference, step).backward()
+        for o in [optimizer, *references]:
+            o.step()
+            o.zero_grad()
+        for (name, got), expected in zip(model.named_parameters(), reference.parameters()):
+            compare(got, expected, (step, name))
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -60,20 +76,25 @@ def test_muon_equals_torch_muon_and_adamw_step_by_step(nesterov):
     optimizer = build_optimizer(model, OptimSection(**MUON, nesterov=nesterov), torch.device("cpu"))
     optimizer.ns_dtype = torch.bfloat16
     references = reference_optimizers(reference, MUON, nesterov)
-    for step in range(1, 5):
-        lr = MUON["lr"] * step / 4  # the schedule sets every group's lr
-        for group in optimizer.param_groups + [g for o in references for g in o.param_groups]:
-            group["lr"] = lr
-        loss_of(model, step).backward()
-        loss_of(reference, step).backward()
-        optimizer.step()
-        for o in references:
-            o.step()
-        optimizer.zero_grad()
-        for o in references:
-            o.zero_grad()
-        for (name, got), expected in zip(model.named_parameters(), reference.parameters()):
-            assert torch.equal(got, expected), (step, name, (got - expected).abs().max())
+
+    def equal(got, expected, where):
+        assert torch.equal(got, expected), (where, (got - expected).abs().max())
+
+    train_both(model, optimizer, reference, references, 4, equal)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh runs it)")
+def test_cuda_compiled_bf16_close_to_torch_muon():
+    """On CUDA the iteration runs compiled in bf16: within bf16 rounding of torch.optim.Muon's eager bf16."""
+    model = tiny_model().cuda()
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, OptimSection(**MUON), torch.device("cuda"))
+    assert optimizer.ns_dtype == torch.bfloat16
+
+    def close(got, expected, where):
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-4, msg=lambda m: f"{where}: {m}")
+
+    train_both(model, optimizer, reference, reference_optimizers(reference, MUON, True), 4, close)
 
 
 def test_adamw_equals_torch_adamw():
