@@ -214,6 +214,17 @@ def test_state_before_the_first_step_leaves_weights_and_zero_momentum():
     assert all(int(optimizer.state[p]["step"]) == 0 for g in adamw_groups for p in g["params"])
 
 
+def test_defaults_are_torch_muons():
+    """The documented defaults of optim.momentum, nesterov, ns_steps, ns_coefficients are torch.optim.Muon's."""
+    import inspect
+
+    torch_defaults = {k: v.default for k, v in inspect.signature(torch.optim.Muon).parameters.items()}
+    section = OptimSection()
+    assert (section.momentum, section.nesterov, section.ns_steps) == (
+        torch_defaults["momentum"], torch_defaults["nesterov"], torch_defaults["ns_steps"])
+    assert tuple(section.ns_coefficients) == torch_defaults["ns_coefficients"]
+
+
 @pytest.mark.parametrize("override, message", [
     ("optim.name=sgd", 'optim.name: unknown value "sgd"'),
     ("optim.momentum=1", "optim.momentum must be in [0, 1), got 1.0"),

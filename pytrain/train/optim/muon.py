@@ -31,7 +31,7 @@ from pytrain.config import OptimSection
 from pytrain.errors import PytrainError
 from pytrain.model.materialize import canonical_name
 from pytrain.train.optim.adamw import adamw
-from pytrain.train.optim.newton_schulz import orthogonalize, orthogonalizer
+from pytrain.train.optim.newton_schulz import DEFAULT_COEFFICIENTS, DEFAULT_STEPS, orthogonalizer
 from pytrain.train.optim.sharded import Sharded, transform_sharded
 
 MATCH_ADAMW_RMS = 0.2
@@ -73,21 +73,19 @@ class Muon(torch.optim.Optimizer):
     others. The AdamW's groups become this optimizer's later groups and both share one state, so the
     training step, the schedule (every group's "lr") and DCP's state dict see a single optimizer.
 
-    `device` is where the Newton-Schulz iterations run (the training device, also under CPU offload);
-    `ns_dtype` their dtype (default: bf16 on CUDA, fp32 elsewhere).
+    `device` is where the Newton-Schulz iterations run (the training device, also under CPU offload), in
+    `ns_dtype`: bf16 on CUDA, fp32 elsewhere.
     """
 
     def __init__(self, matrices: list[Tensor], others: torch.optim.AdamW | None, *, lr: float, weight_decay: float,
-                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-                 ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
-                 device: torch.device = torch.device("cpu"), ns_dtype: torch.dtype | None = None):
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = DEFAULT_STEPS,
+                 ns_coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+                 device: torch.device = torch.device("cpu")):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coefficients=tuple(ns_coefficients), algorithm="muon")
         super().__init__([{"params": matrices}], defaults)
-        self.device = device
+        self.compute_device = device
         self._orthogonalize, self.ns_dtype = orthogonalizer(device)
-        if ns_dtype is not None:
-            self._orthogonalize, self.ns_dtype = orthogonalize, ns_dtype
         self._adamw = others
         if others is not None:
             for group in others.param_groups:  # their own parameters, disjoint from the matrices
@@ -116,42 +114,35 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _step_matrices(self) -> None:
-        params, groups, updates = [], [], []
-        for group in self.param_groups:
-            if group["algorithm"] != "muon":
-                continue
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if "momentum_buffer" not in state:  # a DTensor like the parameter, so DCP reshards it
-                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                grad, buf, momentum = _local(param.grad), _local(state["momentum_buffer"]), group["momentum"]
-                buf.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                group_of, shard_dim = shard_layout(param)
-                transform = functools.partial(self._orthogonalize, steps=group["ns_steps"],
-                                              coefficients=tuple(group["ns_coefficients"]), dtype=self.ns_dtype)
-                local = update.to(device=self.device, dtype=self.ns_dtype).contiguous()
-                params.append(param)
-                groups.append(group)
-                updates.append((group_of, Sharded(local, param.shape, shard_dim, transform)))
-        for param, group, result in zip(params, groups, self._orthogonalize_all(updates)):
+        matrices = [(param, group) for group in self.param_groups if group["algorithm"] == "muon"
+                    for param in group["params"] if param.grad is not None]
+        layouts = [shard_layout(param) for param, _ in matrices]
+        exchanged_over: dict = {}  # process group (None: held whole here) -> the matrices exchanged over it
+        for i, (process_group, _) in enumerate(layouts):
+            exchanged_over.setdefault(process_group, []).append(i)
+        results: list[Tensor | None] = [None] * len(matrices)
+        for process_group, indices in exchanged_over.items():
+            updates = [self._momentum_update(*matrices[i], shard_dim=layouts[i][1]) for i in indices]
+            for i, result in zip(indices, transform_sharded(updates, process_group)):
+                results[i] = result
+        for (param, group), result in zip(matrices, results):
             local = _local(param)
             local.mul_(1 - group["lr"] * group["weight_decay"])
             local.add_(result.to(local.device), alpha=-adjusted_lr(group["lr"], param.shape))
 
-    @staticmethod
-    def _orthogonalize_all(updates: list) -> list[Tensor]:
-        """Orthogonalised updates (this rank's shards), each process group's matrices exchanged together."""
-        results: list[Tensor | None] = [None] * len(updates)
-        by_group: dict = {}
-        for i, (group, sharded) in enumerate(updates):
-            by_group.setdefault(group, []).append(i)
-        for group, indices in by_group.items():
-            for i, result in zip(indices, transform_sharded([updates[i][1] for i in indices], group)):
-                results[i] = result
-        return results
+    def _momentum_update(self, param: Tensor, group: dict, shard_dim: int | None) -> Sharded:
+        """Step `param`'s momentum; return the update to orthogonalise: this rank's shard, in the iteration's
+        dtype on its device."""
+        state = self.state[param]
+        if "momentum_buffer" not in state:  # a DTensor like the parameter, so DCP reshards it
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        grad, buf, momentum = _local(param.grad), _local(state["momentum_buffer"]), group["momentum"]
+        buf.lerp_(grad, 1 - momentum)
+        update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+        transform = functools.partial(self._orthogonalize, steps=group["ns_steps"],
+                                      coefficients=tuple(group["ns_coefficients"]), dtype=self.ns_dtype)
+        local = update.to(device=self.compute_device, dtype=self.ns_dtype).contiguous()
+        return Sharded(local, param.shape, shard_dim, transform)
 
 
 def build(model: nn.Module, optim: OptimSection, device: torch.device) -> Muon:
