@@ -16,8 +16,8 @@
 #
 # --dry-run runs the same plumbing on the CPU at tiny sizes, as CI does: an import check instead of the
 # build, a few kernel tests through the Triton interpreter, one op's AOT table, bench_kernels --help
-# (it times CUDA only), bench_train's tiny preset on the torch ops, FSDP2 over gloo (AdamW and Muon), and
-# bench_optim's step cost of the tiny preset.
+# (it times CUDA only), bench_train's tiny preset on the torch ops, FSDP2 over gloo, and bench_optim's
+# step cost of the tiny preset.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -131,7 +131,9 @@ fi
 [ "$DRY" = 1 ] || train_stage train_125m 150 125m
 
 # optim.name=muon in the trainer (Newton-Schulz compiled in bf16 on CUDA), and its step's cost beside AdamW's.
-if [ -f "$OUT/demo/config.yaml" ]; then
+if [ "$DRY" = 1 ]; then
+  note_stage fsdp_muon skipped "dry run: tests/train/test_train_muon.py trains with Muon on the CPU"
+elif [ -f "$OUT/demo/config.yaml" ]; then
   run_stage fsdp_muon 90 env OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m pytrain \
     train --config "$OUT/demo/config.yaml" "train.run_dir=$OUT/fsdp_muon_run" "train.device=$DEVICE" \
     "train.steps=$FSDP_STEPS" "train.eval_every=$FSDP_STEPS" checkpoint.every=0 logging.sample_every=0 optim.name=muon
