@@ -1,7 +1,7 @@
 """AdamW against Muon: steps (and wall time) to AdamW's final validation loss, and what a step costs.
 
     python benchmarks/bench_optim.py                      # 0.8M-parameter model, 600 steps of 8 x 128, LR sweeps
-    python benchmarks/bench_optim.py --steps 800 --adamw-lrs 1e-3 3e-3 1e-2 --muon-lrs 3e-3 1e-2 3e-2
+    python benchmarks/bench_optim.py --adamw-lrs 3e-4 1e-3 3e-3 1e-2   # one more LR: only that one trains
     python benchmarks/bench_optim.py --skip-training --cost-presets 125m 1b   # step cost only (CUDA)
 
 Training: the same model (a Llama of ~0.8M parameters: hidden 128, 4 blocks, byte-level vocabulary of
@@ -16,7 +16,8 @@ do: they are labelled with the load average measured during the run.
 
 Step cost: optimizer.step() alone (median of --repeat) and the optimizer's state in bytes per parameter
 for each --cost-presets model, on one rank; peak memory of a step beyond the memory before it on CUDA
-(torch.cuda.max_memory_allocated). Prints tables and writes optim.json.
+(torch.cuda.max_memory_allocated). Prints tables and writes optim.json; each finished training run is
+also appended to optim_runs.jsonl, and read back instead of trained again when its settings match.
 """
 
 from __future__ import annotations
@@ -123,18 +124,33 @@ def steps_to(curve: list[dict], target: float) -> dict | None:
     return next((point for point in curve if point["val_loss"] <= target), None)
 
 
+RUN_SETTINGS = ("steps", "batch", "seq_len", "eval_every", "val_batches", "max_files")
+
+
 def training(args, d) -> dict:
+    """Every run of the sweep (finished runs with the same settings are read from the runs file, so a sweep
+    can be extended by one learning rate without training the others again)."""
     tokens = corpus_bytes(args.max_files)
     split = int(len(tokens) * 0.9)
     train_tokens, val_tokens = tokens[:split], tokens[split:]
     val_batches = list(batches(val_tokens, args.val_batches, args.batch, args.seq_len, seed=2))
+    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+    runs_file = Path(args.out) / "optim_runs.jsonl"
+    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
     runs = []
     for name, lrs in (("adamw", args.adamw_lrs), ("muon", args.muon_lrs)):
         for lr in lrs:
-            run = train_run(name, lr, args, d, train_tokens, val_batches)
+            run = next((r for r in done if (r["optimizer"], r["lr"], r["settings"]) == (name, lr, settings)), None)
+            reused = run is not None
+            if not reused:
+                run = {**train_run(name, lr, args, d, train_tokens, val_batches), "settings": settings}
+                runs_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(runs_file, "a") as handle:
+                    handle.write(json.dumps(run) + "\n")
             runs.append(run)
             print(f"  {name:5s} lr {lr:<7g} final val loss {run['final_val_loss']:.4f}  train {run['train_s']:.1f} s "
-                  f"(optimizer {run['optimizer_step_s']:.1f} s, load {run['load_avg']:.1f})", flush=True)
+                  f"(optimizer {run['optimizer_step_s']:.1f} s, load {run['load_avg']:.1f})"
+                  + (f" (from {runs_file})" if reused else ""), flush=True)
     best = {name: min((r for r in runs if r["optimizer"] == name), key=lambda r: r["final_val_loss"])
             for name in ("adamw", "muon")}
     target = best["adamw"]["final_val_loss"]
@@ -239,8 +255,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--max-files", type=int, default=None, help="stdlib files for the corpus (default: all)")
-    parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--cost-presets", nargs="*", default=["tiny", "bench"],
                         help="models whose optimizer step is timed: presets, or 'bench' (the training model)")
