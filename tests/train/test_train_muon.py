@@ -1,5 +1,6 @@
 """optim.name=muon in the trainer: a 2-process FSDP2 run (gloo, CPU) equals the 1-process run, and
-resume is exact across rank counts (momentum buffers resharded by DCP), also onto HSDP."""
+resume is exact across rank counts (momentum buffers resharded by DCP), also onto HSDP. The optimizer
+seam: a third optimizer trains and checkpoints by registering a builder, nothing else."""
 
 from __future__ import annotations
 
@@ -60,3 +61,27 @@ def test_resume_with_another_optimizer_is_refused(muon_run, base_config, tmp_pat
     assert ("it was saved with another optimizer (its state of layers.0.self_attn.q_proj.weight holds momentum_buffer, "
             "this run's optim.name needs step, exp_avg, exp_avg_sq); resume with the optim.name it was trained with"
             in capsys.readouterr().err)
+
+
+def test_a_third_optimizer_joins_through_the_seam(base_config, tmp_path, monkeypatch, capsys):
+    """SGD with momentum, registered as a builder and a config choice: the loop, the training step and the
+    checkpoints drive it unchanged (its momentum buffers land in the checkpoint)."""
+    import torch
+
+    from pytrain import config
+    from pytrain.train import optim
+    from pytrain.train.dcp_safe import read_metadata
+
+    def sgd(model, settings, device):
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9)
+
+    monkeypatch.setitem(optim.BUILDERS, "sgd", sgd)
+    monkeypatch.setitem(config.CHOICES, "optim.name", ("adamw", "muon", "sgd"))
+    run_dir = tmp_path / "sgd"
+    train(base_config, f"train.run_dir={run_dir}", "optim.name=sgd", "train.steps=4", "train.eval_every=0",
+          "logging.sample_every=0")
+    assert "optimizer group sgd: 20 tensors, 0.13M parameters (embed_tokens.weight, " in capsys.readouterr().err
+    assert "momentum 0.9, dampening 0, weight_decay 0, nesterov False" in (run_dir / "train.log").read_text()
+    assert all(loss == loss for loss in losses(run_dir).values()) and len(losses(run_dir)) == 4
+    saved = read_metadata(run_dir / "checkpoints" / "step_4" / ".metadata").state_dict_metadata
+    assert "optim.state.layers.0.mlp.down_proj.weight.momentum_buffer" in saved

@@ -24,9 +24,11 @@ from pytrain.train.optim import adamw, muon
 
 BUILDERS = {"adamw": adamw.build, "muon": muon.build}
 
-# What each algorithm's groups report at start-up: the group keys that set its update.
+# What each algorithm's groups report at start-up: the group keys that set its update (another
+# optimizer's groups report every setting they hold).
 _SETTINGS = {"adamw": ("weight_decay", "betas", "eps", "fused"),
              "muon": ("weight_decay", "momentum", "nesterov", "ns_steps", "ns_coefficients")}
+_NOT_SETTINGS = ("params", "lr", "initial_lr", "algorithm")
 
 
 def build_optimizer(model: nn.Module, optim: OptimSection, device: torch.device) -> torch.optim.Optimizer:
@@ -38,9 +40,10 @@ def describe_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> li
     names = {id(p): canonical_name(n) for n, p in model.named_parameters()}
     lines = []
     for group in optimizer.param_groups:
-        algorithm = group.get("algorithm", "adamw")
+        algorithm = group.get("algorithm", type(optimizer).__name__.lower())
         params = group["params"]
-        settings = ", ".join(f"{key} {_show(group[key])}" for key in _SETTINGS[algorithm] if key in group)
+        keys = _SETTINGS.get(algorithm) or [key for key in group if key not in _NOT_SETTINGS]
+        settings = ", ".join(f"{key} {_show(group[key])}" for key in keys if key in group)
         if algorithm == "muon":
             settings += (f", Newton-Schulz in {str(getattr(optimizer, 'ns_dtype', '')).replace('torch.', '')}, "
                          f"lr x {muon.MATCH_ADAMW_RMS} sqrt(max(out, in))")
