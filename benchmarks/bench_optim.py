@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--max-files", type=int, default=None, help="stdlib files for the corpus (default: all)")
     parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
-    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--muon-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2])
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--cost-presets", nargs="*", default=["tiny", "bench"],
                         help="models whose optimizer step is timed: presets, or 'bench' (the training model)")
