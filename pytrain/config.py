@@ -2,7 +2,7 @@
 
     model:      preset (its family: llama, qwen2, qwen3, mistral, gpt_neox) + any model field to change
     data:       the packed dataset directory (or a weighted mixture of them), sequence length, document masking
-    optim:      AdamW and gradient clipping
+    optim:      the optimizer (AdamW or Muon) and gradient clipping
     schedule:   learning-rate warmup and decay
     train:      steps, batch sizes, precision, parallelism, evaluation cadence, run directory
     checkpoint: cadence, retention, resume
@@ -59,12 +59,19 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    """The optimizer (docs/optimizers.md). `lr`, `weight_decay` and the schedule mean the same for both:
+    Muon's update is scaled to AdamW's RMS. AdamW's keys also apply to Muon's AdamW groups."""
+    name: str = "adamw"               # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1         # not applied to norms, biases and embeddings
     grad_clip: float = 1.0            # max global gradient norm; 0 disables clipping
     fused: bool | None = None         # null: fused AdamW on CUDA
+    momentum: float = 0.95            # muon: momentum of the matrices' updates, in [0, 1)
+    nesterov: bool = True             # muon: Nesterov momentum
+    ns_steps: int = 5                 # muon: Newton-Schulz iterations, 1 to 99
+    ns_coefficients: list[float] = field(default_factory=lambda: [3.4445, -4.775, 2.0315])  # muon: (a, b, c)
 
 
 @dataclass
@@ -142,6 +149,7 @@ class RunConfig:
 
 
 CHOICES = {
+    "optim.name": ("adamw", "muon"),
     "schedule.name": ("cosine", "linear", "constant", "wsd"),
     "data.verify": ("full", "quick", "none"),
     "train.dtype": ("auto", "bf16", "fp16", "fp32"),
@@ -364,6 +372,7 @@ def _validate(config: RunConfig) -> None:
         raise PytrainError(f"optim.lr must be positive, got {config.optim.lr}")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise PytrainError(f"optim.betas must be two numbers in [0, 1), got {config.optim.betas}")
+    _validate_muon(config.optim)
     if not 0 <= config.schedule.min_lr_ratio <= 1 or not 0 < config.schedule.decay_fraction <= 1:
         raise PytrainError("schedule.min_lr_ratio must be in [0, 1] and schedule.decay_fraction in (0, 1]")
     if config.schedule.warmup_steps is not None and config.schedule.warmup_steps > config.train.steps:
@@ -373,6 +382,15 @@ def _validate(config: RunConfig) -> None:
         raise PytrainError(f"train.dtype=fp16 reduces gradients in fp32 (fp16 would overflow, bf16 would lose the "
                            f"loss-scaled precision): remove train.reduce_dtype={config.train.reduce_dtype}")
     activation_checkpoint_every(config.train)
+
+
+def _validate_muon(optim: OptimSection) -> None:
+    if not 0 <= optim.momentum < 1:
+        raise PytrainError(f"optim.momentum must be in [0, 1), got {optim.momentum}")
+    if not 1 <= optim.ns_steps <= 99:
+        raise PytrainError(f"optim.ns_steps (Newton-Schulz iterations) must be 1 to 99, got {optim.ns_steps}")
+    if len(optim.ns_coefficients) != 3:
+        raise PytrainError(f"optim.ns_coefficients must be three numbers (a, b, c), got {optim.ns_coefficients}")
 
 
 MIXTURE_KEYS = ("name", "path", "weight")

@@ -336,6 +336,18 @@ def load_state(path: Path, state: dict, *, single_process: bool = False) -> None
         raise PytrainError(f"refusing checkpoint {path}: {_describe(error)}") from None
 
 
+def _check_optimizer_state(path: Path, optim_state: dict) -> None:
+    """A checkpoint saved with another optimizer (optim.name) lacks this optimizer's state: say so."""
+    saved = read_metadata(path / ".metadata").state_dict_metadata
+    for fqn, state in optim_state["state"].items():
+        prefix = f"optim.state.{fqn}."
+        if any(prefix + key not in saved for key in state):
+            held = sorted(key[len(prefix):] for key in saved if key.startswith(prefix))
+            raise PytrainError(f"cannot resume from {path}: it was saved with another optimizer (its state of {fqn} "
+                               f"holds {', '.join(held) or 'nothing'}, this run's optim.name needs "
+                               f"{', '.join(state)}); resume with the optim.name it was trained with")
+
+
 def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:
     """Restore model, optimizer and (when the rank exists in the checkpoint) RNG; return the train state.
 
@@ -345,6 +357,7 @@ def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: 
     if changed:
         raise PytrainError(f"{path}: the checkpoint's model differs from this config ({changed})")
     model_state, optim_state = get_state_dict(model, optimizer)
+    _check_optimizer_state(path, optim_state)
     loaded = {"model": model_state, "optim": optim_state}
     load_state(path, loaded)
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])

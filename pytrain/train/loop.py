@@ -28,7 +28,7 @@ from pytrain.train.distributed import Distributed, init_distributed, on_main, sh
 from pytrain.train.expert_parallel import describe as describe_experts
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
-from pytrain.train.optim import build_optimizer
+from pytrain.train.optim import build_optimizer, describe_optimizer
 from pytrain.train.parallelize import build_model
 from pytrain.train.resolve import ResolvedRun, resolve_run
 from pytrain.train.resume import changes_since_saved, check_compatible, choose_checkpoint
@@ -195,6 +195,8 @@ class _Run:
         log(f"MFU peak per device: {peak_note}")
         if experts := describe_experts(self.model):
             log(experts)
+        for line in describe_optimizer(self.optimizer, self.model):
+            log(line)
         for note in [*self.notes, *self.data.notes]:
             log(f"note: {note}")
         self._adjust_cpu_threads()
