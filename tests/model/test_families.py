@@ -61,6 +61,25 @@ def test_export_loads_in_transformers_and_round_trips_byte_identical(tmp_path, t
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
 
+def test_a_mistral_config_without_sliding_window_reads_as_transformers_reads_it(tmp_path, tokenizer_path):
+    """Mistral v0.1-style config.json files may leave `sliding_window` out: transformers then uses its default
+    window, so pytrain must too (not "no window"): the context it generates within, the longest data.seq_len it
+    trains on, and what its export writes back."""
+    import json
+
+    save_reference(tmp_path / "hf", "mistral", "window")
+    config_json = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config_json["sliding_window"]
+    config_json["max_position_embeddings"] = 16384  # longer than any default window: the window is what limits
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config_json))
+    window = transformers.AutoConfig.from_pretrained(tmp_path / "hf").sliding_window
+    assert window is not None and window < 16384
+    model, config = load_hf(tmp_path / "hf")
+    assert config.sliding_window == window and config.context_length == window
+    export_model(model, config, tokenizer_path, tmp_path / "out")
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").sliding_window == window
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
                     reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
 @pytest.mark.parametrize("preset_name", ["tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox"])
