@@ -190,6 +190,8 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for line in self.data.describe():
+            log(line)
         for note in [*self.notes, *self.data.notes]:
             log(f"note: {note}")
         self._adjust_cpu_threads()
