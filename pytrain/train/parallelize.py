@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from pytrain.errors import PytrainError
 from pytrain.model.materialize import materialize
-from pytrain.train.distributed import Distributed, device_mesh
+from pytrain.train.distributed import Distributed
 
 # FSDP2's MixedPrecisionPolicy: the sharded parameters stay fp32 (the optimizer's master weights); bf16
 # and fp16 are the dtype they are all-gathered and computed in. fp16 also needs loss scaling (pytrain.train.precision).
@@ -28,12 +28,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def build_mesh(d: Distributed, hsdp: bool, shard_size: int | None) -> DeviceMesh:
     """A 1-D mesh (FSDP: shard over all ranks) or 2-D (HSDP: replicate across groups, shard within)."""
     if not hsdp:
-        return device_mesh(d.device.type, (d.world_size,), ("shard",))
+        return init_device_mesh(d.device.type, (d.world_size,), mesh_dim_names=("shard",))
     shard = shard_size or d.local_world_size
     if d.world_size % shard:
         raise PytrainError(f"HSDP: world size {d.world_size} is not a multiple of the shard group size {shard} "
                            "(train.hsdp_shard_size, default: processes per node)")
-    return device_mesh(d.device.type, (d.world_size // shard, shard), ("replicate", "shard"))
+    return init_device_mesh(d.device.type, (d.world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
 
 
 def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
