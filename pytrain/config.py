@@ -20,6 +20,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
+from pytrain.config_names import suggest_key, suggest_section
 from pytrain.errors import PytrainError, did_you_mean, shown
 from pytrain.model.config import PRESETS, ModelConfig
 from pytrain.safe_read import MAX_JSON_BYTES, check_yaml, parse_json, read_bytes
@@ -237,7 +238,7 @@ def _build(raw: dict, where: str) -> RunConfig:
     sections = {f.name for f in fields(RunConfig)}
     for name, values in raw.items():
         if name not in sections:
-            raise PytrainError(f'{where}: unknown section "{name}"{did_you_mean(str(name), sections)}; '
+            raise PytrainError(f'{where}: unknown section "{name}"{suggest_section(str(name), sections)}; '
                                f"sections are {', '.join(sorted(sections))}")
         if values is None:
             continue
@@ -268,12 +269,13 @@ def _set(config: RunConfig, dotted: str, value, where: str) -> None:
     section_name, _, key = dotted.partition(".")
     if not hasattr(config, section_name):
         sections = [f.name for f in fields(RunConfig)]
-        raise PytrainError(f'{where}: unknown section "{section_name}"{did_you_mean(section_name, sections)}')
+        raise PytrainError(f'{where}: unknown section "{section_name}"{suggest_section(section_name, sections)}')
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
     if key not in hints:
         valid = [f"{section_name}.{k}" for k in hints]
-        raise PytrainError(f'{where}: unknown key "{dotted}"{did_you_mean(dotted, valid)}')
+        every = [f"{f.name}.{k}" for f in fields(RunConfig) for k in typing.get_type_hints(type(getattr(config, f.name)))]
+        raise PytrainError(f'{where}: unknown key "{dotted}"{suggest_key(dotted, valid, every)}')
     setattr(section, key, _coerce(value, hints[key], dotted, where))
 
 

@@ -1,7 +1,8 @@
 """Run logging on rank 0: a live progress line, `train.log`, `metrics.jsonl`, TensorBoard and W&B.
 
     train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
-    metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
+    metrics.jsonl   one JSON object per logged step: step, tokens, loss and ppl (the mean over the steps since the
+                    previous row), lr, grad_norm, tokens_per_s,
                     mfu (null when the device peak is unknown), memory_gib, elapsed_s (under train.dtype=fp16
                     also loss_scale and skipped_steps; grad_norm is null on a skipped step; for a mixture of
                     experts aux_loss, expert_load, and z_loss / dropped_tokens when on); and one per

@@ -36,6 +36,7 @@ from pytrain.train.run_dir import RunDir
 from pytrain.train.sample import sample_prompts
 from pytrain.train.schedule import Schedule
 from pytrain.train.step import NonFinite, StepResult, TrainStep
+from pytrain.train.summary import run_summary
 
 
 def train(config: RunConfig, config_source: str | None = None) -> Path:
@@ -56,6 +57,8 @@ class _Run:
         self.run_dir = Path(config.train.run_dir)
         self.rundir = RunDir(self.run_dir)
         self.notes: list[str] = []
+        self.last_eval: tuple[int, float] | None = None  # (step, val_loss) of the latest evaluation
+        self.last_checkpoint: Path | None = None
 
     def run(self) -> Path:
         with contextlib.ExitStack() as held:
@@ -79,22 +82,34 @@ class _Run:
             return
         last_saved = self.step if self.resume_from else None
         window = ThroughputWindow(self.d.device)
+        first_step, first_tokens, run_started = self.step, self.tokens, time.perf_counter()
+        interval_losses = []  # host floats (the step's one sync made them): the logged loss is their mean
         while self.step < total:
             step, lr = self.step + 1, self.schedule.lr(self.step + 1)
             started = time.perf_counter()
             result = self._train_step(step, lr)
             window.add(result.tokens, time.perf_counter() - started)
             self.step, self.tokens = step, self.tokens + result.tokens
-            if step % config.logging.every == 0 or step == total:
-                self._log_step(result, lr, window)
+            interval_losses.append(result.loss)
+            if step == 1 or step % config.logging.every == 0 or step == total:
+                logged_loss = sum(interval_losses) / len(interval_losses)
+                self._log_step(result, lr, window, logged_loss)
                 window.restart()
+                interval_losses.clear()
             if self.evaluator and (step % config.train.eval_every == 0 or step == total):
-                self.logger.log_eval({"step": step, "tokens": self.tokens, **self.evaluator.row(self.model)})
+                row = self.evaluator.row(self.model)
+                self.logger.log_eval({"step": step, "tokens": self.tokens, **row})
+                self.last_eval = (step, row["val_loss"])
             if config.logging.sample_every and config.logging.sample_prompts and step % config.logging.sample_every == 0:
                 self._sample()
             if ((config.checkpoint.every and step % config.checkpoint.every == 0) or step == total) and last_saved != step:
                 self._save()
                 last_saved = step
+        for line in run_summary(self.run_dir, first_step=first_step, last_step=self.step,
+                                wall_s=time.perf_counter() - run_started, tokens_this_run=self.tokens - first_tokens,
+                                tokens_total=self.tokens, train_loss=logged_loss, val=self.last_eval,
+                                checkpoint=self.last_checkpoint, prompt=(config.logging.sample_prompts or ["The"])[0]):
+            self.logger.info(line)
 
     def _train_step(self, step: int, lr: float) -> StepResult:
         batches = [self.train_data.next_batch(self.micro) for _ in range(self.accumulation)]
@@ -193,6 +208,8 @@ class _Run:
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for line in self.data.describe():
+            log(line)
         if experts := describe_experts(self.model):
             log(experts)
         for line in describe_optimizer(self.optimizer, self.model):
@@ -215,12 +232,14 @@ class _Run:
         if note:
             self.logger.info(note)
 
-    def _log_step(self, result: StepResult, lr: float, window: ThroughputWindow) -> None:
+    def _log_step(self, result: StepResult, lr: float, window: ThroughputWindow, loss: float) -> None:
+        """A metrics row for the steps since the previous one: `loss` is their mean (as Hugging Face's Trainer
+        logs it); the gradient norm, loss scale and lr are the last step's."""
         self._adjust_cpu_threads()
         tokens_per_s, wall_s = window.tokens_per_s, window.wall_s
         wall_steps_per_s = window.tokens / max(wall_s, 1e-9) / (self.config.train.batch_size * self.seq_len)
         self.logger.log_step({
-            "step": self.step, "tokens": self.tokens, "loss": result.loss, "ppl": math.exp(min(result.loss, 700.0)),
+            "step": self.step, "tokens": self.tokens, "loss": loss, "ppl": math.exp(min(loss, 700.0)),
             "lr": lr, "grad_norm": None if result.skipped else result.grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
@@ -243,4 +262,5 @@ class _Run:
                  "schedule": self.schedule.to_dict(), **self.train_step.state_dict()}
         path = ckpt.save_checkpoint(self.rundir.checkpoints, self.step, self.model, self.optimizer, state, self.d,
                                     self.config.checkpoint.keep_last_k)
+        self.last_checkpoint = path
         self.logger.info(f"saved checkpoint {path}")

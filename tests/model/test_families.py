@@ -99,8 +99,61 @@ def test_moe_folder_in_transformers_5_fused_layout_loads(tmp_path, family, varia
         torch.testing.assert_close(model(inputs), reference(inputs).logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
-                    reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
+def test_a_mistral_config_without_sliding_window_reads_as_transformers_reads_it(tmp_path, tokenizer_path):
+    """Mistral v0.1-style config.json files may leave `sliding_window` out: transformers then uses its default
+    window, so pytrain must too (not "no window"): the context it generates within, the longest data.seq_len it
+    trains on, and what its export writes back."""
+    import json
+
+    save_reference(tmp_path / "hf", "mistral", "window")
+    config_json = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config_json["sliding_window"]
+    config_json["max_position_embeddings"] = 16384  # longer than any default window: the window is what limits
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config_json))
+    window = transformers.AutoConfig.from_pretrained(tmp_path / "hf").sliding_window
+    assert window is not None and window < 16384
+    model, config = load_hf(tmp_path / "hf")
+    assert config.sliding_window == window and config.context_length == window
+    export_model(model, config, tokenizer_path, tmp_path / "out")
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").sliding_window == window
+
+
+requires_triton = pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                                     reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
+
+
+@requires_triton
+def test_the_triton_path_gives_transformers_qwen3_loss_and_gradients(tmp_path):
+    """Qwen3 takes every kernel (RMSNorm, its per-head q/k RMSNorm, RoPE, the fused LM-head loss); compared with
+    transformers' own model, not with pytrain's other path, so a q/k norm (or any op) dropped from both fails."""
+    import torch.nn.functional as F
+
+    from pytrain.model.hf import hf_name
+
+    reference = save_reference(tmp_path / "hf", "qwen3", "head_dim32")
+    model, _ = load_hf(tmp_path / "hf")
+    inputs, labels = ids(batch=1, seq=16, seed=3), ids(batch=1, seq=16, seed=4)
+    expected_logits = reference(inputs).logits
+    expected_loss = F.cross_entropy(expected_logits.flatten(0, 1), labels.flatten())
+    expected_loss.backward()
+    previous = ops.get_backend()
+    ops.set_backend("triton")
+    try:
+        with torch.no_grad():
+            logits = model(inputs)
+        loss = model(inputs, labels)
+        loss.backward()
+    finally:
+        ops.set_backend(previous)
+    torch.testing.assert_close(logits, expected_logits.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss, expected_loss.detach(), atol=1e-5, rtol=1e-5)
+    expected_grads = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected_grads[hf_name(name, "qwen3")].grad, atol=1e-5, rtol=1e-4,
+                                   msg=name)
+
+
+@requires_triton
 @pytest.mark.parametrize("preset_name", ["tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox",
                                          "tiny-qwen2_moe"])
 def test_each_family_takes_the_kernels_that_fit(preset_name):
