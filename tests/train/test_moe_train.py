@@ -153,6 +153,34 @@ def test_router_options_are_logged_and_resume_exactly(base_config, tmp_path):
     assert "M active per token)" in log
 
 
+def test_compile_of_a_mixture_of_experts_on_the_reference_path_is_a_one_line_error(base_config, tmp_path, capsys):
+    """The reference grouped matmul reads the experts' row counts on the host, which a fullgraph-compiled block
+    cannot hold (it was a dynamo traceback): refused before anything is written; with the Triton grouped
+    GEMM (CUDA, or the interpreter here) compile stays allowed, and so does compile of a dense model."""
+    from pytrain.config import RunConfig
+    from pytrain.errors import PytrainError
+    from pytrain.train.resolve import resolve_run
+
+    capsys.readouterr()
+    assert train(base_config, f"train.run_dir={tmp_path / 'run'}", "model.preset=tiny-moe", "train.compile=true",
+                 check=False) == 2
+    error = capsys.readouterr().err.strip()
+    assert "train.compile with a mixture of experts needs the grouped GEMM kernels" in error, error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+    config = RunConfig()
+    config.data.path, config.data.seq_len, config.train.batch_size, config.train.compile = "unused", 64, 8, True
+    cases = [("tiny-moe", "torch", "cuda", True), ("tiny-moe", "auto", "cuda", False),
+             ("tiny-moe", "triton", "cuda", False), ("tiny", "auto", "cpu", False)]
+    for preset_name, kernels, device, refused in cases:
+        config.model.preset, config.train.kernels = preset_name, kernels
+        if refused:
+            with pytest.raises(PytrainError, match="train.compile with a mixture of experts"):
+                resolve_run(config, 512, 1, device)
+        else:
+            resolve_run(config, 512, 1, device)
+
+
 def test_flops_count_active_parameters():
     """6 x (router + k of E experts + shared expert + attention + LM head) + attention scores, per token."""
     from pytrain.model import build_model, preset
