@@ -11,7 +11,7 @@ dropless, at one layer of a realistic preset: "olmoe" (1b-7b-olmoe: hidden 2048,
 
   reference         one matmul per expert (the CPU path, and the tests' oracle)
   triton            pytrain's Triton grouped GEMM (kernels/grouped_mm.py)
-  torch_grouped_mm  torch._grouped_mm, where the device runs it (sm90+, bf16); "unavailable" elsewhere
+  torch_grouped_mm  torch._grouped_mm, where it has its grouped GEMM (sm90 and sm100, bf16); "unavailable" elsewhere
 
 Each variant runs in its own subprocess (clean allocator peak, compile and autotune caches). It first
 checks its output and gradients (input, router, expert weights) against the reference on the same
@@ -78,7 +78,7 @@ def child(args) -> dict:
     if args.child == "torch_grouped_mm":
         probe = layer.experts.gate_proj
         if not torch_grouped_mm_runs(x, probe):
-            return {**record, "error": "unavailable (torch._grouped_mm needs CUDA sm90+ and bf16 here)"}
+            return {**record, "error": "unavailable (torch._grouped_mm has its grouped GEMM on sm90 and sm100 only, in bf16)"}
     inputs = [x, layer.gate.weight, layer.experts.gate_proj, layer.experts.up_proj, layer.experts.down_proj]
 
     def run(backend):

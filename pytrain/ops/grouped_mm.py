@@ -9,10 +9,12 @@ output is zero and they get no gradient (a capacity-limited MoE layer puts its d
 The output has x's dtype; the fast paths accumulate in fp32.
 
 Backends (`backend=` or `set_backend`, as for every op): on CUDA, `torch._grouped_mm` (PyTorch's grouped
-GEMM) where the device runs it (bf16 on sm90 and newer, row widths a multiple of 8; probed once per
-device), else the Triton kernel (pytrain.kernels.grouped_mm); elsewhere the reference, one matmul per
-group, which needs the offsets on the host (free on the CPU; the tests' oracle everywhere). The fast
-paths keep the offsets on the device: no host sync.
+GEMM) where it has its CUTLASS kernels (bf16 on sm90 and sm100, row widths a multiple of 8; a tiny call
+probed once per device), else the Triton kernel (pytrain.kernels.grouped_mm); elsewhere the reference,
+one matmul per group, which needs the offsets on the host (free on the CPU; the tests' oracle
+everywhere). The fast paths keep the offsets on the device: no host sync. (On other GPUs, e.g. an A100,
+`torch._grouped_mm` still runs, as a fallback that copies the offsets to the host and loops over the
+groups: a sync per call and no faster than the reference, so pytrain takes the Triton kernel there.)
 """
 
 from __future__ import annotations
@@ -58,16 +60,25 @@ def grouped_mm_reference(x, w, offsets):
     return torch.cat(parts)
 
 
+def has_grouped_gemm_kernels(capability: tuple[int, int], hip_version: str | None) -> bool:
+    """Whether PyTorch's `torch._grouped_mm` runs its grouped GEMM kernels (CUTLASS, built for sm90 and sm100)
+    on a device of this compute capability, rather than its fallback (a loop of matmuls over offsets read on
+    the host); never on ROCm, whose `_grouped_mm` pytrain has not checked."""
+    return hip_version is None and capability[0] in (9, 10)
+
+
 def torch_grouped_mm_runs(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether `torch._grouped_mm` takes these operands here: CUDA bf16 with row widths a multiple of 8
-    (16-byte aligned), on a device where a tiny call succeeds (sm90+ today; tried once per device)."""
+    """Whether `torch._grouped_mm` takes these operands here with its grouped GEMM kernels: CUDA bf16 with row
+    widths a multiple of 8 (16-byte aligned), on a device that has the kernels (`has_grouped_gemm_kernels`)
+    and where a tiny call succeeds (tried once per device)."""
     if not (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
             and x.shape[1] % 8 == 0 and w.shape[1] % 8 == 0):
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     if index not in _TORCH_GROUPED_MM:
-        if torch.compiler.is_compiling():
-            return torch.cuda.get_device_capability(index) >= (9, 0)
+        kernels = has_grouped_gemm_kernels(torch.cuda.get_device_capability(index), torch.version.hip)
+        if torch.compiler.is_compiling() or not kernels:
+            return kernels
         try:
             a = torch.zeros(16, 16, dtype=torch.bfloat16, device=x.device)
             b = torch.zeros(2, 16, 16, dtype=torch.bfloat16, device=x.device)

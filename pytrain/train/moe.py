@@ -24,8 +24,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pytrain.errors import PytrainError
 from pytrain.model.moe import clear_routing, moe_layers, router_losses
 from pytrain.train.distributed import all_reduce_sum
+
+
+def check_compile(model_config, *, compile: bool, kernels: str, device_type: str) -> None:
+    """A one-line error for train.compile on a mixture of experts whose grouped matmuls would take the
+    reference (train.kernels=torch, or auto off CUDA): it reads each expert's row count on the host, which
+    a fullgraph-compiled block cannot hold (the Triton grouped GEMM keeps them on the device and compiles)."""
+    if compile and model_config.num_experts and (kernels == "torch" or (kernels == "auto" and device_type != "cuda")):
+        raise PytrainError(f"train.compile with a mixture of experts needs the grouped GEMM kernels (CUDA, "
+                           f"train.kernels auto or triton; here {kernels} on {device_type}): the reference reads "
+                           "each expert's row count on the host, which a compiled block cannot; drop train.compile")
 
 
 class RouterTraining:

@@ -16,6 +16,7 @@ from pytrain.errors import PytrainError
 from pytrain.model.config import ModelConfig, preset
 from pytrain.ops._backend import interpreter_enabled
 from pytrain.train.expert_parallel import check_expert_parallel
+from pytrain.train.moe import check_compile
 
 # Fields that fix the weights' shapes: with model.init_from they must be the folder's.
 SHAPE_FIELDS = ("family", "head_dim", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -48,6 +49,7 @@ def resolve_run(config: RunConfig, data_vocab_size: int, world_size: int, device
                            "attends over the whole causal prefix, which is the window's attention only up to its "
                            "length; set data.seq_len <= the window")
     check_expert_parallel(model, config.train.expert_parallel, compile=config.train.compile)
+    check_compile(model, compile=config.train.compile, kernels=config.train.kernels, device_type=device_type)
     micro, accumulation = batch_geometry(config.train.batch_size, config.train.micro_batch_size, world_size)
     warmup = config.schedule.warmup_steps
     if warmup is None:

@@ -118,6 +118,28 @@ def test_a_mistral_config_without_sliding_window_reads_as_transformers_reads_it(
     assert transformers.AutoConfig.from_pretrained(tmp_path / "out").sliding_window == window
 
 
+def test_qwen3_moe_folder_without_head_dim_has_heads_of_hidden_over_heads(tmp_path):
+    """transformers' Qwen3MoeConfig has no head_dim field (unlike Qwen3Config's default of 128): a folder it
+    saves without one has attention heads of hidden_size / num_attention_heads, and loads with its logits."""
+    import json
+
+    config = transformers.Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=96, num_experts=8,
+                                         num_experts_per_tok=2, moe_intermediate_size=32, max_position_embeddings=256)
+    torch.manual_seed(0)
+    reference = transformers.Qwen3MoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.normal_(0.0, 0.1)
+    reference.save_pretrained(tmp_path / "hf")
+    assert "head_dim" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    model, ours = load_hf(tmp_path / "hf")
+    assert ours.head_dim == 64 // 4
+    inputs = ids(seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), reference(inputs).logits, atol=1e-4, rtol=1e-4)
+
+
 requires_triton = pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
                                      reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (CI sets it)")
 

@@ -1,7 +1,7 @@
-"""The MoE layer's routing options against a plain per-token, per-expert loop written here: dropless routing,
-a capacity factor (the latest assignments of an over-full expert dropped, and counted, in training mode
-only), the aux-loss-free
-expert bias (it steers the choice, not the weights), the z-loss; and no host sync on the kernel path.
+"""The MoE layer's routing options against a plain per-token, per-expert loop (tests/_moe_reference.py):
+dropless routing, a capacity factor (the latest assignments of an over-full expert dropped, and counted, in
+training mode only), the aux-loss-free expert bias (it steers the choice, not the weights), the z-loss;
+and no host sync on the kernel path.
 (The families' routers and aux loss against transformers: test_families.py.)"""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from _kernel_checks import TRITON_OK, host_syncs_forbidden
+from _moe_reference import plain_moe
 from pytrain.model import preset
 from pytrain.model.moe import MoE, moe_layers, router_losses
 
@@ -25,33 +25,6 @@ def layer(seed=0, **overrides) -> MoE:
         for param in moe.parameters():
             param.copy_(0.3 * torch.randn(param.shape, generator=generator))
     return moe
-
-
-def expert(moe: MoE, e: int, x: torch.Tensor) -> torch.Tensor:
-    w = moe.experts
-    return F.linear(F.silu(F.linear(x, w.gate_proj[e])) * F.linear(x, w.up_proj[e]), w.down_proj[e])
-
-
-def plain_moe(moe: MoE, x: torch.Tensor, capacity: int | None = None, bias=None):
-    """Token by token, slot by slot: route, skip an assignment once its expert is full, sum the weighted
-    expert outputs. Returns (output, dropped assignments)."""
-    tokens = x.reshape(-1, x.shape[-1])
-    probs = torch.softmax(tokens @ moe.gate.weight.T, dim=-1)
-    taken = [0] * moe.num_experts
-    out, dropped = torch.zeros_like(tokens), 0
-    for t in range(tokens.shape[0]):
-        scores = probs[t] if bias is None else probs[t] + bias
-        chosen = torch.topk(scores, moe.top_k).indices.tolist()
-        weights = probs[t, chosen]
-        if moe.gate.norm_topk_prob:
-            weights = weights / weights.sum()
-        for slot, e in enumerate(chosen):
-            if capacity is not None and taken[e] >= capacity:
-                dropped += 1
-                continue
-            taken[e] += 1
-            out[t] += weights[slot] * expert(moe, e, tokens[t])
-    return out.view_as(x), dropped
 
 
 def inputs(seed=1, batch=2, seq=24):
@@ -72,6 +45,7 @@ def test_capacity_drops_the_latest_assignments_of_a_full_expert():
     x = inputs(seed=2)
     capacity = math.ceil(0.5 * 48 * 2 / 8)
     assert moe.capacity(48) == capacity == 6
+    assert moe.capacity(50) == math.ceil(0.5 * 50 * 2 / 8) == 7  # rounded up: 6.25 assignments -> 7
     expected, dropped = plain_moe(moe, x, capacity=capacity)
     assert dropped > 0  # the test shape makes experts overflow
     torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ import pytrain.kernels.grouped_mm as kmod
 from _kernel_checks import DEVICE, TRITON_OK, assert_close, host_syncs_forbidden, leaf64, poisoned, requires_triton
 from pytrain.errors import PytrainError
 from pytrain.ops import grouped_mm, grouped_mm_reference
-from pytrain.ops.grouped_mm import torch_grouped_mm
+from pytrain.ops.grouped_mm import has_grouped_gemm_kernels, torch_grouped_mm
 
 # (rows, in, out, group ends): odd widths; empty groups first, inside and last; rows past the last end
 CASES = {
@@ -115,7 +115,7 @@ def test_no_host_sync(monkeypatch):
 
 
 def test_torch_grouped_mm_wrapper_keeps_the_contract():
-    """The wrapper the CUDA path takes around torch._grouped_mm (bf16, sm90+), run here on PyTorch's CPU
+    """The wrapper the CUDA path takes around torch._grouped_mm (bf16, sm90/sm100), run here on PyTorch's CPU
     implementation where it exists: the reference's values, zeros and no gradient past the last group
     (PyTorch's own dX leaves those rows unwritten: the wrapper masks them; whether the garbage shows
     here depends on what the allocator hands back, so this is not a reliable check of that mask)."""
@@ -133,6 +133,30 @@ def test_torch_grouped_mm_wrapper_keeps_the_contract():
     for a, b in zip(got, (expected, *torch.autograd.grad(expected, (x, w), dy))):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert not got[0][130:].any() and not got[1][130:].any()
+
+
+def test_torch_grouped_mm_only_where_pytorch_has_its_grouped_gemm():
+    """PyTorch's grouped GEMM kernels are built for sm90 and sm100 (its `_scaled_mm_allowed_device(sm90_only,
+    sm100_only)` gate); on any other GPU `torch._grouped_mm` still succeeds, as a loop of matmuls over offsets
+    copied to the host, so a successful probe alone would send an A100 there instead of the Triton kernel."""
+    capabilities = [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (10, 3), (12, 0)]
+    assert [c for c in capabilities if has_grouped_gemm_kernels(c, None)] == [(9, 0), (10, 0), (10, 3)]
+    assert not has_grouped_gemm_kernels((9, 4), "6.4.0")  # ROCm (an MI300 reports 9.4)
+
+
+def test_an_a100_takes_the_triton_kernel_although_torch_grouped_mm_runs(monkeypatch):
+    """The gate above decides before any probe: on an sm80 device whose torch._grouped_mm call would succeed
+    (PyTorch's fallback), the bf16 operands are not sent there."""
+    import importlib
+    import types
+
+    gmod = importlib.import_module("pytrain.ops.grouped_mm")  # (pytrain.ops.grouped_mm is also the function)
+
+    monkeypatch.setattr(gmod, "_TORCH_GROUPED_MM", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch, "_grouped_mm", lambda *args, **kwargs: None, raising=False)
+    x = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(64, 128), device=torch.device("cuda", 0))
+    assert not gmod.torch_grouped_mm_runs(x, types.SimpleNamespace(shape=(8, 256, 128)))
 
 
 @pytest.mark.parametrize("backend", ["torch"] + (["triton"] if TRITON_OK else []))

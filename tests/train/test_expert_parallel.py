@@ -1,12 +1,14 @@
-"""Expert parallelism on two CPU ranks (gloo, torchrun) against the one-process run of the same micro-batches:
-the same losses and router statistics (fp32, 1e-5), and exact resume across rank counts and expert-parallel
-sizes (DCP reshards the experts); bad sizes are one-line errors."""
+"""Expert parallelism on two CPU ranks (gloo): one MoE layer's all-to-all dispatch and combine against the plain
+token-by-token layer (outputs and every gradient); training (torchrun) against the one-process run of the
+same micro-batches: the same losses, gradient norms and router statistics (fp32, 1e-5), and exact resume
+across rank counts and expert-parallel sizes (DCP reshards the experts); bad sizes are one-line errors."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from _train_fixtures import base_config, losses, packed_data, torchrun, train  # noqa: F401
 
@@ -25,7 +27,7 @@ def rows(run_dir) -> dict[int, dict]:
 def assert_same_steps(got, expected, steps) -> None:
     got, expected = rows(got), rows(expected)
     for step in steps:
-        for key in ("loss", "aux_loss", "z_loss", "expert_load", "dropped_tokens"):
+        for key in ("loss", "grad_norm", "aux_loss", "z_loss", "expert_load", "dropped_tokens"):
             assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
@@ -103,3 +105,86 @@ def test_expert_parallel_must_divide_the_experts_and_needs_experts():
     config.model.preset, config.train.compile = "tiny-moe", True
     with pytest.raises(PytrainError, match="train.compile with train.expert_parallel=2 is not supported"):
         resolve_run(config, 512, 2, "cpu")
+
+
+def test_expert_major_order_is_the_plain_regrouping():
+    """Rows arrive grouped by source rank, then by local expert; the order puts them by local expert, then
+    source rank (written out here row by row)."""
+    from pytrain.train.expert_parallel import expert_major_order
+
+    received = torch.tensor([[2, 0, 3], [1, 4, 0]])  # [source rank, local expert] rows
+    segments, row = {}, 0
+    for r in range(2):
+        for j in range(3):
+            segments[r, j] = list(range(row, row + int(received[r, j])))
+            row += int(received[r, j])
+    expected = [i for j in range(3) for r in range(2) for i in segments[r, j]]
+    assert expert_major_order(received, row).tolist() == expected
+
+
+def _expert_parallel_layer_rank(rank: int, world: int, init_file: str) -> None:
+    """One of 2 gloo ranks: the experts of one MoE layer split over both, each rank routing its own tokens;
+    outputs and gradients against the plain token-by-token layer on each rank's tokens, dropless and with
+    a capacity."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for capacity_factor in (None, 0.75):
+            _check_expert_parallel_layer(rank, world, capacity_factor)
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_expert_parallel_layer(rank: int, world: int, capacity_factor) -> None:
+    import copy
+    import math
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from _moe_reference import plain_moe
+    from pytrain.model import preset
+    from pytrain.model.moe import MoE
+    from pytrain.train.expert_parallel import apply_expert_parallel
+
+    moe = MoE(preset("tiny-moe", moe_capacity_factor=capacity_factor))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in moe.parameters():
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    plain = copy.deepcopy(moe)
+    apply_expert_parallel(moe, init_device_mesh("cpu", (world,), mesh_dim_names=("expert",)))
+    xs = [torch.randn(2, 12, 64, generator=generator).requires_grad_() for _ in range(world)]
+    grads_out = [torch.randn(2, 12, 64, generator=generator) for _ in range(world)]
+
+    ours = moe(xs[rank])
+    (ours * grads_out[rank]).sum().backward()
+    capacity = None if capacity_factor is None else math.ceil(capacity_factor * 24 * 2 / 8)
+    plain_xs = [x.detach().clone().requires_grad_() for x in xs]
+    expected = [plain_moe(plain, x, capacity) for x in plain_xs]  # every rank's tokens, one process
+    sum((out * g).sum() for (out, _), g in zip(expected, grads_out)).backward()
+
+    def close(got, want, what):  # fp32, summed in other orders: within 1e-5 of the largest entry
+        torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5,
+                                   msg=f"{what} (capacity factor {capacity_factor})")
+
+    close(ours, expected[rank][0], "output")
+    close(xs[rank].grad, plain_xs[rank].grad, "input gradient")
+    dist.all_reduce(moe.gate.weight.grad)  # each rank's router saw its own tokens only
+    close(moe.gate.weight.grad, plain.gate.weight.grad, "router gradient")
+    local = slice(rank * 4, (rank + 1) * 4)  # this rank's 4 experts hold every rank's tokens' gradient
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        close(getattr(moe.experts, name).grad.to_local(), getattr(plain.experts, name).grad[local], name)
+    if capacity_factor is not None:
+        assert 0 < moe.routing.dropped.item() == expected[rank][1]
+
+
+def test_expert_parallel_layer_is_the_plain_layer(tmp_path):
+    """The all-to-all dispatch and combine (and their backward) on 2 gloo ranks: each rank's output and input
+    gradient, the router gradient summed over ranks and each rank's shard of the expert gradients are those
+    of the plain layer on both ranks' tokens, dropless and with a capacity (dropped assignments stay home)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_expert_parallel_layer_rank, args=(2, str(tmp_path / "pg")), nprocs=2, join=True)

@@ -1,6 +1,7 @@
 """Mixture-of-experts training: the step's gradient is transformers' (LM loss + coefficient x its load-balancing
-loss, plus a z-loss written out here), averaged over the step's forwards; the router options are logged
-and a run with them (capacity, z-loss, aux-loss-free bias) resumes exactly; FLOPs count active parameters."""
+loss, plus a z-loss written out here), averaged over the step's forwards; the logged values and the
+aux-loss-free bias update against their formulas; the router options are logged and a run with them
+(capacity, z-loss, aux-loss-free bias) resumes exactly; FLOPs count active parameters."""
 
 from __future__ import annotations
 
@@ -97,6 +98,41 @@ def test_router_bookkeeping_adds_no_host_sync(one_rank, monkeypatch):
     assert model.layers[0].mlp.gate.expert_bias.abs().sum() > 0 and model.layers[0].mlp.routing is None
 
 
+def test_logged_router_values_and_bias_update_are_the_formulas(one_rank):
+    """Two forwards of a step with routings set by hand: the logged aux_loss is the mean of the forwards'
+    load-balancing losses (E x sum_e f_e P_e, written out here), expert_load the largest max/mean of a
+    layer's step load; and DeepSeek-V3's update moves each bias by rate x sign(mean load - load) of the
+    step's load (overloaded experts down, underloaded up, a balanced layer unchanged), not of one forward's."""
+    from pytrain.model import build_model, preset
+    from pytrain.model.moe import Routing
+    from pytrain.train.moe import RouterTraining
+
+    model = build_model(preset("tiny-moe", vocab_size=VOCAB, router_bias_update_rate=0.01))
+    router = RouterTraining.of(model)
+    # [forward][layer] tokens per expert (4 tokens x top-2 = 8 assignments) and summed probabilities
+    counts = [[[4, 0, 0, 0, 0, 0, 0, 4], [1] * 8], [[0, 0, 0, 0, 4, 4, 0, 0], [1] * 8]]
+    probs = [[[0.5, 0, 0, 0, 1, 1, 0, 1.5], [0.5] * 8], [[1, 1, 0, 0, 1, 1, 0, 0], [0.25, 0.75] * 4]]
+    aux = []
+    for forward in range(2):
+        for layer, c, p in zip(router.layers, counts[forward], probs[forward]):
+            layer.routing = Routing(torch.tensor(c, dtype=torch.float32), torch.tensor(p), torch.zeros(()), 4,
+                                        None)
+        router.loss(2)
+        rows = 2 * 4  # layers x tokens
+        f = [sum(c[e] for c in counts[forward]) / rows for e in range(8)]
+        mean_p = [sum(p[e] for p in probs[forward]) / rows for e in range(8)]
+        aux.append(8 * sum(fe * pe for fe, pe in zip(f, mean_p)))
+    values = router.step_values()
+    router.update_bias()
+    assert values["aux_loss"].item() == pytest.approx(sum(aux) / 2, rel=1e-6)
+    step_load = [[a + b for a, b in zip(*layer)] for layer in zip(*counts)]  # [4,0,0,0,4,4,0,4], [2]*8
+    assert values["expert_load"].item() == pytest.approx(max(max(load) / (sum(load) / 8) for load in step_load))
+    for layer, load in zip(router.layers, step_load):
+        mean = sum(load) / 8
+        expected = [0.01 if n < mean else -0.01 if n > mean else 0.0 for n in load]
+        assert layer.gate.expert_bias.tolist() == pytest.approx(expected)
+
+
 def test_router_options_are_logged_and_resume_exactly(base_config, tmp_path):
     """Capacity, z-loss and the aux-loss-free expert bias (a checkpointed buffer that steers routing):
     logged each step, and a run resumed from step 2 continues with the very same losses."""
@@ -115,6 +151,34 @@ def test_router_options_are_logged_and_resume_exactly(base_config, tmp_path):
     log = (full / "train.log").read_text()
     assert " | aux " in log and " | load " in log and " | dropped " in log
     assert "M active per token)" in log
+
+
+def test_compile_of_a_mixture_of_experts_on_the_reference_path_is_a_one_line_error(base_config, tmp_path, capsys):
+    """The reference grouped matmul reads the experts' row counts on the host, which a fullgraph-compiled block
+    cannot hold (it was a dynamo traceback): refused before anything is written; with the Triton grouped
+    GEMM (CUDA, or the interpreter here) compile stays allowed, and so does compile of a dense model."""
+    from pytrain.config import RunConfig
+    from pytrain.errors import PytrainError
+    from pytrain.train.resolve import resolve_run
+
+    capsys.readouterr()
+    assert train(base_config, f"train.run_dir={tmp_path / 'run'}", "model.preset=tiny-moe", "train.compile=true",
+                 check=False) == 2
+    error = capsys.readouterr().err.strip()
+    assert "train.compile with a mixture of experts needs the grouped GEMM kernels" in error, error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+    config = RunConfig()
+    config.data.path, config.data.seq_len, config.train.batch_size, config.train.compile = "unused", 64, 8, True
+    cases = [("tiny-moe", "torch", "cuda", True), ("tiny-moe", "auto", "cuda", False),
+             ("tiny-moe", "triton", "cuda", False), ("tiny", "auto", "cpu", False)]
+    for preset_name, kernels, device, refused in cases:
+        config.model.preset, config.train.kernels = preset_name, kernels
+        if refused:
+            with pytest.raises(PytrainError, match="train.compile with a mixture of experts"):
+                resolve_run(config, 512, 1, device)
+        else:
+            resolve_run(config, 512, 1, device)
 
 
 def test_flops_count_active_parameters():

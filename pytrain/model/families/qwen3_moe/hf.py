@@ -1,7 +1,9 @@
 """The Hugging Face format of the qwen3_moe family: Qwen3MoeConfig (model_type qwen3_moe,
 Qwen3MoeForCausalLM); Qwen3's keys and tensor names plus the MoE ones (pytrain.model.families.moe_hf).
 Refused: sliding-window attention (`use_sliding_window: true`) and dense layers among the sparse ones
-(`decoder_sparse_step` other than 1, a non-empty `mlp_only_layers`)."""
+(`decoder_sparse_step` other than 1, a non-empty `mlp_only_layers`). A missing head_dim is
+hidden_size / num_attention_heads, as transformers' Qwen3MoeAttention takes it (Qwen3MoeConfig has no
+head_dim default, unlike the dense Qwen3Config's 128)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def config_json(model_config) -> dict:
 
 def model_config_values(config: dict, path: Path) -> dict:
     refuse_sparse_layer_patterns(config, path, MODEL_TYPE)
-    values = read_llama_like(config, path, MODEL_TYPE, accepted=QWEN_ACCEPTED, defaults={**DEFAULTS, "head_dim": 128})
+    values = read_llama_like(config, path, MODEL_TYPE, accepted=QWEN_ACCEPTED, defaults=DEFAULTS)
     return {**values, **read_moe(config, path, experts_keys=("num_experts", "num_local_experts"), fields=MOE_FIELDS,
                                  defaults=MOE_DEFAULTS)}
 
