@@ -97,16 +97,17 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     if not run_dirs:
         raise PytrainError("pass at least one --run DIR")
     read = [(_label(run, run_dirs), *read_metrics(run)) for run in run_dirs]
-    runs = [(label, train, val) for label, train, val, _ in read]
     if not any(train or val or tasks for _, train, val, tasks in read):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
     with output_lock(out, "plot"):  # one writer per PNG
         _check_replaceable(out)
-        return _write_png(out, runs)
+        return _write_png(out, read)
 
 
-def _write_png(out: Path, runs: list) -> Path:
+def _write_png(out: Path, read: list) -> Path:
+    """`read`: (label, training rows, evaluation rows, downstream task rows) per run."""
+    runs = [(label, train, val) for label, train, val, _ in read]
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import EngFormatter

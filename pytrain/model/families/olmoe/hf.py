@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytrain.model.families.llama.hf import ACCEPTED, DEFAULTS, FIELDS, hf_name, llama_like_config_json, read_llama_like
+from pytrain.model.families.llama.hf import ACCEPTED, DEFAULTS, hf_name, llama_like_config_json, read_llama_like
 from pytrain.model.families.moe_hf import moe_json, moe_layouts, read_moe
 
 __all__ = ["MODEL_TYPE", "config_json", "hf_layouts", "hf_name", "model_config_values"]
