@@ -404,11 +404,11 @@ def _validate(config: RunConfig) -> None:
 
 def _validate_muon(optim: OptimSection) -> None:
     if not 0 <= optim.momentum < 1:
-        raise PytrainError(f"optim.momentum must be in [0, 1), got {optim.momentum}")
+        raise PytrainError(f"optim.momentum must be in [0, 1), got {shown(optim.momentum)}")
     if not 1 <= optim.ns_steps <= 99:
-        raise PytrainError(f"optim.ns_steps (Newton-Schulz iterations) must be 1 to 99, got {optim.ns_steps}")
+        raise PytrainError(f"optim.ns_steps (Newton-Schulz iterations) must be 1 to 99, got {shown(optim.ns_steps)}")
     if len(optim.ns_coefficients) != 3:
-        raise PytrainError(f"optim.ns_coefficients must be three numbers (a, b, c), got {optim.ns_coefficients}")
+        raise PytrainError(f"optim.ns_coefficients must be three numbers (a, b, c), got {shown(optim.ns_coefficients)}")
 
 
 MIXTURE_KEYS = ("name", "path", "weight")

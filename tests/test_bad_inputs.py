@@ -252,7 +252,7 @@ def test_plot_draws_extreme_values_as_gaps(tmp_path, matplotlib):
              {"step": 3, "tokens": 192, "val_loss": float("inf"), "val_loss_by_source": {"a": "x", "b": 1e308, "c": 2.0}},
              {"step": 6, "tokens": 384, "val_loss": 3.0, "val_loss_by_source": "junk"}]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    train, evals = read_metrics(run)
+    train, evals, _ = read_metrics(run)
     plottable = [v for v in weird if isinstance(v, (int, float)) and not isinstance(v, bool)]
     assert [r["step"] for r in train] == [i + 1 for i, v in enumerate(weird) if v in plottable]
     assert [r["loss"] for r in train if r["loss"] == r["loss"]] == [2.5]  # the one finite, plottable loss

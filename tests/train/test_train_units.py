@@ -98,7 +98,7 @@ def test_mixture_val_loss_is_the_weighted_mean_of_the_sources():
 
     losses = {"web": 2.0, "code": 3.0, "math": 5.0}
     weights = {"web": 0.5, "code": 0.3, "math": 0.2}
-    evaluator = MixtureEvaluator({name: (weights[name], lambda model, loss=loss: (loss, None)) for name, loss in losses.items()})
+    evaluator = MixtureEvaluator({name: (weights[name], lambda model, loss=loss: (loss, None, None)) for name, loss in losses.items()})
     row = evaluator.row(model=None)
     expected = sum(weights[n] * losses[n] for n in losses) / sum(weights.values())
     assert row["val_loss_by_source"] == losses and row["val_loss"] == pytest.approx(expected, rel=1e-15)
@@ -141,7 +141,7 @@ def test_validation_loss_is_the_mean_over_trained_tokens():
     if started:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        loss, _ = Evaluator(Batches(), 2, 3, False, torch.device("cpu"))(model)
+        loss, _, _ = Evaluator(Batches(), 2, 3, False, torch.device("cpu"))(model)
     finally:
         if started:
             dist.destroy_process_group()
