@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_DOCUMENTS, _DOCUMENT_BYTES = 24, 1 << 20
+_DOCUMENTS, _DOCUMENT_BYTES = 96, 1 << 20  # the encode outlasts a slow poller on a loaded machine
 
 
 @pytest.fixture(scope="module")
 def long_words(tmp_path_factory) -> Path:
     """Documents that are each one 1 MB word of random letters: the BPE merges of each take a fraction of a second
-    in native code, and --batch-mb 64 hands all of them to the encoder in one call (seconds, single-threaded)."""
+    in native code, and --batch-mb 128 hands all of them to the encoder in one call (several seconds,
+    single-threaded)."""
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
     path = tmp_path_factory.mktemp("words") / "words.jsonl"
@@ -54,7 +55,7 @@ def _wait_until_encoding(proc: subprocess.Popen, tmp_path: Path) -> None:
 def test_a_signal_stops_a_long_native_encode_promptly(tmp_path, tokenizer_path, long_words, sig, status, word):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pytrain", "pack", str(long_words), "--tokenizer", str(tokenizer_path),
-                             "--out", str(out), "--encoder", "fast", "--threads", "1", "--batch-mb", "64"],
+                             "--out", str(out), "--encoder", "fast", "--threads", "1", "--batch-mb", "128"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_encoding(proc, tmp_path)
