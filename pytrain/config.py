@@ -104,6 +104,7 @@ class CheckpointSection:
     resume: str = "auto"              # auto (this run's latest, if any) | none | a run or checkpoint directory
     resume_step: int | None = None    # null: the latest
     resume_other_config: bool = False  # continue a run directory that another config file created
+    async_: bool = False              # `checkpoint.async`: write in the background while training goes on
 
 
 @dataclass
@@ -131,13 +132,18 @@ class RunConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {name: {KEYWORD_FIELDS.get(key, key): value for key, value in section.items()}
+                for name, section in asdict(self).items()}
 
     def to_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+
+# Config keys that are Python keywords -> the field holding each (a dataclass field cannot be named `async`)
+KEYWORD_KEYS = {"async": "async_"}
+KEYWORD_FIELDS = {field_name: key for key, field_name in KEYWORD_KEYS.items()}
 
 CHOICES = {
     "schedule.name": ("cosine", "linear", "constant", "wsd"),
@@ -253,10 +259,11 @@ def _set(config: RunConfig, dotted: str, value, where: str) -> None:
         raise PytrainError(f'{where}: unknown section "{section_name}"{did_you_mean(section_name, sections)}')
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
-    if key not in hints:
-        valid = [f"{section_name}.{k}" for k in hints]
+    name = KEYWORD_KEYS.get(key, key)
+    if name not in hints or key in KEYWORD_FIELDS:
+        valid = [f"{section_name}.{KEYWORD_FIELDS.get(k, k)}" for k in hints]
         raise PytrainError(f'{where}: unknown key "{dotted}"{did_you_mean(dotted, valid)}')
-    setattr(section, key, _coerce(value, hints[key], dotted, where))
+    setattr(section, name, _coerce(value, hints[name], dotted, where))
 
 
 def _coerce(value, tp, key: str, where: str):

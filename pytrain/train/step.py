@@ -26,17 +26,23 @@ from pytrain.train.precision import LossScaler
 
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
-                     device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
+                     device: torch.device, loss_scale: float = 1.0,
+                     shared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Accumulate the gradients of `batches` (this rank's micro-batches) and clip them.
 
     The backward runs on the loss times `loss_scale` (fp16; a power of two, so exact) and the gradients
     are divided by it again before the norm. Returns (global mean loss, global gradient norm before
     clipping) as device scalars, and the global number of target tokens. The optimizer step is the
-    caller's, after it has checked the two values.
+    caller's, after it has checked the two values. `shared`: a host int64 tensor of the caller's counts
+    (e.g. a stop request), summed over ranks in place by the all-reduce the token count needs anyway.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
     local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-    global_tokens = int(all_reduce_sum(torch.tensor(local_tokens, dtype=torch.int64)))
+    counts = torch.tensor([local_tokens, *([] if shared is None else shared.tolist())], dtype=torch.int64)
+    all_reduce_sum(counts)
+    global_tokens = int(counts[0])
+    if shared is not None:
+        shared.copy_(counts[1:])
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
         model.set_requires_gradient_sync(i == len(batches) - 1)
@@ -123,12 +129,14 @@ class TrainStep:
         self.scaler = LossScaler(loss_scale_init, loss_scale_growth_interval) if dtype == "fp16" else None
         _create_optimizer_state(optimizer)
 
-    def __call__(self, batches: list[dict], lr: float) -> StepResult:
+    def __call__(self, batches: list[dict], lr: float, shared: torch.Tensor | None = None) -> StepResult:
+        """One step; `shared` as in forward_backward (summed over ranks before the forward)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.grad_clip,
                                                    document_masking=self.document_masking, device=self.device,
-                                                   loss_scale=self.scaler.scale if self.scaler else 1.0)
+                                                   loss_scale=self.scaler.scale if self.scaler else 1.0,
+                                                   shared=shared)
         loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the step's one host sync
         if not math.isfinite(loss_value):
             raise NonFinite("loss", loss_value)

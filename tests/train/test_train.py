@@ -8,17 +8,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from conftest import run_cli
-from _train_fixtures import ENV, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
-
-HERE = Path(__file__).parents[1]  # tests/, where the helper scripts live
-
+from _train_fixtures import ENV, SLOWED, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
 
 def test_loss_falls_and_run_dir_is_complete(base_run):
     steps = losses(base_run)
@@ -96,7 +92,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(base_confi
 
 def test_kill_during_save_keeps_the_last_checkpoint_and_resumes_exactly(base_config, base_run, tmp_path):
     run_dir = tmp_path / "killed"
-    command = train_command(base_config, f"train.run_dir={run_dir}", script=str(HERE / "_train_slow_save.py"))
+    command = train_command(base_config, f"train.run_dir={run_dir}", script=SLOWED)
     proc = subprocess.Popen(command, env={**ENV, "STALL_STEP": "8"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     partial = run_dir / "checkpoints" / ".tmp-step_8"
