@@ -64,7 +64,7 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.1         # not applied to norms, biases and embeddings
     grad_clip: float = 1.0            # max global gradient norm; 0 disables clipping
-    fused: bool | None = None         # null: fused AdamW on CUDA
+    fused: bool | None = None         # null: fused AdamW (CUDA and CPU)
 
 
 @dataclass

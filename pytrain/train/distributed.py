@@ -75,8 +75,9 @@ def shutdown() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks in place and return it."""
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """Sum `tensor` over ranks in place and return it (one rank: unchanged, without a call into the backend)."""
+    if dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

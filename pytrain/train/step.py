@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from pytrain.labels import IGNORE_INDEX
@@ -45,7 +46,8 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
         shared.copy_(counts[1:])
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
-        model.set_requires_gradient_sync(i == len(batches) - 1)
+        if isinstance(model, FSDPModule):  # one process in fp32 trains a plain model (pytrain.train.parallelize)
+            model.set_requires_gradient_sync(i == len(batches) - 1)
         loss = model(**model_inputs(batch, document_masking, device), reduction="sum")
         (loss * loss_scale / global_tokens).backward()
         loss_sum += loss.detach()

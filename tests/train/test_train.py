@@ -235,9 +235,13 @@ def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path, monke
 def test_gradient_accumulation_reduces_once_per_step(base_config, tmp_path, monkeypatch):
     """4 micro-batches per step, one gradient reduction (reduce-scatter) per FSDP unit per step, not per
     micro-batch. FSDP2 launches one reduce-scatter per `foreach_reduce` call (a no-op collective on one
-    rank, but the call is still made), so the calls are counted."""
+    rank, but the call is still made), so the calls are counted, with the model wrapped as on several ranks
+    (one fp32 process trains it plain: pytrain.train.parallelize.needs_fsdp)."""
     import torch.distributed.fsdp._fully_shard._fsdp_param_group as param_group
 
+    import pytrain.train.parallelize as parallelize
+
+    monkeypatch.setattr(parallelize, "needs_fsdp", lambda *args: True)
     calls, reduce = [], param_group.foreach_reduce
 
     def counting_reduce(*args, **kwargs):
