@@ -174,6 +174,37 @@ def _timed(command: list[str], env: dict) -> tuple[float, float, str]:
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, proc.stdout + proc.stderr
 
 
+def model_steps() -> dict:
+    """CPU seconds (this thread) of one forward + backward of each model alone, 12 x 64 random tokens, at
+    each model's initial weights."""
+    import statistics
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from minimal_gpt import GPT
+
+    from pytrain.model import preset
+    from pytrain.model.families import build_model
+
+    torch.set_num_threads(1)
+    llama = build_model(preset("tiny", vocab_size=512, **MINIMAL_SHAPE))
+    llama.init_weights(0)  # as the trainer initialises it (torch's default init is far from a trained model's)
+    gpt = GPT(512, 64, 4, 128, 4)
+    tokens = torch.randint(0, 512, (12, 65))
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    steps = {"pytrain": lambda: llama(inputs, labels, reduction="sum").backward(),
+             "minimal": lambda: gpt(inputs, labels).backward()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(33):
+        for name, step in steps.items():
+            started = time.thread_time()
+            step()
+            if i >= 3:
+                times[name].append(time.thread_time() - started)
+    return {f"{name}_model_step_s": statistics.median(values) for name, values in times.items()}
+
+
 def vs_minimal(args) -> int:
     import statistics
     import tempfile
@@ -194,6 +225,10 @@ def vs_minimal(args) -> int:
                    "--warmup", "100", "--out", str(root / "minimal.pt")]
         print(f"bench_train --vs-minimal: {args.steps} steps of 12 x 64 tokens, one thread, {args.repeat} pair(s); "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        fixed = {"pytrain_fixed_cpu_s": _timed([*pytrain, f"train.run_dir={root / 'one'}", "train.steps=1",
+                                                "schedule.warmup_steps=0"], env)[1],
+                 "minimal_fixed_cpu_s": _timed([*minimal[:4], "1", *minimal[5:]], env)[1]}
+        model = json.loads(_timed([sys.executable, __file__, "--model-steps"], env)[2].splitlines()[-1])
         pairs = []
         for i in range(args.repeat):
             run_dir = root / f"run{i}"
@@ -208,17 +243,23 @@ def vs_minimal(args) -> int:
     median = {key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]}
     wall_ratio = statistics.median(pair["pytrain_wall_s"] / pair["minimal_wall_s"] for pair in pairs)
     cpu_ratio = statistics.median(pair["pytrain_cpu_s"] / pair["minimal_cpu_s"] for pair in pairs)
-    print(f"| process | wall (median) | CPU (median) | final validation loss |")
-    print(f"|---|---|---|---|")
+    print("| process | wall (median) | CPU (median) | CPU per step | of which the model's forward + backward | "
+          "the rest of the step | start-up, set-up, end (CPU) | final validation loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for who in ("pytrain", "minimal"):
-        print(f"| {who} | {median[who + '_wall_s']:.1f} s | {median[who + '_cpu_s']:.1f} s | "
-              f"{median[who + '_val_loss']:.3f} |")
+        per_step = (median[who + "_cpu_s"] - fixed[who + "_fixed_cpu_s"]) / (args.steps - 1)
+        median[who + "_cpu_per_step_s"] = per_step
+        model_step = model[who + "_model_step_s"]
+        print(f"| {who} | {median[who + '_wall_s']:.1f} s | {median[who + '_cpu_s']:.1f} s | {per_step * 1e3:.1f} ms | "
+              f"{model_step * 1e3:.1f} ms | {(per_step - model_step) * 1e3:.1f} ms | "
+              f"{fixed[who + '_fixed_cpu_s']:.1f} s | {median[who + '_val_loss']:.3f} |")
     verdict = "PASS" if wall_ratio <= 1.0 else "FAIL"
     goal = f"goal: pytrain wall <= minimal: x{wall_ratio:.2f} (CPU x{cpu_ratio:.2f}) {verdict}"
     print(goal)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     out = args.json.with_name("bench_train_vs_minimal.json")
-    out.write_text(json.dumps({"steps": args.steps, "pairs": pairs, "median": median, "wall_ratio": wall_ratio,
+    out.write_text(json.dumps({"steps": args.steps, "pairs": pairs, "median": median, **fixed, **model,
+                               "wall_ratio": wall_ratio,
                                "cpu_ratio": cpu_ratio, "loadavg": os.getloadavg(), "goal": goal}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
@@ -239,9 +280,13 @@ def main() -> int:
     parser.add_argument("--vs-minimal", action="store_true",
                         help="whole-process wall time of `pytrain train` against benchmarks/minimal_gpt.py (CPU)")
     parser.add_argument("--repeat", type=int, default=3, help="--vs-minimal: pairs of runs")
+    parser.add_argument("--model-steps", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_steps:
+        print(json.dumps(model_steps()))
+        return 0
     if args.vs_minimal:
         args.steps = args.steps or 2000
         return vs_minimal(args)

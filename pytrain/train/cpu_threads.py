@@ -83,7 +83,8 @@ class CpuThreads:
                            f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} as set and may run much slower")
             else:
                 message = (f"note: other processes keep {others:.1f} of {len(self.cpus)} cores busy; training uses "
-                           "the idle cores only (re-checked at every logging step; OMP_NUM_THREADS fixes it)")
+                           "the idle cores only (re-checked as it logs, at most twice a second; OMP_NUM_THREADS "
+                           "fixes it)")
         if not self.fixed_by_user:
             threads = max(1, min(self.share, round(free / self.ranks_here)))
             if threads != torch.get_num_threads():

@@ -52,8 +52,8 @@ class StopRequest:
         if not self.signum:
             self.signum, self._first_at = signum, now
             if self.announce:
-                print(f"pytrain: {signal.Signals(signum).name} received: saving a checkpoint after the next step at the "
-                      "latest, then stopping (a second signal stops at once)", file=sys.stderr, flush=True)
+                print(f"pytrain: {signal.Signals(signum).name} received: saving a checkpoint after the next step at "
+                      "the latest, then stopping (a second signal stops at once)", file=sys.stderr, flush=True)
             return
         if now - self._first_at < DUPLICATE_S:
             return

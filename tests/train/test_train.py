@@ -14,7 +14,9 @@ import torch
 import yaml
 
 from conftest import run_cli
-from _train_fixtures import ENV, SLOWED, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
+from _train_fixtures import (ENV, SLOWED, base_config, base_run, losses, packed_data, train,  # noqa: F401
+                             train_command, val_losses)
+
 
 def test_loss_falls_and_run_dir_is_complete(base_run):
     steps = losses(base_run)
