@@ -1,9 +1,10 @@
 """Ahead-of-time compile gate for the Triton kernels: no GPU needed.
 
-    python benchmarks/aot_check.py [--arch 80 90] [--ops rms_norm rope linear_ce] [--json PATH] [--jit]
+    python benchmarks/aot_check.py [--arch 80 90] [--ops rms_norm rope linear_ce grouped_mm] [--json PATH] [--jit]
 
 Runs the real launch wrappers (`kernels/*.py`'s `launch_*` functions, the bodies of the custom ops) on
-meta tensors at the benchmark shapes of `bench_kernels.py`, the 125m and 1b presets' shapes, and the
+meta tensors at the benchmark shapes of `bench_kernels.py` and `bench_moe.py` (grouped GEMM: the MoE
+layers of 1b-7b-olmoe, 30b-a3b-qwen3_moe and 8x7b-mixtral), the 125m and 1b presets' shapes, and the
 limits the wrappers accept (hidden sizes up to `MAX_HIDDEN`, fp32, the model's residual form, GPT-2's
 odd vocabulary). Each kernel launch
 is intercepted instead of run and handed to Triton's own argument binder, so signatures, constexprs and
@@ -99,6 +100,20 @@ def _linear_ce_case(tokens, hidden, vocab, dtype) -> Case:
     return Case("linear_ce", f"{str(dtype)[6:]} hidden={hidden} vocab={vocab}", run)
 
 
+def _grouped_mm_case(rows, hidden, width, experts, dtype, name) -> Case:
+    def run(device):
+        from pytrain.kernels.grouped_mm import launch_grouped_mm, launch_grouped_mm_bwd
+
+        ends = torch.zeros(experts, dtype=torch.int32, device=device)
+        for k, n in ((hidden, width), (width, hidden)):  # gate/up projections, then down
+            x = torch.empty(rows, k, dtype=dtype, device=device)
+            w = torch.empty(experts, n, k, dtype=dtype, device=device)
+            y = launch_grouped_mm(x, w, ends)
+            launch_grouped_mm_bwd(torch.empty_like(y), x, w, ends, True, True)
+
+    return Case("grouped_mm", f"{str(dtype)[6:]} {name} hidden={hidden} width={width} experts={experts}", run)
+
+
 def cases() -> list[Case]:
     """The benchmark shapes (from bench_kernels.py), the presets gpu_check.sh trains (125m, 1b; from the
     model config), and the limits the wrappers accept: read from the code, so they cannot drift."""
@@ -134,6 +149,15 @@ def cases() -> list[Case]:
     out += [_linear_ce_case(4096, hidden, vocab, bf16) for hidden, vocab in ce_shapes]
     out += [_linear_ce_case(4096, 768, 50257, bf16),  # GPT-2's odd vocabulary
             _linear_ce_case(1024, 768, 50257, fp32)]
+    from bench_moe import layer_shapes  # the MoE benchmark's layers (1b-7b-olmoe, 30b-a3b-qwen3_moe), Mixtral's
+
+    layers = {**layer_shapes(), "mixtral": vars(preset("8x7b-mixtral"))}
+    for name, m in layers.items():
+        hidden, width = m.get("hidden", m.get("hidden_size")), m.get("width", m.get("intermediate_size"))
+        experts, top_k = m.get("experts", m.get("num_experts")), m.get("top_k", m.get("num_experts_per_tok"))
+        out.append(_grouped_mm_case(8192 * top_k, hidden, width, experts, bf16, name))
+    out.append(_grouped_mm_case(4096, 2048, 1024, 64, fp32, "olmoe"))  # the most registers: fp32 tiles
+    out.append(_grouped_mm_case(1000, 1000, 100, 8, bf16, "unaligned"))  # widths not multiples of 16
     return out
 
 
@@ -317,8 +341,8 @@ def table(rows: list[Row], jit: bool) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (default 80 90)")
-    parser.add_argument("--ops", nargs="+", default=["rms_norm", "rope", "linear_ce"],
-                        choices=["rms_norm", "rope", "linear_ce"])
+    parser.add_argument("--ops", nargs="+", default=["rms_norm", "rope", "linear_ce", "grouped_mm"],
+                        choices=["rms_norm", "rope", "linear_ce", "grouped_mm"])
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--jit", action="store_true", help="CUDA only: launch each case and add the JIT's figures")
     args = parser.parse_args(argv)

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILY_PRESETS = ("tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox")
+FAMILY_PRESETS = ("tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox", "tiny-moe", "tiny-qwen2_moe",
+                  "tiny-mixtral", "tiny-olmoe")
 
 
 def _tokenizer(folder: Path, vocab_size: int) -> Path:

@@ -8,14 +8,17 @@
 # cases); the AOT compile table beside the JIT's registers (aot_check.py --jit); bench_kernels.py --quick
 # (Liger when importable); bench_train.py for the 1b preset at seq 2048 in bf16, kernels on/off x compile
 # on/off; a short NCCL FSDP2 run through torchrun; the document-masked attention benchmark
-# (bench_attention.py, when that script exists); bench_train.py for the 125m preset. A stage gets at
+# (bench_attention.py, when that script exists); the MoE layer's grouped-matmul backends (bench_moe.py);
+# bench_train.py for the 125m preset; a short run with optim.name=muon and bench_optim.py's optimizer step
+# cost (125m, 1b). A stage gets at
 # most its own cap and what is left of the budget (default 540 s); once the budget is spent the
 # remaining stages are recorded as skipped. OUT_DIR ends with RESULTS.md, results.json and results.png
 # (gpu_report.py), next to each stage's own JSON; the exit status is 1 if a stage failed.
 #
 # --dry-run runs the same plumbing on the CPU at tiny sizes, as CI does: an import check instead of the
 # build, a few kernel tests through the Triton interpreter, one op's AOT table, bench_kernels --help
-# (it times CUDA only), bench_train's tiny preset on the torch ops, and FSDP2 over gloo.
+# (it times CUDA only), bench_train's tiny preset on the torch ops, FSDP2 over gloo, bench_moe's tiny layer
+# (reference and Triton interpreter, correctness only) and bench_optim's step cost of the tiny preset.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +75,10 @@ note_stage() {  # note_stage NAME STATUS NOTE: a stage decided without running a
 
 KERNEL_TESTS=(tests/ops/test_kernels_rmsnorm.py tests/ops/test_kernels_rmsnorm_streamed.py tests/ops/test_kernels_rope.py
               tests/ops/test_kernels_linear_ce.py tests/ops/test_kernels_ce_padding.py tests/ops/test_input_checks.py
-              tests/ops/test_attention.py)  # attention: its CUDA-only tests check the block-sparse backward
+              tests/ops/test_attention.py tests/ops/test_grouped_mm.py tests/model/test_moe.py
+              tests/train/test_optim_muon.py)
+# attention: its CUDA-only tests check the block-sparse backward; test_moe: the MoE layer on the kernel path;
+# test_optim_muon: its CUDA-only test checks the compiled bf16 Newton-Schulz
 
 # bench_train.py: train_stage NAME CAP PRESET; the GPU run times all four variants at seq 2048 in bf16.
 train_stage() {
@@ -125,6 +131,27 @@ else
   note_stage attention skipped "dry run: bench_attention.py has no --dry-run"
 fi
 
+# The MoE layer (1b-7b-olmoe's and 30b-a3b-qwen3_moe's) with each grouped-matmul backend, fresh process each.
+if [ "$DRY" = 1 ]; then
+  run_stage moe 90 env OMP_NUM_THREADS=1 "$PY" benchmarks/bench_moe.py --dry-run --out "$OUT/moe"
+else
+  run_stage moe 120 "$PY" benchmarks/bench_moe.py --out "$OUT/moe"
+fi
+
 [ "$DRY" = 1 ] || train_stage train_125m 150 125m
+
+# optim.name=muon in the trainer (Newton-Schulz compiled in bf16 on CUDA), and its step's cost beside AdamW's.
+if [ "$DRY" = 1 ]; then
+  note_stage fsdp_muon skipped "dry run: tests/train/test_train_muon.py trains with Muon on the CPU"
+elif [ -f "$OUT/demo/config.yaml" ]; then
+  run_stage fsdp_muon 90 env OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m pytrain \
+    train --config "$OUT/demo/config.yaml" "train.run_dir=$OUT/fsdp_muon_run" "train.device=$DEVICE" \
+    "train.steps=$FSDP_STEPS" "train.eval_every=$FSDP_STEPS" checkpoint.every=0 logging.sample_every=0 optim.name=muon
+else
+  note_stage fsdp_muon skipped "no packed data (fsdp_data did not complete)"
+fi
+if [ "$DRY" = 1 ]; then OPTIM_COST=(--cost-presets tiny --repeat 1); else OPTIM_COST=(--cost-presets 125m 1b); fi
+run_stage bench_optim 90 env OMP_NUM_THREADS=1 "$PY" benchmarks/bench_optim.py --skip-training "${OPTIM_COST[@]}" \
+  --out "$OUT/optim"
 
 "$PY" benchmarks/gpu_report.py "$OUT" $([ "$DRY" = 1 ] && echo --dry-run) --budget "$BUDGET" --elapsed "$SECONDS"

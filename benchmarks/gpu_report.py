@@ -3,7 +3,7 @@
     python benchmarks/gpu_report.py OUT_DIR [--dry-run] [--budget S] [--elapsed S]
 
 Reads what the stages left in OUT_DIR (stages.tsv, kernel_tests.xml, aot.json, train_*.json,
-kernels/kernels.json, attention/*.json) and reports only what they measured. Exits 1 when a stage
+kernels/kernels.json, attention/*.json, moe/moe.md, optim/optim.json) and reports only what they measured. Exits 1 when a stage
 failed or timed out (a stage skipped for lack of time is reported, not failed).
 """
 
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     trains = {p.stem: rep for p in sorted(out.glob("train_*.json")) if (rep := _load(p))}
     kernels = _load(out / "kernels" / "kernels.json")
     attention = {p.name: _load(p) for p in sorted((out / "attention").glob("*.json"))}
+    optim = _load(out / "optim" / "optim.json")
 
     title = "gpu_check.sh dry run (CPU, tiny sizes: plumbing only, no performance figures)" if args.dry_run \
         else "gpu_check.sh results"
@@ -145,12 +146,22 @@ def main(argv=None) -> int:
     if attention:
         lines += ["", "## Attention (bench_attention.py)", ""]
         lines += [f"- {name}: `{json.dumps(data)[:2000]}`" for name, data in attention.items()]
+    moe = _load(out / "moe" / "moe.json")
+    if moe and (out / "moe" / "moe.md").is_file():
+        lines += ["", "## MoE layer (bench_moe.py)", "", *(out / "moe" / "moe.md").read_text().splitlines()[2:]]
+    if optim:
+        lines += ["", "## Optimizer step (bench_optim.py)", "", "| model | params | optimizer | step ms | state B/param | "
+                  "peak MiB |", "|---|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['optimizer']} | {r['step_ms']:.2f} | "
+                  f"{r['state_bytes_per_param']:.2f} | {'' if r['peak_mib'] is None else format(r['peak_mib'], '.0f')} |"
+                  for r in optim.get("cost", [])]
     plotted = _plot(out / "results.png", stages, trains)
     lines += ["", "results.png: stage times" + (" and training throughput" if trains else "") if plotted
               else "(matplotlib missing: no results.png)", ""]
     (out / "RESULTS.md").write_text("\n".join(lines))
     summary = {"dry_run": args.dry_run, "budget_s": args.budget, "elapsed_s": args.elapsed, "stages": stages,
-               "kernel_tests": tests, "aot": aot, "train": trains, "bench_kernels": kernels, "attention": attention}
+               "kernel_tests": tests, "aot": aot, "train": trains, "bench_kernels": kernels, "attention": attention,
+               "moe": moe, "optim": optim}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     bad = [s["stage"] for s in stages if s["status"] in ("failed", "timeout")]
     print(f"wrote {out}/RESULTS.md, results.json" + (", results.png" if plotted else ""))

@@ -1,6 +1,8 @@
 // Byte-level BPE merges (see bpe.h).
 #include "bpe.h"
 
+#include "interrupt.h"
+
 #include <cstring>
 #include <algorithm>
 
@@ -166,7 +168,8 @@ void merge_ids(const MergeTable& merges, const uint32_t* ids, size_t n, std::vec
         }
     }
     std::make_heap(queue.begin(), queue.end(), LaterCandidate{});
-    while (!queue.empty()) {
+    for (size_t iteration = 1; !queue.empty(); ++iteration) {
+        if (Interrupt::poll_current(iteration)) break;  // the call raises; what is left here is discarded
         std::pop_heap(queue.begin(), queue.end(), LaterCandidate{});
         const Candidate top = queue.back();
         queue.pop_back();

@@ -17,62 +17,127 @@
 #include <vector>
 
 #include "bpe.h"
+#include "interrupt.h"
 #include "parallel.h"
 
 namespace pytrain::bpe {
 
 namespace py = pybind11;
 
-// Literal tokens found leftmost-longest: at the first position where any token starts, the longest one. Tokens
-// are bucketed by their first two bytes (one-byte tokens apart), so a common first byte shared by many tokens
-// (Mistral v0.3's 768 "[control_N]" tokens all start with '[') costs one bucket lookup, not a scan of them all.
+// Literal tokens split out of a text leftmost-longest, as tokenizers' AddedVocabulary does (aho-corasick's
+// LeftmostLongest): from the start, the first position where any token starts, the longest token there, then on
+// after it. In time linear in the text, however many tokens there are and however they overlap (100k
+// "<|tok_N|>" tokens, or "aaa...ab" over a run of a's): one Aho-Corasick pass over the text from its end, with the
+// tokens reversed, finds at each position the longest token starting there (the longest reversed token that is a
+// suffix of the reversed text read so far: the automaton state's output); a forward pass then takes them greedily.
+// Building costs the tokens' total length (a trie of the reversed tokens, failure links by depth).
 class AddedTokens {
   public:
-    AddedTokens() { std::fill(std::begin(single_), std::end(single_), int64_t{-1}); }
-    void add(std::string content, uint32_t id) {
-        const uint8_t first = static_cast<uint8_t>(content[0]);
-        starts_[first] = true;
-        if (content.size() == 1) {
-            single_[first] = static_cast<int64_t>(id);
-            return;
-        }
-        auto& group = by_pair_[pair_key(reinterpret_cast<const uint8_t*>(content.data()))];
-        group.push_back({std::move(content), id});
-        std::stable_sort(group.begin(), group.end(),
-                         [](const Token& a, const Token& b) { return a.content.size() > b.content.size(); });
-    }
     struct Found {
         size_t pos, length;
         uint32_t id;
     };
-    // The first added token in text[from, n), or pos == n when there is none.
-    Found next(const uint8_t* text, size_t n, size_t from) const {
-        for (size_t i = from; i < n; ++i) {
-            if (!starts_[text[i]]) continue;
-            if (i + 1 < n && !by_pair_.empty()) {
-                const auto group = by_pair_.find(pair_key(text + i));
-                if (group != by_pair_.end()) {
-                    for (const Token& t : group->second) {
-                        if (t.content.size() <= n - i && std::memcmp(text + i, t.content.data(), t.content.size()) == 0) {
-                            return Found{i, t.content.size(), t.id};
-                        }
-                    }
-                }
-            }
-            if (single_[text[i]] >= 0) return Found{i, 1, static_cast<uint32_t>(single_[text[i]])};
+
+    AddedTokens() : nodes_(1) { std::fill(std::begin(root_child_), std::end(root_child_), 0u); }
+    explicit AddedTokens(const std::vector<std::pair<std::string, uint32_t>>& tokens) : AddedTokens() {
+        Interrupt interrupt;  // called with the GIL held, from Python
+        for (const auto& [content, id] : tokens) {
+            if (content.empty()) throw py::value_error("an added token is empty");
+            uint32_t node = 0;
+            for (auto c = content.rbegin(); c != content.rend(); ++c) node = child_or_new(node, static_cast<uint8_t>(*c));
+            nodes_[node].id = static_cast<int64_t>(id);  // a content given twice keeps the last id (bpe_support.py refuses that)
+            interrupt.check();
         }
-        return Found{n, 0, 0};
+        link();
+    }
+
+    // Every token in text[0, n), leftmost-longest and not overlapping, in order, into `found`; false when the
+    // call was interrupted midway (it raises; `found` is incomplete).
+    bool find_all(const uint8_t* text, size_t n, std::vector<Found>& found) const {
+        found.clear();
+        if (nodes_.size() == 1) return true;
+        thread_local std::vector<Found> longest;  // the longest token starting at each position that has one, from the end
+        longest.clear();
+        uint32_t state = 0;
+        for (size_t i = n; i-- > 0;) {
+            if (Interrupt::poll_current(n - i)) return false;
+            state = step(state, text[i]);
+            if (nodes_[state].out_length) longest.push_back(Found{i, nodes_[state].out_length, nodes_[state].out_id});
+        }
+        size_t next = 0;
+        for (auto f = longest.rbegin(); f != longest.rend(); ++f) {
+            if (f->pos >= next) {
+                found.push_back(*f);
+                next = f->pos + f->length;
+            }
+        }
+        return true;
     }
 
   private:
-    struct Token {
-        std::string content;
-        uint32_t id;
+    struct Node {
+        int64_t id = -1;           // the token whose reversal ends here, or -1
+        uint32_t parent = 0, depth = 0, fail = 0;
+        uint8_t byte = 0;          // the edge from the parent
+        uint32_t out_length = 0;   // the longest token whose reversal is a suffix of this node's string (0: none)
+        uint32_t out_id = 0;       // and its id
     };
-    static uint16_t pair_key(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-    std::unordered_map<uint16_t, std::vector<Token>> by_pair_;  // tokens of 2+ bytes, longest first
-    int64_t single_[256];                                       // one-byte tokens' ids, or -1
-    bool starts_[256] = {};
+    static uint64_t edge(uint32_t node, uint8_t byte) { return uint64_t{node} << 8 | byte; }
+
+    int64_t child(uint32_t node, uint8_t byte) const {
+        if (node == 0) return root_child_[byte] ? static_cast<int64_t>(root_child_[byte]) : -1;
+        const auto found = children_.find(edge(node, byte));
+        return found == children_.end() ? -1 : static_cast<int64_t>(found->second);
+    }
+
+    uint32_t child_or_new(uint32_t node, uint8_t byte) {
+        if (const int64_t existing = child(node, byte); existing >= 0) return static_cast<uint32_t>(existing);
+        const auto created = static_cast<uint32_t>(nodes_.size());
+        Node n;
+        n.parent = node;
+        n.depth = nodes_[node].depth + 1;
+        n.byte = byte;
+        nodes_.push_back(n);
+        if (node == 0) {
+            root_child_[byte] = created;
+        } else {
+            children_.emplace(edge(node, byte), created);
+        }
+        return created;
+    }
+
+    // The automaton's transition: the longest string (state's string + byte)'s suffix that is a trie node.
+    uint32_t step(uint32_t state, uint8_t byte) const {
+        for (;;) {
+            if (const int64_t next = child(state, byte); next >= 0) return static_cast<uint32_t>(next);
+            if (state == 0) return 0;
+            state = nodes_[state].fail;
+        }
+    }
+
+    // Failure links and outputs, parents before children (by depth): a node's failure is a shorter string's node.
+    void link() {
+        std::vector<uint32_t> order(nodes_.size());
+        for (uint32_t v = 0; v < order.size(); ++v) order[v] = v;
+        std::stable_sort(order.begin(), order.end(),
+                         [this](uint32_t a, uint32_t b) { return nodes_[a].depth < nodes_[b].depth; });
+        for (const uint32_t v : order) {
+            Node& node = nodes_[v];
+            if (v == 0) continue;
+            node.fail = node.parent == 0 ? 0 : step(nodes_[node.parent].fail, node.byte);
+            if (node.id >= 0) {
+                node.out_length = node.depth;
+                node.out_id = static_cast<uint32_t>(node.id);
+            } else {
+                node.out_length = nodes_[node.fail].out_length;
+                node.out_id = nodes_[node.fail].out_id;
+            }
+        }
+    }
+
+    std::vector<Node> nodes_;                          // nodes_[0] is the root
+    uint32_t root_child_[256];                         // the root's children (0: none), the hot transitions
+    std::unordered_map<uint64_t, uint32_t> children_;  // (node, byte) -> child, below the root
 };
 
 inline MergeTable merge_table_from(const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>& merges) {
@@ -81,26 +146,29 @@ inline MergeTable merge_table_from(const py::array_t<uint32_t, py::array::c_styl
     const size_t n = static_cast<size_t>(merges.shape(0));
     table.reserve(n);
     const uint32_t* row = merges.data();
+    Interrupt interrupt;
     for (size_t rank = 0; rank < n; ++rank, row += 3) {
         table.insert(row[0], row[1], {static_cast<uint32_t>(rank), row[2]});
+        if ((rank & 0xFFFF) == 0) interrupt.check();
     }
     return table;
 }
 
 inline BytesMap bytes_map_from(const std::vector<std::pair<py::bytes, uint32_t>>& words) {
     BytesMap map;
-    for (const auto& [word, id] : words) map.insert(std::string(word), id);
+    Interrupt interrupt;
+    for (const auto& [word, id] : words) {
+        map.insert(std::string(word), id);
+        interrupt.check();
+    }
     return map;
 }
 
 inline AddedTokens added_tokens_from(const std::vector<std::pair<py::bytes, uint32_t>>& tokens) {
-    AddedTokens added;
-    for (const auto& [content, id] : tokens) {
-        std::string text = content;
-        if (text.empty()) throw py::value_error("an added token is empty");
-        added.add(std::move(text), id);
-    }
-    return added;
+    std::vector<std::pair<std::string, uint32_t>> contents;
+    contents.reserve(tokens.size());
+    for (const auto& [content, id] : tokens) contents.emplace_back(std::string(content), id);
+    return AddedTokens(contents);
 }
 
 // Runs a document encoder over a list of str without the GIL; owns the per-worker word caches.
@@ -141,20 +209,22 @@ class DocumentBatcher {
         }
         std::vector<std::vector<uint32_t>> ids(workers);
         std::vector<int64_t> raw_lengths(n);
+        Interrupt interrupt;
         {
             py::gil_scoped_release nogil;  // before locking: a thread waiting on the lock must not hold the GIL
             std::lock_guard<std::mutex> lock(mutex_);  // the word caches belong to one call at a time
             if (caches_.size() < static_cast<size_t>(workers)) caches_.resize(workers);
-            run_parallel(workers, [&](int w) {
+            run_parallel(workers, interrupt, [&](int w) {
                 std::vector<uint32_t>& out = ids[w];
                 out.reserve((std::min(total_bytes, size_t{1} << 30) / workers) / 3);
-                for (size_t d = bounds[w]; d < bounds[w + 1]; ++d) {
+                for (size_t d = bounds[w]; d < bounds[w + 1] && !interrupt.poll(); ++d) {
                     const size_t before = out.size();
                     encoder.encode_document(docs[d].first, docs[d].second, caches_[w], out);
                     raw_lengths[d] = static_cast<int64_t>(out.size() - before);
                 }
             });
         }
+        interrupt.raise_if_stopped();
         return frame(ids, raw_lengths, bos, eos, dtype, drop_empty);
     }
 

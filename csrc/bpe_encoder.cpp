@@ -104,14 +104,15 @@ class BpeEncoder {
 
     // One document's ids, appended to out (DocumentBatcher calls it from its workers).
     void encode_document(const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
+        thread_local std::vector<AddedTokens::Found> found;
+        if (!added_.find_all(text, n, found)) return;  // interrupted: the call raises
         size_t pos = 0;
-        while (pos < n) {
-            const AddedTokens::Found found = added_.next(text, n, pos);
-            encode_piece(text + pos, found.pos - pos, cache, out);
-            if (found.pos == n) break;
-            out.push_back(found.id);
-            pos = found.pos + found.length;
+        for (const AddedTokens::Found& token : found) {
+            encode_piece(text + pos, token.pos - pos, cache, out);
+            out.push_back(token.id);
+            pos = token.pos + token.length;
         }
+        encode_piece(text + pos, n - pos, cache, out);
     }
 
     bpe::DocumentBatcher batcher;  // used by bpe::def_encode

@@ -74,14 +74,15 @@ class SentencePieceBpe {
 
     // One document's ids, appended to out (DocumentBatcher calls it from its workers).
     void encode_document(const uint8_t* text, size_t n, WordCache& cache, std::vector<uint32_t>& out) const {
+        thread_local std::vector<AddedTokens::Found> found;
+        if (!added_.find_all(text, n, found)) return;  // interrupted: the call raises
         size_t pos = 0;
-        while (pos < n) {
-            const AddedTokens::Found found = added_.next(text, n, pos);
-            if (found.pos > pos) encode_segment(text + pos, found.pos - pos, pos == 0, cache, out);
-            if (found.pos == n) break;
-            out.push_back(found.id);
-            pos = found.pos + found.length;
+        for (const AddedTokens::Found& token : found) {
+            if (token.pos > pos) encode_segment(text + pos, token.pos - pos, pos == 0, cache, out);
+            out.push_back(token.id);
+            pos = token.pos + token.length;
         }
+        if (n > pos) encode_segment(text + pos, n - pos, pos == 0, cache, out);
     }
 
     bpe::DocumentBatcher batcher;  // used by bpe::def_encode
@@ -145,8 +146,9 @@ class SentencePieceBpe {
                 return;
             }
         }
-        size_t start = 0;
+        size_t start = 0, characters = 0;
         for (size_t i = 0; i < n;) {
+            if (Interrupt::poll_current(++characters)) return;  // the call raises; the rest is discarded
             const size_t length = std::min(utf8::lead_length(word[i]), n - i);
             if (char_id(word + i, length) < 0) {
                 if (i > start) encode_piece(word + start, i - start, cache, out);

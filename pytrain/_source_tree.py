@@ -5,7 +5,8 @@ level; `pip install .` maps them into the installed package).
 
 Only when this package is such a checkout (no `pytrain/kernels` beside it, `kernels/` and `csrc/` at the
 root) does `pytrain/__init__.py` install `SourceTreeFinder`, which resolves exactly two names:
-- `pytrain.kernels` to the checkout's own `kernels/` package;
+- `pytrain.kernels` to the checkout's own `kernels/` folder, as a namespace package: the folder has no
+  `__init__.py`, so that from the repository root it cannot shadow Hugging Face's `kernels` package;
 - `pytrain._native` to an extension built from *this checkout's* `csrc/`: the persistent build folder
   that `pip install .` leaves in `build/<wheel tag>/`, or an installed pytrain's copy. Each build carries
   `_native.sources-sha256` (written by CMake, see csrc/source_hash.cmake) and is used only when that
@@ -27,7 +28,7 @@ HASH_FILE = "_native.sources-sha256"
 
 
 def is_source_checkout() -> bool:
-    return (not (PACKAGE_DIR / "kernels").exists() and (ROOT / "kernels" / "__init__.py").is_file()
+    return (not (PACKAGE_DIR / "kernels").exists() and (ROOT / "kernels" / "rms_norm.py").is_file()
             and (ROOT / "csrc").is_dir() and (ROOT / "CMakeLists.txt").is_file())
 
 
@@ -76,10 +77,10 @@ class SourceTreeFinder:
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname == "pytrain.kernels":
-            init = ROOT / "kernels" / "__init__.py"
-            return importlib.util.spec_from_file_location(fullname, init,
-                                                          submodule_search_locations=[str(init.parent)])
+        if fullname == "pytrain.kernels":  # a namespace package (no loader): its modules are found on this path
+            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+            spec.submodule_search_locations = [str(ROOT / "kernels")]
+            return spec
         if fullname == "pytrain._native":
             extension = find_native()
             loader = importlib.machinery.ExtensionFileLoader(fullname, str(extension))

@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 from pytrain import __version__
+from pytrain.arguments import OneLineParser, integer, text
 from pytrain.errors import PytrainError, Stopped
+
+MAX_VOCAB = 1 << 24  # tokens of a trained tokenizer (tokenizers' trainer allocates in proportion)
 
 
 class _Terminated(BaseException):
@@ -50,10 +53,10 @@ def _add_input_options(parser: argparse.ArgumentParser, chat: bool) -> None:
                         help="JSONL (.jsonl, .jsonl.gz), text (.txt), parquet, a datasets.save_to_disk folder, hf:NAME[:CONFIG]"
                              + (", or a Megatron NAME.bin/NAME.idx pair (either file or NAME)" if chat else ""))
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--field", default=None,
+    where.add_argument("--field", type=text, default=None,
                        help="JSON/parquet/dataset field holding the document (default: text"
                             + ("; messages for --format chat)" if chat else ")"))
-    where.add_argument("--jq", dest="jq", default=None, metavar="PATH",
+    where.add_argument("--jq", type=text, dest="jq", default=None, metavar="PATH",
                        help="nested JSON path to the text, e.g. .meta.body or .messages[0].content")
     parser.add_argument("--txt-split", choices=["file", "paragraph"], default="file",
                         help=".txt inputs: one document per file, or per blank-line-separated paragraph")
@@ -90,7 +93,8 @@ def _add_tokenizer(sub) -> None:
         _run_tokenizer_train,
     )
     _add_input_options(p, chat=False)
-    p.add_argument("--vocab-size", type=int, required=True, help="final vocabulary size, special tokens included")
+    p.add_argument("--vocab-size", type=integer(1, MAX_VOCAB, "a token count"), required=True,
+                   help="final vocabulary size, special tokens included")
     p.add_argument("--out", required=True, help="where to write tokenizer.json")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--style", choices=["gpt2", "llama2"], default="gpt2",
@@ -99,12 +103,13 @@ def _add_tokenizer(sub) -> None:
     shape.add_argument("--like", metavar="REF.json", default=None,
                        help="keep this BPE tokenizer.json's normalizer, pre-tokenizer, decoder, post-processor and "
                             "added tokens; train new merges (and ids) on the input")
-    p.add_argument("--eos-token", default=None,
+    p.add_argument("--eos-token", type=text, default=None,
                    help="end-of-document token (default: <|endoftext|> for gpt2, id 0; </s> for llama2, id 2)")
-    p.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
+    p.add_argument("--special-tokens", type=text, nargs="*", default=None, metavar="TOKEN",
                    help="extra special tokens, after the style's own (default: <pad> for gpt2, none for llama2)")
-    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
-    p.add_argument("--max-documents", type=int, default=None, help="train on at most this many documents")
+    p.add_argument("--min-frequency", type=integer(0, 2**31 - 1, "a count"), default=2, help="minimum pair count for a merge")
+    p.add_argument("--max-documents", type=integer(1, 2**63 - 1, "a count"), default=None,
+                   help="train on at most this many documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
@@ -163,14 +168,14 @@ def _add_pack(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="a tokenizer.json (ours, GPT-2's, Llama-3's, ...); for a Megatron "
                    "dataset, the one it was made with (every id is checked against it)")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--split", default=None, metavar="S", help="for hf:NAME inputs, the split to read (default: train)")
+    p.add_argument("--split", type=text, default=None, metavar="S", help="for hf:NAME inputs, the split to read (default: train)")
     p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
                    help="append the EOS token after every document")
     p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
                    help="prepend the BOS token before every document")
-    p.add_argument("--eos-token", default=None, metavar="TOKEN",
+    p.add_argument("--eos-token", type=text, default=None, metavar="TOKEN",
                    help="EOS token (default: the first of <|endoftext|>, <|end_of_text|>, </s>, ... in the tokenizer)")
-    p.add_argument("--bos-token", default=None, metavar="TOKEN",
+    p.add_argument("--bos-token", type=text, default=None, metavar="TOKEN",
                    help="BOS token (default: the first of <|begin_of_text|>, <s>, ... in the tokenizer)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads for the native stages and the tokenizer (0: all cores)")
@@ -221,7 +226,7 @@ def _add_convert(sub) -> None:
     p.add_argument("dir", help="a directory written by `pytrain pack`")
     p.add_argument("--to", required=True, choices=["megatron"], help="the output format")
     p.add_argument("out", metavar="OUT_PREFIX", help="Megatron: writes OUT_PREFIX.bin and OUT_PREFIX.idx (neither may exist)")
-    p.add_argument("--split", default="train", help="the split to write (default: train)")
+    p.add_argument("--split", type=text, default="train", help="the split to write (default: train)")
 
 
 # ----------------------------------------------------------------------------- inspect / verify
@@ -431,7 +436,7 @@ def _add_demo(sub) -> None:
 
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pytrain",
         description="Pre-train (or continue) Llama, Qwen2/3, Mistral and GPT-NeoX language models.",
         formatter_class=_Formatter,

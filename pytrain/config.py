@@ -2,7 +2,7 @@
 
     model:      preset (its family: llama, qwen2, qwen3, mistral, gpt_neox) + any model field to change
     data:       the packed dataset directory (or a weighted mixture of them), sequence length, document masking
-    optim:      AdamW and gradient clipping
+    optim:      the optimizer (AdamW or Muon) and gradient clipping
     schedule:   learning-rate warmup and decay
     train:      steps, batch sizes, precision, parallelism, evaluation cadence, run directory
     checkpoint: cadence, retention, resume
@@ -15,14 +15,15 @@ Torch-free, so a bad config fails before any heavy import.
 
 from __future__ import annotations
 
-import json
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
-from pytrain.errors import PytrainError, did_you_mean
+from pytrain.config_names import suggest_key, suggest_section
+from pytrain.errors import PytrainError, did_you_mean, shown
 from pytrain.model.config import PRESETS, ModelConfig
+from pytrain.safe_read import MAX_JSON_BYTES, check_yaml, parse_json, read_bytes
 
 
 def _model_section():
@@ -59,12 +60,19 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    """The optimizer (docs/optimizers.md). `lr`, `weight_decay` and the schedule mean the same for both:
+    Muon's update is scaled to AdamW's RMS. AdamW's keys also apply to Muon's AdamW groups."""
+    name: str = "adamw"               # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1         # not applied to norms, biases and embeddings
     grad_clip: float = 1.0            # max global gradient norm; 0 disables clipping
     fused: bool | None = None         # null: fused AdamW (CUDA and CPU)
+    momentum: float = 0.95            # muon: momentum of the matrices' updates, in [0, 1)
+    nesterov: bool = True             # muon: Nesterov momentum
+    ns_steps: int = 5                 # muon: Newton-Schulz iterations, 1 to 99
+    ns_coefficients: list[float] = field(default_factory=lambda: [3.4445, -4.775, 2.0315])  # muon: (a, b, c)
 
 
 @dataclass
@@ -91,6 +99,7 @@ class TrainSection:
     cpu_offload: bool = False         # FSDP2 CPU offload of parameters, gradients, optimizer state
     hsdp: bool = False                # shard within a node, replicate across nodes
     hsdp_shard_size: int | None = None  # null: processes per node (LOCAL_WORLD_SIZE)
+    expert_parallel: int = 1          # MoE: ranks each layer's experts are split over (all-to-all); 1: none
     eval_every: int = 500             # 0 disables evaluation
     eval_max_batches: int = 20        # validation micro-batches per rank per evaluation
     device: str = "auto"              # auto | cuda | cpu
@@ -104,6 +113,7 @@ class CheckpointSection:
     resume: str = "auto"              # auto (this run's latest, if any) | none | a run or checkpoint directory
     resume_step: int | None = None    # null: the latest
     resume_other_config: bool = False  # continue a run directory that another config file created
+    resume_other_data: bool = False   # continue although the data was re-packed since the checkpoint (a note says so)
     async_: bool = False              # `checkpoint.async`: write in the background while training goes on
 
 
@@ -146,6 +156,7 @@ KEYWORD_KEYS = {"async": "async_"}
 KEYWORD_FIELDS = {field_name: key for key, field_name in KEYWORD_KEYS.items()}
 
 CHOICES = {
+    "optim.name": ("adamw", "muon"),
     "schedule.name": ("cosine", "linear", "constant", "wsd"),
     "data.verify": ("full", "quick", "none"),
     "train.dtype": ("auto", "bf16", "fp16", "fp32"),
@@ -173,21 +184,27 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def _read(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_bytes(path, MAX_JSON_BYTES, "config file")
     except FileNotFoundError:
         raise PytrainError(f"{path}: config file not found") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PytrainError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
+    if path.suffix == ".json":
+        return _mapping(parse_json(text, str(path), object_pairs_hook=_unique_keys_object), path)
+    check_yaml(text, str(path))
     try:
-        if path.suffix == ".json":
-            raw = json.loads(text, object_pairs_hook=_unique_keys_object)
-        else:
-            raw = _yaml_unique_keys(text)
+        raw = _yaml_unique_keys(text)
     except PytrainError as error:
         raise PytrainError(f"{path}: {error}") from None
     except Exception as error:  # yaml/json syntax errors: one line naming the file
         detail = " ".join(str(error).split())
         raise PytrainError(f"{path}: cannot parse config: {detail}") from None
+    return _mapping(raw, path)
+
+
+def _mapping(raw, path: Path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -227,12 +244,12 @@ def _build(raw: dict, where: str) -> RunConfig:
     sections = {f.name for f in fields(RunConfig)}
     for name, values in raw.items():
         if name not in sections:
-            raise PytrainError(f'{where}: unknown section "{name}"{did_you_mean(str(name), sections)}; '
+            raise PytrainError(f'{where}: unknown section "{name}"{suggest_section(str(name), sections)}; '
                                f"sections are {', '.join(sorted(sections))}")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise PytrainError(f'{where}: section "{name}" must be a mapping of keys, got {values!r}')
+            raise PytrainError(f'{where}: section "{name}" must be a mapping of keys, got {shown(values)}')
         for key, value in values.items():
             _set(config, f"{name}.{key}", value, where)
     return config
@@ -242,13 +259,15 @@ def _override(config: RunConfig, item: str) -> RunConfig:
     import yaml
 
     key, sep, text = item.partition("=")
+    given = item if len(item) <= 80 else item[:80] + "..."  # echoed in full, a long value would hide the message
     if not sep or "." not in key:
-        raise PytrainError(f'override "{item}": expected section.key=value, e.g. train.steps=100')
+        raise PytrainError(f'override "{given}": expected section.key=value, e.g. train.steps=100')
+    check_yaml(text, f'override "{key}"')
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
         value = text
-    _set(config, key.strip(), value, f'override "{item}"')
+    _set(config, key.strip(), value, f'override "{given}"')
     return config
 
 
@@ -256,13 +275,15 @@ def _set(config: RunConfig, dotted: str, value, where: str) -> None:
     section_name, _, key = dotted.partition(".")
     if not hasattr(config, section_name):
         sections = [f.name for f in fields(RunConfig)]
-        raise PytrainError(f'{where}: unknown section "{section_name}"{did_you_mean(section_name, sections)}')
+        raise PytrainError(f'{where}: unknown section "{section_name}"{suggest_section(section_name, sections)}')
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
     name = KEYWORD_KEYS.get(key, key)
     if name not in hints or key in KEYWORD_FIELDS:
         valid = [f"{section_name}.{KEYWORD_FIELDS.get(k, k)}" for k in hints]
-        raise PytrainError(f'{where}: unknown key "{dotted}"{did_you_mean(dotted, valid)}')
+        every = [f"{f.name}.{KEYWORD_FIELDS.get(k, k)}" for f in fields(RunConfig)
+                 for k in typing.get_type_hints(type(getattr(config, f.name)))]
+        raise PytrainError(f'{where}: unknown key "{dotted}"{suggest_key(dotted, valid, every)}')
     setattr(section, name, _coerce(value, hints[name], dotted, where))
 
 
@@ -327,7 +348,7 @@ def _coerce(value, tp, key: str, where: str):
 
 
 def _type_error(value, expected: str, key: str, where: str) -> PytrainError:
-    return PytrainError(f"{where}: {key} must be {expected}, got {value!r}")
+    return PytrainError(f"{where}: {key} must be {expected}, got {shown(value)}")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -344,9 +365,9 @@ def _validate(config: RunConfig) -> None:
                            "data.path is required: a directory written by `pytrain pack` (or set data.mixture)")
     if config.data.mixture:
         _validate_mixture(config.data.mixture)
-    positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len",
+    positive = ["train.steps", "train.batch_size", "train.micro_batch_size", "data.seq_len", "train.expert_parallel",
                 "train.loss_scale_init", "train.loss_scale_growth_interval",
-                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens"]
+                "train.eval_max_batches", "logging.every", "logging.sample_max_tokens", "optim.eps", "logging.peak_tflops"]
     non_negative = ["train.eval_every", "checkpoint.every", "checkpoint.keep_last_k", "logging.sample_every",
                     "schedule.warmup_steps", "optim.grad_clip", "optim.weight_decay", "checkpoint.resume_step",
                     "logging.sample_temperature"]
@@ -361,6 +382,7 @@ def _validate(config: RunConfig) -> None:
         raise PytrainError(f"optim.lr must be positive, got {config.optim.lr}")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise PytrainError(f"optim.betas must be two numbers in [0, 1), got {config.optim.betas}")
+    _validate_muon(config.optim)
     if not 0 <= config.schedule.min_lr_ratio <= 1 or not 0 < config.schedule.decay_fraction <= 1:
         raise PytrainError("schedule.min_lr_ratio must be in [0, 1] and schedule.decay_fraction in (0, 1]")
     if config.schedule.warmup_steps is not None and config.schedule.warmup_steps > config.train.steps:
@@ -370,6 +392,15 @@ def _validate(config: RunConfig) -> None:
         raise PytrainError(f"train.dtype=fp16 reduces gradients in fp32 (fp16 would overflow, bf16 would lose the "
                            f"loss-scaled precision): remove train.reduce_dtype={config.train.reduce_dtype}")
     activation_checkpoint_every(config.train)
+
+
+def _validate_muon(optim: OptimSection) -> None:
+    if not 0 <= optim.momentum < 1:
+        raise PytrainError(f"optim.momentum must be in [0, 1), got {optim.momentum}")
+    if not 1 <= optim.ns_steps <= 99:
+        raise PytrainError(f"optim.ns_steps (Newton-Schulz iterations) must be 1 to 99, got {optim.ns_steps}")
+    if len(optim.ns_coefficients) != 3:
+        raise PytrainError(f"optim.ns_coefficients must be three numbers (a, b, c), got {optim.ns_coefficients}")
 
 
 MIXTURE_KEYS = ("name", "path", "weight")
@@ -389,19 +420,19 @@ def _validate_mixture(entries: list[dict]) -> None:
             raise PytrainError(f"{where}: missing {', '.join(missing)}; an entry is {{name, path, weight}}")
         name, path, weight = entry["name"], entry["path"], entry["weight"]
         if not isinstance(name, str) or not name:
-            raise PytrainError(f"{where}: name must be a non-empty string, got {name!r}")
+            raise PytrainError(f"{where}: name must be a non-empty string, got {shown(name)}")
         where = f"{where} ({name})"
         if name in seen:
             raise PytrainError(f'{where}: duplicate name "{name}" (also data.mixture[{seen[name]}]); names must differ')
         seen[name] = i
         if not isinstance(path, str) or not path:
-            raise PytrainError(f"{where}: path must be a pack directory or a glob of them, got {path!r}")
+            raise PytrainError(f"{where}: path must be a pack directory or a glob of them, got {shown(path)}")
         try:
             number = float(weight) if not isinstance(weight, bool) else float("nan")
         except (TypeError, ValueError):
             number = float("nan")
         if not 0 < number < float("inf"):
-            raise PytrainError(f"{where}: weight must be a number > 0, got {weight!r}")
+            raise PytrainError(f"{where}: weight must be a number > 0, got {shown(weight)}")
         entry["weight"] = number
 
 
@@ -413,4 +444,4 @@ def activation_checkpoint_every(train: TrainSection) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     raise PytrainError(f'train.activation_checkpointing must be "none", "full" or k >= 0 (every k-th block), '
-                       f"got {value!r}")
+                       f"got {shown(value)}")

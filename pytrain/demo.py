@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import (OUTPUT_MARKER, atomic_write_text, read_output_marker, why_not_replaceable,
-                            write_output_marker)
+from pytrain.fsutil import (OUTPUT_MARKER, atomic_write_text, file_marker_of, output_lock, read_output_marker,
+                            why_not_replaceable, write_output_marker)
 from pytrain.progress import duration, human
 
 # No trailing spaces: byte-level BPE attaches a space to the word after it, so "The " ends unnaturally.
@@ -50,6 +50,16 @@ SMALL = DemoSize(max_files=30, vocab_size=384, seq_len=64, batch_size=8, steps=1
 
 def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, overwrite: bool = False) -> Path:
     """Build corpus, tokenizer, packed data, a trained tiny model, samples and an HF export under `out`."""
+    size = SMALL if small else DEFAULT
+    steps = size.steps if steps is None else steps
+    if steps <= 0:
+        raise PytrainError(f"--steps must be positive, got {steps}")
+    out = Path(out)
+    with output_lock(out, "demo"):  # one demo per folder: a second one is refused, not interleaved
+        return _run(out, size, steps, overwrite)
+
+
+def _run(out: Path, size: DemoSize, steps: int, overwrite: bool) -> Path:
     from pytrain.data.corpus import stdlib_documents, write_jsonl
     from pytrain.data.pack import PackOptions, pack
     from pytrain.tokenizer.train import train_tokenizer
@@ -57,15 +67,12 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
     from pytrain.plot import plot_runs
     from pytrain.train import train
     from pytrain.train.distributed import pick_device
+    from pytrain.train.run_dir import RunDir
 
-    size = SMALL if small else DEFAULT
-    steps = size.steps if steps is None else steps
-    if steps <= 0:
-        raise PytrainError(f"--steps must be positive, got {steps}")
-    out = Path(out)
     _clear_earlier_demo(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_output_marker(out, "demo")  # first, listing nothing: a crash leaves a recognisable demo folder
+    RunDir(out).claim()  # the run's folder: training refuses folders that are not runs (the corpus is here first)
     device = pick_device()
     started = time.perf_counter()
 
@@ -99,11 +106,12 @@ def run_demo(out: str | Path, *, steps: int | None = None, small: bool = False, 
 
 
 # Everything a demo folder can hold: what the demo writes, and what later commands on the run add.
-DEMO_ENTRIES = {"corpus.jsonl", "tokenizer.json", "data", "config.yaml", "run.json", ".lock", "checkpoints",
-                "train.log", "metrics.jsonl", "tensorboard", "wandb_id", SAMPLES, "plot.png", "hf", OUTPUT_MARKER}
+DEMO_ENTRIES = {"corpus.jsonl", "tokenizer.json", file_marker_of("tokenizer.json").name, "data", "config.yaml",
+                "run.json", ".lock", "checkpoints", "train.log", "metrics.jsonl", "tensorboard", "wandb_id", SAMPLES,
+                "plot.png", "hf", OUTPUT_MARKER}
 # checkpoints/ entries, and (with a leading "/") the files inside a step or temporary directory
-_CHECKPOINT_ENTRY = re.compile(r"step_\d+|latest|\.tmp-.*|\.latest\.tmp-.*"
-                               r"|/(\.metadata|__\d+_\d+\.distcp|rng_rank\d+\.pt|train_state\.json|checksums\.json"
+_CHECKPOINT_ENTRY = re.compile(r"step_[0-9]+|latest|\.tmp-.*|\.latest\.tmp-.*"
+                               r"|/(\.metadata|__[0-9]+_[0-9]+\.distcp|rng_rank[0-9]+\.pt|train_state\.json|checksums\.json"
                                r"|\.[\w.]+\.tmp-\w+)")
 
 
@@ -136,8 +144,8 @@ def _not_a_demo(out: Path) -> str | None:
         return f"has no demo {OUTPUT_MARKER}"
     for entry in out.iterdir():
         name = entry.name
-        if name.startswith(".") and ".tmp-" in name:
-            continue  # debris of an interrupted atomic write
+        if name.startswith(".") and (".tmp-" in name or name.endswith(".lock")):
+            continue  # debris of an interrupted atomic write, or the lock of a killed writer (fsutil.output_lock)
         if name not in DEMO_ENTRIES or entry.is_symlink():
             return f"holds {name}, which the demo does not write"
         if name in ("data", "hf") and why_not_replaceable(entry, "pack" if name == "data" else "export"):

@@ -11,37 +11,65 @@ pytrain.chart (numpy and zlib).
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_file
+from pytrain.fsutil import atomic_file, output_lock
+from pytrain.safe_read import UnreadableInput, parse_json, read_text_lines
 
 TRAIN_KEYS = ("step", "tokens", "loss", "lr", "tokens_per_s")
 EVAL_KEYS = ("step", "tokens", "val_loss")
+AXIS_KEYS = ("step", "tokens")
+PLOTTABLE = 1e100  # a curve's values beyond this (or inf, nan) are drawn as gaps: axis limits must stay finite
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(training rows, evaluation rows) of a run's metrics.jsonl. A torn last line (a run killed while
     writing, or still writing) is left out, as the trainer drops it on resume; rows without the fields a
-    curve needs are left out too."""
+    curve needs, or whose step or token count is not a count, are left out too, and a curve's value that is
+    not a finite number of plottable size becomes a gap (nan)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PytrainError(f"{path}: not found; --run takes a directory written by `pytrain train`")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_text_lines(path)
     rows = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
+                rows.append(parse_json(line, f"{path}:{number}"))
+            except UnreadableInput:
                 if number == len(lines):
                     break
-                raise PytrainError(f"{path}:{number}: not JSON ({error.msg})") from None
+                raise
     rows = [r for r in rows if isinstance(r, dict)]
-    train = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in TRAIN_KEYS)]
-    evals = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in EVAL_KEYS)]
+    train = [_plottable(r, TRAIN_KEYS) for r in rows if _has_numbers(r, TRAIN_KEYS)]
+    evals = [_plottable(r, EVAL_KEYS) for r in rows if _has_numbers(r, EVAL_KEYS)]
     return train, evals
+
+
+def _has_numbers(row: dict, keys) -> bool:
+    return (all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in keys)
+            and all(isinstance(row[k], int) and 0 <= row[k] < 2**63 for k in AXIS_KEYS))
+
+
+def _plottable(row: dict, keys) -> dict:
+    """The row with each curve value as a float, nan where it cannot be drawn; val_loss_by_source kept only as a
+    mapping from source names to numbers."""
+    out = {k: row[k] if k in AXIS_KEYS else _value(row[k]) for k in keys}
+    by_source = row.get("val_loss_by_source")
+    if isinstance(by_source, dict):
+        out["val_loss_by_source"] = {str(name): _value(v) for name, v in by_source.items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
+
+
+def _value(number) -> float:
+    try:
+        value = float(number)
+    except OverflowError:  # an integer beyond float's range
+        return math.nan
+    return value if math.isfinite(value) and abs(value) <= PLOTTABLE else math.nan
 
 
 def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
@@ -52,7 +80,12 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> Path:
     if not any(train or val for _, train, val in runs):
         raise PytrainError(f"{', '.join(run_dirs)}: no logged steps yet")
     out = Path(out) if out is not None else Path(run_dirs[0]) / "plot.png"
-    _check_replaceable(out)
+    with output_lock(out, "plot"):  # one writer per PNG
+        _check_replaceable(out)
+        return _write_png(out, runs)
+
+
+def _write_png(out: Path, runs: list) -> Path:
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import EngFormatter

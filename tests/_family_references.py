@@ -33,8 +33,25 @@ REFERENCES = {
     ("gpt_neox", "sequential"): ("GPTNeoXForCausalLM", "GPTNeoXConfig",
                                  dict(intermediate_size=256, rotary_pct=0.5, use_parallel_residual=False,
                                       attention_bias=False, tie_word_embeddings=False)),
+    # mixtures of experts: 8 experts, 2 per token (transformers stores them fused in memory, per expert on disk)
+    ("qwen3_moe", "norm_topk"): ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
+                                 dict(intermediate_size=96, num_key_value_heads=2, head_dim=32, num_experts=8,
+                                      num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                                      router_aux_loss_coef=0.01)),
+    ("qwen2_moe", "shared"): ("Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+                              dict(intermediate_size=96, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
+                                   moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                                   tie_word_embeddings=True)),
+    ("mixtral", "top2"): ("MixtralForCausalLM", "MixtralConfig",
+                          dict(intermediate_size=32, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+                               router_aux_loss_coef=0.02)),
+    ("olmoe", "bias"): ("OlmoeForCausalLM", "OlmoeConfig",
+                        dict(intermediate_size=32, num_key_value_heads=4, num_experts=8, num_experts_per_tok=3,
+                             attention_bias=True, eos_token_id=2, pad_token_id=1)),
 }
 CASES = [pytest.param(*key, id=f"{key[0]}-{key[1]}") for key in REFERENCES]
+MOE_CASES = [pytest.param(*key, id=f"{key[0]}-{key[1]}") for key, (_, _, options) in REFERENCES.items()
+             if "num_experts_per_tok" in options]
 
 
 def save_reference(folder, family, variant):

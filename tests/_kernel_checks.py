@@ -59,3 +59,37 @@ def poisoned(*modules):
     finally:
         for module in modules:
             module.torch = torch
+
+
+def _is_boolean_mask(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+@contextlib.contextmanager
+def host_syncs_forbidden(monkeypatch):
+    """Trap every way a CPU test can see a device-to-host sync: Python conversions, copies to the host,
+    data-dependent shapes (nonzero, boolean-mask indexing, masked_select); on CUDA, torch's own detector."""
+    def sync(*_args, **_kwargs):
+        raise AssertionError("host synchronisation")
+
+    getitem = torch.Tensor.__getitem__
+
+    def checked_getitem(self, index):
+        if _is_boolean_mask(index):
+            sync()
+        return getitem(self, index)
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "nonzero", "masked_select"):
+            m.setattr(torch.Tensor, name, sync)
+        for name in ("equal", "nonzero", "masked_select", "argwhere"):
+            m.setattr(torch, name, sync)
+        m.setattr(torch.Tensor, "__getitem__", checked_getitem)
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,56 @@ def run_cli(*args, check=True, env=None, cwd=None) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"pytrain {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def snapshot(root) -> dict:
+    """Every entry under `root` (hidden ones included) with its bytes or link target: equal before and after a
+    refused command means it changed nothing there."""
+    entries = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        entries[rel] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+    return entries
+
+
+def one_line_refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one line a refused command printed (exit code 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+STALL_SCRIPT = Path(__file__).resolve().parent / "_stall_before_rename.py"
+
+
+def check_second_writer_refused(args, final: Path, stall_at: Path, root: Path, finish: bool = True) -> None:
+    """Two real `pytrain ARGS` processes writing `final`: the first holds it mid-write (stalled just before the
+    rename of `stall_at`), the second must be refused in one line naming the first and change nothing under
+    `root`; then (`finish`) the first completes as if alone and leaves no lock file."""
+    from pytrain.fsutil import lock_file_of
+
+    first = subprocess.Popen([sys.executable, str(STALL_SCRIPT), *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "STALL_AT": str(stall_at)})
+    try:
+        deadline = time.time() + 120
+        while not Path(f"{stall_at}.stalled").exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1]
+            time.sleep(0.02)
+        before = snapshot(root)
+        line = one_line_refusal(run_cli(*args, check=False))
+        assert f"{final}: another command is writing it (pid {first.pid} " in line, line
+        assert f"(pytrain {args[0]}" in line, line
+        assert snapshot(root) == before
+        if not finish:
+            return
+        Path(f"{stall_at}.go").touch()
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        first.kill()
+        first.wait()
+    assert not lock_file_of(final).exists()
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,39 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ('pytrain train: error: override "train.setps=5": unknown key "train.setps" '
                                    '(did you mean "train.steps"?)')
+
+
+@pytest.mark.parametrize("text,message", [
+    ("optim: {learning_rate: 0.001}\n", 'unknown key "optim.learning_rate" (did you mean "optim.lr"?)'),
+    ("train: {max_steps: 10}\n", 'unknown key "train.max_steps" (did you mean "train.steps"?)'),
+    ("train: {per_device_train_batch_size: 4}\n", '(did you mean "train.micro_batch_size"?)'),
+    ("learning_rate: 0.001\n", 'unknown section "learning_rate" (did you mean "optim.lr"?)'),
+    ("optimizer: {lr: 0.001}\n", 'unknown section "optimizer" (did you mean "optim"?)'),
+    ("training: {steps: 10}\n", 'unknown section "training" (did you mean "train"?)'),
+    ("train: {lr: 0.001}\n", 'unknown key "train.lr" (did you mean "optim.lr"?)'),  # a key of another section
+    ("checkpoint: {interval: 100}\n", 'unknown key "checkpoint.interval" (did you mean "checkpoint.every"?)'),
+    ("train: {stpes: 10}\n", 'unknown key "train.stpes" (did you mean "train.steps"?)'),  # spelling still works
+])
+def test_other_trainers_names_point_at_pytrains(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(PytrainError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_every_foreign_name_points_at_a_real_key_and_hf_names_are_training_arguments(minimal):
+    import dataclasses
+
+    from pytrain.config_names import FOREIGN_KEYS, FOREIGN_SECTIONS, HF_TRAINING_ARGUMENTS
+
+    transformers = pytest.importorskip("transformers")
+    assert set(HF_TRAINING_ARGUMENTS) <= {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    defaults = load_config(minimal).to_dict()
+    for name, target in FOREIGN_KEYS.items():
+        section, key = target.split(".")
+        assert key in defaults[section], target
+        if name not in defaults["data"]:
+            with pytest.raises(PytrainError, match=f'unknown key "data.{name}" \\(did you mean "{target}"'):
+                load_config(minimal, [f"data.{name}=1"])
+    assert set(FOREIGN_SECTIONS.values()) <= set(defaults)

@@ -43,7 +43,7 @@ def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(PytrainError, match="metrics.jsonl: not found"):
         plot_runs([str(tmp_path)])
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0\n{"step": 2, "loss": 1.0}\n')  # not the last
-    with pytest.raises(PytrainError, match="metrics.jsonl:1: not JSON"):
+    with pytest.raises(PytrainError, match="metrics.jsonl:1: not valid JSON"):
         plot_runs([str(tmp_path)])
 
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,10 +43,37 @@ def test_commands_run_from_the_repo_root():
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.startswith(("pytrain ", "native ")))
     assert lines["pytrain"].rstrip().endswith(f"({ROOT / 'pytrain'})")  # the checkout, not site-packages
     assert "unavailable" not in lines["native"], lines["native"]
-    proc = subprocess.run([sys.executable, "-c", "import pytrain.kernels as k, pytrain._native as n; "
-                           "print(k.__file__); print(n.__file__)"], cwd=ROOT, capture_output=True, text=True, env=env)
-    kernels, _ = proc.stdout.split()
-    assert proc.returncode == 0 and Path(kernels) == ROOT / "kernels" / "__init__.py", proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "import pytrain.kernels as k, pytrain.kernels.rope as r, pytrain._native as n; "
+                           "print(r.__file__); print(n.__file__)"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rope, _ = proc.stdout.split()
+    assert Path(rope) == ROOT / "kernels" / "rope.py"
+
+
+def test_the_checkouts_kernels_folder_hides_no_package_from_the_root(tmp_path, tokenizer_path):
+    """From the repository root (first on sys.path for `python -m`/`-c`), `import kernels` is Hugging Face's
+    package when it is installed (transformers imports it), never the checkout's kernels/ folder; an exported
+    model loads in transformers there."""
+    script = textwrap.dedent(f"""
+        import importlib.util
+        import transformers
+        from pytrain.export import export_model
+        from pytrain.model import build_model, preset
+        config = preset("tiny", vocab_size=600)
+        model = build_model(config)
+        model.init_weights(seed=0)
+        export_model(model, config, {str(tokenizer_path)!r}, {str(tmp_path / "hf")!r})
+        transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / "hf")!r})
+        spec = importlib.util.find_spec("kernels")
+        print(spec.origin if spec and spec.origin else "namespace")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    origin = proc.stdout.strip().splitlines()[-1]
+    assert not origin.startswith(str(ROOT)), origin
+    if importlib.util.find_spec("kernels") is not None and importlib.metadata.packages_distributions().get("kernels"):
+        assert origin.endswith(os.path.join("kernels", "__init__.py"))  # Hugging Face's, from site-packages
 
 
 def test_a_stale_or_missing_build_is_one_line_naming_the_fix(tmp_path):

@@ -13,7 +13,6 @@ index.idx header: magic b"PYTRIDX\\0", uint32 format version, uint32 token width
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -25,6 +24,7 @@ import numpy as np
 from pytrain.data.hashed_file import HashedFile
 from pytrain.errors import PytrainError
 from pytrain.fsutil import file_sha256
+from pytrain.safe_read import UnreadableInput, read_json
 
 FORMAT_NAME = "pytrain-packed"
 FORMAT_VERSION = 1
@@ -102,9 +102,9 @@ def load_manifest_json(root: str | Path) -> dict:
     if not path.exists():
         raise PytrainError(f"{root}: no {MANIFEST}; the pack did not finish (or this is not a packed dataset), re-run `pytrain pack`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PytrainError(f"{path}: unreadable manifest ({error}); re-run `pytrain pack`") from None
+        manifest = read_json(path)
+    except UnreadableInput as error:
+        raise PytrainError(f"{path}: unreadable manifest ({error.problem}); re-run `pytrain pack`") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise PytrainError(f"{path}: not a pytrain manifest (format={found!r})")

@@ -37,9 +37,19 @@ def render_masked(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> str:
     return "".join(parts)
 
 
+def validation_summary(manifest: dict) -> dict:
+    """The validation split as packed: its document count, and the option that chose it (the manifest records
+    both --val-docs and --val-fraction, the unused one as 0, which alone reads as "no validation documents")."""
+    options = manifest.get("validation") or {}
+    return {"documents": int(manifest["splits"].get("val", {}).get("documents", 0)),
+            **{option: value for option, value in options.items() if value}}
+
+
 def inspect_dataset(root, split: str = "train", doc: int | None = None, bins: int = 12) -> None:
     manifest = fmt.read_manifest(root)
     shown = {k: v for k, v in manifest.items() if k not in ("sources", "splits")}
+    if "validation" in shown:
+        shown["validation"] = validation_summary(manifest)
     print(json.dumps(shown, indent=2))
     print("sources:")
     for source in manifest["sources"]:

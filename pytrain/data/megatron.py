@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.errors import PytrainError
+from pytrain.safe_read import open_regular
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -47,7 +48,7 @@ def pair_paths(given: str | os.PathLike) -> tuple[Path, Path] | None:
     idx, bin_ = prefix.with_name(prefix.name + ".idx"), prefix.with_name(prefix.name + ".bin")
     if not idx.exists():
         raise PytrainError(f"{bin_}: no {idx.name} beside it; a Megatron dataset is a NAME.bin + NAME.idx pair")
-    with open(idx, "rb") as handle:
+    with open_regular(idx, "Megatron index") as handle:
         magic = handle.read(len(MAGIC))
     if magic != MAGIC:
         what = ("a pytrain pack's index, not a Megatron one (a pack is read by training, not packed again)"
@@ -155,12 +156,19 @@ def write_pack(root: str | os.PathLike, split: str, prefix: str | os.PathLike) -
 
     Both files are written under temporary names and renamed when complete (the .bin first, so an .idx
     under its final name always has its data); an existing PREFIX.bin or PREFIX.idx is never replaced.
-    The tokens are hashed as they are copied (on a second core) and must match the manifest's sha256."""
+    The tokens are hashed as they are copied (on a second core) and must match the manifest's sha256.
+    One conversion per prefix at a time: a second one is refused (pytrain.fsutil.output_lock)."""
+    from pytrain.fsutil import output_lock
+
+    with output_lock(prefix, "convert"):
+        return _write_pack(Path(root), split, Path(prefix))
+
+
+def _write_pack(root: Path, split: str, prefix: Path) -> dict:
     from pytrain.data import format as fmt
     from pytrain.data.hashed_file import HashedFile
     from pytrain.fsutil import atomic_file
 
-    root, prefix = Path(root), Path(prefix)
     manifest = fmt.read_manifest(root)
     if manifest.get("loss_mask"):
         raise PytrainError(f"{root}: a chat pack with a loss mask; Megatron's format has no mask, so it cannot carry it")

@@ -39,6 +39,7 @@ from pytrain.tokenizer.files import (
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_directory
 from pytrain.progress import ProgressBar, human
+from pytrain.safe_read import read_json
 
 _DONE = object()
 
@@ -449,7 +450,7 @@ def _choose_encoder(choice: str, tokenizer_bytes: bytes, tok, tokenizer_path: Pa
 def _legacy_pack_files(path: Path) -> set[str] | None:
     """The files a pack written before output markers holds, recognised by its manifest; else None."""
     try:
-        manifest = json.loads((path / fmt.MANIFEST).read_text(encoding="utf-8"))
+        manifest = read_json(path / fmt.MANIFEST)
         if manifest.get("format") != fmt.FORMAT_NAME:
             return None
         names = {fmt.MANIFEST, fmt.TOKENIZER} | ({fmt.REJECTS} if manifest.get("rejected") else set())

@@ -14,6 +14,10 @@ Every shard computes the same cuts from the same input list (paths, sizes), so t
 shards read every document exactly once. Validation options apply per shard (each shard holds out
 its own --val-docs / --val-fraction).
 
+One OUT folder holds one sharding: shards of another N already there are refused when writing, and
+readers refuse a folder whose shards come from different shardings (other N, inputs, tokenizer or
+options), which would otherwise be read as one dataset holding every document twice.
+
 Shard K of N is written to OUT/shard-KKKKK-of-NNNNN/, an ordinary pack. Its manifest records the
 shard, the inputs (path, size, mtime), the tokenizer's sha256 and the options; a rerun whose shard
 output is complete and matches is skipped, so a job array can simply be resubmitted and only killed
@@ -22,7 +26,7 @@ or failed shards are packed again.
 
 from __future__ import annotations
 
-import bisect
+import json
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -31,9 +35,11 @@ from pathlib import Path
 from pytrain.data import format as fmt
 from pytrain.data.readers import READERS, input_bytes, input_kind
 from pytrain.data.readers.base import Part
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, shown
 
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SPEC = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$")
+MAX_SHARDS = 99_999  # the folder names' five digits; a count like a pasted job id is refused before any work
+SHARD_DIR = re.compile(r"shard-([0-9]+)-of-([0-9]+)$")
 # PackOptions fields that cannot change the packed bytes (the rest are part of a shard's identity).
 _NEUTRAL_OPTIONS = ("threads", "batch_bytes", "overwrite", "progress")
 
@@ -55,12 +61,15 @@ def parse_shard(text: str, environ=os.environ) -> ShardSpec:
     match = _SPEC.match(text)
     if not match:
         raise PytrainError(f"--shard {text!r}: expected K/N with 0 <= K < N (0-based, e.g. 0/8 ... 7/8) or auto")
-    return _checked(int(match.group(1)), int(match.group(2)), f"--shard {text}")
+    index, count = (int(digits) if len(digits) <= 18 else 10**18 for digits in match.groups())  # no 5000-digit ints
+    return _checked(index, count, f"--shard {text.strip() if len(text) <= 40 else shown(text.strip(), 40)}")
 
 
 def _checked(index: int, count: int, where: str) -> ShardSpec:
+    if count > MAX_SHARDS:
+        raise PytrainError(f"{where}: {shown(count)} shards; pack splits its inputs into at most {MAX_SHARDS} shards")
     if count < 1 or not 0 <= index < count:
-        raise PytrainError(f"{where}: shard {index} of {count} is out of range; K is 0-based, 0 <= K < N")
+        raise PytrainError(f"{where}: shard {shown(index)} of {count} is out of range; K is 0-based, 0 <= K < N")
     return ShardSpec(index, count)
 
 
@@ -101,8 +110,7 @@ def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
     kinds = [input_kind(p) for p in paths]
     sizes = [input_bytes(p) for p in paths]
     total = sum(sizes)
-    bounds = [k * total // spec.count for k in range(spec.count + 1)]
-    lo, hi = bounds[spec.index], bounds[spec.index + 1]
+    lo, hi = _bound(spec.index, total, spec.count), _bound(spec.index + 1, total, spec.count)
     chosen, parts, start = [], [], 0
     for path, kind, size in zip(paths, kinds, sizes):
         if READERS[kind].splittable:
@@ -111,11 +119,24 @@ def plan_shard(inputs, spec: ShardSpec) -> tuple[list[Path], list[Part | None]]:
             if part is not None:
                 chosen.append(path)
                 parts.append(part)
-        elif min(bisect.bisect_right(bounds, start + size // 2) - 1, spec.count - 1) == spec.index:
+        elif _shard_holding(start + size // 2, total, spec.count) == spec.index:
             chosen.append(path)
             parts.append(None)
         start += size
     return chosen, parts
+
+
+def _bound(k: int, total: int, count: int) -> int:
+    """Where byte range k of `count` equal ranges of `total` bytes starts (range k is [bound k, bound k+1))."""
+    return k * total // count
+
+
+def _shard_holding(byte: int, total: int, count: int) -> int:
+    """The range of `count` equal ranges of `total` bytes that holds `byte` (the last one for bytes at or past the
+    end): the largest k with _bound(k) <= byte, computed, not searched, so no list of `count` bounds is built."""
+    if total == 0:
+        return count - 1
+    return min(((byte + 1) * count + total - 1) // total - 1, count - 1)
 
 
 def _line_part(path: Path, a: int, b: int, size: int) -> Part | None:
@@ -163,18 +184,65 @@ def shard_identity(inputs, tokenizer, options, spec: ShardSpec) -> dict:
 def pack_shard(inputs, tokenizer, out, options, spec: ShardSpec) -> Path:
     """Pack shard `spec` of `inputs` into OUT/shard-K-of-N (skipped when already there from the same inputs)."""
     from pytrain.data.pack import pack
+    from pytrain.fsutil import output_lock
 
     options.validate()
     final = Path(out) / spec.dir_name
     identity = shard_identity(inputs, tokenizer, options, spec)
-    if (final / fmt.MANIFEST).is_file() and not options.overwrite:
-        if fmt.read_manifest(final).get("shard") == identity:
-            print(f"{final}: already packed from the same inputs and options; skipped")
-            return final
-        raise PytrainError(f"{final}: exists, packed from other inputs or options; pass --overwrite to repack it")
-    paths, parts = plan_shard(inputs, spec)
-    if not paths:
-        raise PytrainError(f"--shard {spec.index}/{spec.count}: no input falls in this shard (.gz and .txt files are "
-                           "never split, each goes whole to one shard); use fewer shards")
-    pack(paths, tokenizer, final, options, parts=parts, manifest_extra={"shard": identity})
+    with output_lock(final, "pack"):  # held through pack's own atomic_directory: one writer per shard
+        _refuse_another_sharding(Path(out), spec)
+        if (final / fmt.MANIFEST).is_file() and not options.overwrite:
+            if fmt.read_manifest(final).get("shard") == identity:
+                print(f"{final}: already packed from the same inputs and options; skipped")
+                return final
+            raise PytrainError(f"{final}: exists, packed from other inputs or options; pass --overwrite to repack it")
+        paths, parts = plan_shard(inputs, spec)
+        if not paths:
+            raise PytrainError(f"--shard {spec.index}/{spec.count}: no input falls in this shard (.gz and .txt files "
+                               "are never split, each goes whole to one shard); use fewer shards")
+        pack(paths, tokenizer, final, options, parts=parts, manifest_extra={"shard": identity})
     return final
+
+
+def _refuse_another_sharding(out: Path, spec: ShardSpec) -> None:
+    """OUT may already hold shards of this sharding (N), never finished shards of another N."""
+    if not out.is_dir():
+        return
+    for entry in sorted(out.iterdir()):
+        match = SHARD_DIR.match(entry.name)
+        if match and int(match.group(2)) != spec.count and (entry / fmt.MANIFEST).is_file():
+            raise PytrainError(f"{out}: already holds {entry.name}, a shard of a {int(match.group(2))}-way sharding; "
+                               f"a {spec.count}-way one beside it would be read with it (every document twice): "
+                               "choose another OUT, or remove the other sharding's folders first")
+
+
+# ----------------------------------------------------------------------------- reading a shard folder
+def _sharding(manifest: dict) -> str | None:
+    """What every shard of one `pack --shard` run shares: N, the inputs' names and sizes, the tokenizer and the
+    options. Not the index, nor where the inputs were mounted or their mtimes (machines differ there)."""
+    identity = manifest.get("shard")
+    if not isinstance(identity, dict):
+        return None
+    inputs = [(Path(str(f.get("path"))).name, f.get("size")) for f in identity.get("inputs") or []
+              if isinstance(f, dict)]
+    return json.dumps([identity.get("count"), inputs, identity.get("tokenizer_sha256"), identity.get("options")],
+                      sort_keys=True, default=str)
+
+
+def mixed_sharding(shards: list[tuple[Path, dict]]) -> str | None:
+    """Why the shard folders `shards` ((path, manifest), all in one folder) are not one sharding, or None."""
+    first_of: dict[int, Path] = {}
+    for path, _ in shards:
+        match = SHARD_DIR.match(path.name)
+        if match:
+            first_of.setdefault(int(match.group(2)), path)
+    if len(first_of) > 1:
+        (n, a), (m, b) = sorted(first_of.items())[:2]
+        return (f"{a.parent} holds a {n}-way and a {m}-way `pytrain pack --shard` output ({a.name}, {b.name}); read "
+                "together they hold every document twice: keep one sharding per folder")
+    keyed = [(path, _sharding(manifest)) for path, manifest in shards if SHARD_DIR.match(path.name)]
+    for path, key in keyed[1:]:
+        if key != keyed[0][1]:
+            return (f"{path} was packed from other inputs, tokenizer or options than {keyed[0][0]} (its manifest's "
+                    "\"shard\" record differs); finish re-packing every shard of that folder the same way")
+    return None

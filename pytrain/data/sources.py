@@ -45,6 +45,9 @@ def parse_field_path(field_name: str | None = "text", jq: str | None = None, cha
             except json.JSONDecodeError as error:
                 raise PytrainError(f"--jq {jq!r}: bad escape in [\"{quoted}\"] ({error.msg}); "
                                    f"write keys as JSON strings, e.g. .[\"a b\"]") from None
+            if any("\ud800" <= c <= "\udfff" for c in key):
+                raise PytrainError(f"--jq {jq!r}: the key [\"{quoted}\"] holds a lone surrogate, which no key of the "
+                                   "input can hold once read (the reader turns lone surrogates into U+FFFD)")
         path.append(key if key is not None else int(index))
         pos = match.end()
     if not path:

@@ -22,6 +22,8 @@ from pytrain.errors import PytrainError, did_you_mean
 
 
 ROPE_TYPES = ("default", "linear", "llama3")
+# numeric fields for which 0 means "off"; every other number must be positive
+MAY_BE_ZERO = ("router_aux_loss_coef", "router_z_loss_coef", "router_bias_update_rate")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,17 @@ class ModelConfig:
     rotary_pct: float | None = None             # gpt_neox: fraction of each head's dimensions RoPE rotates
     use_parallel_residual: bool | None = None   # gpt_neox: x + attn(ln1(x)) + mlp(ln2(x)) in one step
     layer_norm_eps: float | None = None         # gpt_neox: its LayerNorms' epsilon
+    # mixture-of-experts families (qwen2_moe, qwen3_moe, mixtral, olmoe; pytrain.model.moe)
+    num_experts: int | None = None              # routed experts per MoE layer
+    num_experts_per_tok: int | None = None      # experts each token goes to (top-k)
+    moe_intermediate_size: int | None = None    # qwen2_moe, qwen3_moe: each expert's width (mixtral, olmoe:
+                                                # intermediate_size)
+    shared_expert_intermediate_size: int | None = None  # qwen2_moe: the shared expert's width
+    norm_topk_prob: bool | None = None          # renormalise the k routing weights to sum to 1 (mixtral: always)
+    router_aux_loss_coef: float | None = None   # weight of the load-balancing loss added to the training loss
+    router_z_loss_coef: float | None = None     # weight of the router z-loss (ST-MoE); 0: off
+    router_bias_update_rate: float | None = None  # aux-loss-free balancing (DeepSeek-V3): expert bias step; 0: off
+    moe_capacity_factor: float | None = None    # null: dropless; else per-expert cap of factor x tokens x k / experts
 
     def __post_init__(self) -> None:
         from pytrain.model.families import family
@@ -60,8 +73,10 @@ class ModelConfig:
                 object.__setattr__(self, name, value)  # frozen: filled once, here
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type.split(" |")[0] in ("int", "float") and value is not None and value <= 0:
-                raise PytrainError(f"model.{f.name} must be positive (got {value})")
+            if f.type.split(" |")[0] in ("int", "float") and value is not None:
+                if value < 0 or (value == 0 and f.name not in MAY_BE_ZERO):
+                    raise PytrainError(f"model.{f.name} must be {'>= 0' if f.name in MAY_BE_ZERO else 'positive'} "
+                                       f"(got {value})")
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise PytrainError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                                f"model.num_attention_heads ({self.num_attention_heads}), or set model.head_dim")
@@ -115,36 +130,54 @@ class ModelConfig:
         sliding window (pytrain attends over the whole causal prefix, so it stops at the window)."""
         return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
 
+    @property
+    def expert_intermediate_size(self) -> int | None:
+        """Each routed expert's width: moe_intermediate_size (qwen MoE families) or intermediate_size."""
+        if self.num_experts is None:
+            return None
+        return self.moe_intermediate_size or self.intermediate_size
+
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def num_params(self) -> int:
-        """Parameter count (tied embeddings counted once)."""
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count (tied embeddings counted once); `active`: only what one token computes with, i.e.
+        of a mixture-of-experts layer its k routed experts (plus router and shared expert), not all E."""
         from pytrain.model.families import family
 
         h = self.hidden_size
-        per_layer = self._matmul_params_per_layer() + family(self.family).vector_params(self)
+        per_layer = self._matmul_params_per_layer(active) + family(self.family).vector_params(self)
         embedding = self.vocab_size * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         final_norm = 2 * h if self.layer_norm_eps is not None else h  # a LayerNorm has a bias too
         return embedding + self.num_hidden_layers * per_layer + final_norm + head
 
-    def _matmul_params_per_layer(self) -> int:
+    def _matmul_params_per_layer(self, active: bool) -> int:
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return 2 * self.hidden_size * q + 2 * self.hidden_size * kv + self._mlp_params(active)
+
+    def _mlp_params(self, active: bool) -> int:
+        """The feed-forward's matmul weights; of a MoE layer the router, the routed experts (k of them when
+        `active`, else all) and the shared expert with its gate."""
         from pytrain.model.families import family
 
-        mlp_matrices = family(self.family).mlp_matrices
-        return 2 * self.hidden_size * q + 2 * self.hidden_size * kv + mlp_matrices * self.hidden_size * self.intermediate_size
+        h = self.hidden_size
+        if self.num_experts is None:
+            return family(self.family).mlp_matrices * h * self.intermediate_size
+        routed = self.num_experts_per_tok if active else self.num_experts
+        shared = 3 * h * self.shared_expert_intermediate_size + h if self.shared_expert_intermediate_size else 0
+        return h * self.num_experts + routed * 3 * h * self.expert_intermediate_size + shared
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6 x (matmul parameters) + 12 x layers x heads x head_dim x seq (attention
-        scores).
+        """Training FLOPs per token: 6 x (active matmul parameters) + 12 x layers x heads x head_dim x seq
+        (attention scores).
 
         The matmul parameters are every weight a token multiplies through, so the LM head counts (tied or
-        not) and the embedding lookup does not; the attention term follows PaLM (appendix B), without
-        halving for causality, as torchtitan and nanoGPT report it.
+        not) and the embedding lookup does not, and of a mixture-of-experts layer only the router, the k
+        experts the token is routed to and the shared expert count; the attention term follows PaLM
+        (appendix B), without halving for causality, as torchtitan and nanoGPT report it.
         """
-        matmul = self.num_hidden_layers * self._matmul_params_per_layer() + self.vocab_size * self.hidden_size
+        matmul = self.num_hidden_layers * self._matmul_params_per_layer(True) + self.vocab_size * self.hidden_size
         attention_width = self.num_attention_heads * self.head_dim
         return 6 * matmul + 12 * self.num_hidden_layers * attention_width * seq_len
 

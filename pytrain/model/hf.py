@@ -1,12 +1,16 @@
 """The Hugging Face format, for every family: config.json <-> ModelConfig, weight names, and `load_hf`.
 
-    folder/config.json                 the family's config (model_type llama, qwen2, qwen3, mistral, gpt_neox)
+    folder/config.json                 the family's config (model_type llama, qwen2, qwen3, mistral, gpt_neox,
+                                       qwen2_moe, qwen3_moe, mixtral, olmoe)
     folder/model.safetensors           the weights, or model-0000i-of-0000n.safetensors shards plus
                                        model.safetensors.index.json
 
 `model_type` picks the family (pytrain.model.families); its adapter (families/<name>/hf.py) maps the
-config keys and names the tensors. Names map one to one, so tensors are copied bit for bit in both
-directions. A tied LM head is stored once (the embedding's name), as `save_pretrained` does. RoPE
+config keys and names the tensors. Most names map one to one; a mixture-of-experts layer's expert
+weights (one 3-D tensor per projection in pytrain) are stacked from, and split into, the per-expert
+tensors of the Hub's layout, or read from transformers 5's fused gate_up_proj (a `Layout` per parameter,
+pytrain.model.families.moe_hf). Tensors are copied bit for bit in both directions. A tied LM head is
+stored once (the embedding's name), as `save_pretrained` does. RoPE
 scaling is read from `rope_parameters` (transformers 5) or `rope_scaling` with a top-level `rope_theta`
 (transformers 4): rope_type default, linear and llama3 are supported; others (dynamic, yarn, longrope,
 ...) are refused, as is every option the family's architecture in pytrain does not reproduce.
@@ -19,12 +23,13 @@ Torch-free at import: the run configuration reads `hf_model_config` (model.init_
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from pytrain.errors import PytrainError
 from pytrain.model.config import ROPE_TYPES, ModelConfig
+from pytrain.safe_read import read_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -54,6 +59,52 @@ def hf_name(name: str, family_name: str = "llama") -> str:
     return _adapter(family_name).hf_name(name)
 
 
+class Layout(NamedTuple):
+    """How one pytrain parameter is stored in a Hugging Face folder.
+
+    kind "same": the tensor `names[0]` itself; "stack": the tensors `names` (one per expert) stacked on a
+    new dim 0; "half": half `half` (0: first, 1: second) of dim 1 of `names[0]` (transformers 5's fused
+    gate_up_proj [E, 2I, H] holds gate_proj then up_proj)."""
+    kind: str
+    names: tuple[str, ...]
+    half: int = 0
+
+    def stored_shapes(self, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The shape each of `names` must have for a parameter of `shape`."""
+        if self.kind == "stack":
+            return [shape[1:]] * len(self.names)
+        if self.kind == "half":
+            return [(shape[0], 2 * shape[1], *shape[2:])]
+        return [shape]
+
+    def read(self, tensor):
+        """The parameter from `tensor(name)` of each stored name."""
+        if self.kind == "stack":
+            import torch
+
+            return torch.stack([tensor(name) for name in self.names])
+        full = tensor(self.names[0])
+        if self.kind == "half":
+            width = full.shape[1] // 2
+            return full[:, self.half * width:(self.half + 1) * width]
+        return full
+
+    def split(self, value) -> dict:
+        """HF name -> tensor for writing `value` in this layout (not "half": exports write the Hub's)."""
+        if self.kind == "stack":
+            return {name: value[i].contiguous() for i, name in enumerate(self.names)}
+        if self.kind != "same":
+            raise ValueError(f"cannot write layout {self.kind}")
+        return {self.names[0]: value}
+
+
+def layouts(adapter, name: str, shape: tuple[int, ...]) -> list[Layout]:
+    """The ways `adapter`'s family stores parameter `name` of `shape`, the one exports write first."""
+    if hasattr(adapter, "hf_layouts"):
+        return adapter.hf_layouts(name, shape)
+    return [Layout("same", (adapter.hf_name(name),))]
+
+
 # ----------------------------------------------------------------------------- ModelConfig -> config.json
 def hf_config(model_config: ModelConfig, *, bos_id: int | None, eos_id: int | None, dtype: str = "fp32") -> dict:
     """config.json for `model_config`, readable by transformers 4.x and 5.x."""
@@ -80,9 +131,12 @@ def hf_tensors(model, dtype: str = "fp32") -> dict:
     import torch
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    rename = _adapter(model.config.family).hf_name
-    return {rename(name): param.detach().to("cpu", torch_dtype).contiguous()
-            for name, param in model.named_parameters()}
+    adapter = _adapter(model.config.family)
+    tensors = {}
+    for name, param in model.named_parameters():
+        value = param.detach().to("cpu", torch_dtype).contiguous()
+        tensors.update(layouts(adapter, name, tuple(param.shape))[0].split(value))
+    return tensors
 
 
 # ----------------------------------------------------------------------------- config.json -> ModelConfig
@@ -94,11 +148,9 @@ def read_config_json(folder: str | os.PathLike) -> tuple[dict, Path]:
         raise PytrainError(f"{folder}: no such folder (expected a Hugging Face model folder with config.json and "
                            "model.safetensors, e.g. from `pytrain export`)")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)
     except FileNotFoundError:
         raise PytrainError(f"{path}: missing; not a Hugging Face model folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{path}: invalid JSON ({error})") from None
     if not isinstance(config, dict):
         raise PytrainError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config, path
@@ -193,7 +245,7 @@ class HFWeights:
         self.folder = Path(folder)
         self._handles: dict[Path, object] = {}
         self._safe_open = safe_open
-        self._hf_name = _adapter(model_config.family).hf_name
+        adapter = _adapter(model_config.family)
         index = self.folder / WEIGHTS_INDEX
         if index.is_file():
             weight_map = _read_weight_map(index)
@@ -203,17 +255,27 @@ class HFWeights:
             raise PytrainError(f"{self.folder}: no {WEIGHTS} or {WEIGHTS_INDEX} (only safetensors weights are read)")
         self._files = {name: self.folder / file for name, file in weight_map.items()}
         self.shapes = _parameter_shapes(model_config)
-        missing = [self._hf_name(n) for n in self.shapes if self._hf_name(n) not in self._files]
+        self._layouts: dict[str, Layout] = {}
+        missing = []
+        for name, shape in self.shapes.items():  # the first layout the folder holds completely
+            options = layouts(adapter, name, shape)
+            found = next((o for o in options if all(n in self._files for n in o.names)), None)
+            if found is None:
+                missing += [n for n in options[0].names if n not in self._files]
+            else:
+                self._layouts[name] = found
         if missing:
             raise PytrainError(f"{self.folder}: missing tensor {missing[0]}"
                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
         for name, shape in self.shapes.items():  # from the files' headers, before anything is allocated
-            key = self._hf_name(name)
-            stored = tuple(self._handle(self._files[key]).get_slice(key).get_shape())
-            if stored != shape:
-                raise PytrainError(f"{self._files[key]}: {key} has shape {list(stored)}, config.json implies "
-                                   f"{list(shape)}")
-        known = {self._hf_name(n) for n in self.shapes} | {self._hf_name("lm_head.weight")}  # a tied head stored too
+            layout = self._layouts[name]
+            for key, expected in zip(layout.names, layout.stored_shapes(shape)):
+                stored = tuple(self._handle(self._files[key]).get_slice(key).get_shape())
+                if stored != tuple(expected):
+                    raise PytrainError(f"{self._files[key]}: {key} has shape {list(stored)}, config.json implies "
+                                       f"{list(expected)}")
+        known = {key for layout in self._layouts.values() for key in layout.names}
+        known.add(adapter.hf_name("lm_head.weight"))  # a tied head stored too
         unknown = sorted(n for n in self._files if n not in known and not n.endswith(("rotary_emb.inv_freq",
                                                                                       "attention.bias",
                                                                                       "attention.masked_bias")))
@@ -231,14 +293,13 @@ class HFWeights:
 
     def __call__(self, name: str):
         """The tensor for pytrain parameter `name` (CPU, as stored; its shape was checked at construction)."""
-        key = self._hf_name(name)
-        return self._handle(self._files[key]).get_tensor(key)
+        return self._layouts[name].read(lambda key: self._handle(self._files[key]).get_tensor(key))
 
 
 def _read_weight_map(index: Path) -> dict:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        weight_map = read_json(index)["weight_map"]
+    except (KeyError, TypeError) as error:
         raise PytrainError(f"{index}: not a safetensors index (needs a weight_map object): {error}") from None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) and "/" not in f and "\\" not in f
                                                    for f in weight_map.values()):

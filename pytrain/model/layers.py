@@ -5,8 +5,9 @@
     Block:   pre-norm residual block, sequential (x + attn, then + mlp) or parallel (GPT-NeoX:
              x + attn(norm1(x)) + mlp(norm2(x)))
     Attention: grouped KV heads, RoPE over the first `rotary_dim` dimensions, optional q/k/v and output
-             biases, optional per-head q/k RMSNorm (Qwen3), separate or fused (GPT-NeoX) projections
-    SwiGLU, GeluMLP, RMSNorm, LayerNorm, KVCache
+             biases, optional q/k RMSNorm per head (Qwen3) or over the whole projection (OLMoE), separate or
+             fused (GPT-NeoX) projections
+    SwiGLU, GeluMLP, RMSNorm, LayerNorm, KVCache; the mixture-of-experts MLP is pytrain.model.moe
 
 Parameter names are the ones Hugging Face's Llama uses without its `model.` prefix (embed_tokens,
 layers.N.self_attn.q_proj, ..., norm, lm_head); each family's adapter (families/<name>/hf.py) renames
@@ -86,10 +87,11 @@ class KVCache:
 
 class Attention(nn.Module):
     """Causal self-attention. `fused_qkv`: one `qkv_proj` whose output holds, per head, that head's q, k
-    and v one after the other (GPT-NeoX's query_key_value layout; needs as many KV heads as heads)."""
+    and v one after the other (GPT-NeoX's query_key_value layout; needs as many KV heads as heads).
+    `qk_norm`: RMSNorm of q and k before RoPE, over each head ("head") or over all heads ("width")."""
 
     def __init__(self, config: ModelConfig, layer_index: int, *, qkv_bias: bool, out_bias: bool,
-                 qk_norm: bool = False, fused_qkv: bool = False):
+                 qk_norm: str | None = None, fused_qkv: bool = False):
         super().__init__()
         self.layer_index = layer_index  # its slot in a KVCache
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -104,9 +106,10 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
             self.v_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
         self.o_proj = nn.Linear(q_width, hidden, bias=out_bias)
-        if qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        if qk_norm is not None:
+            per_head = qk_norm == "head"
+            self.q_norm = RMSNorm(self.head_dim if per_head else q_width, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim if per_head else kv_width, config.rms_norm_eps)
         self.qk_norm = qk_norm
 
     def _project(self, x):
@@ -120,8 +123,10 @@ class Attention(nn.Module):
     def forward(self, x, position_ids=None, mask=None, cache: KVCache | None = None):
         batch, seq, _ = x.shape
         q, k, v = self._project(x)
-        if self.qk_norm:
+        if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
+        elif self.qk_norm == "width":
+            q, k = self.q_norm(q.flatten(2)).view_as(q), self.k_norm(k.flatten(2)).view_as(k)
         q, k = ops.apply_rope(q, k, position_ids, theta=self.rope_theta, scaling=self.rope_scaling,
                               max_position=None if cache is None else cache.max_len, rotary_dim=self.rotary_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -132,9 +137,9 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, intermediate_size: int | None = None):
         super().__init__()
-        hidden, inner = config.hidden_size, config.intermediate_size
+        hidden, inner = config.hidden_size, intermediate_size or config.intermediate_size
         self.gate_proj = nn.Linear(hidden, inner, bias=False)
         self.up_proj = nn.Linear(hidden, inner, bias=False)
         self.down_proj = nn.Linear(inner, hidden, bias=False)

@@ -31,16 +31,19 @@ def canonical_name(name: str) -> str:
 @torch.no_grad()
 def materialize(model: nn.Module, device, fill: Callable[[str, torch.Tensor], object] | None = None, *,
                 dtype: torch.dtype | None = None, fill_device=None) -> None:
-    """Allocate `model`'s meta parameters on `device` (in `dtype`, default unchanged), tie the LM head to
-    the embedding again where the config ties them (to_empty gives each module its own tensor), then
-    call `fill(name, full)` for each parameter with an empty full-size tensor (on `fill_device`, default
-    `device`) to write its value into. A sharded (DTensor) parameter keeps only this rank's slice of it
-    (`distribute_tensor(src_data_rank=None)` slices locally, no traffic), so memory stays bounded by one
-    full parameter at a time. Without `fill` the values are left uninitialised (a checkpoint is loaded next).
+    """Allocate `model`'s meta parameters and buffers on `device` (in `dtype`, default unchanged; buffers
+    zeroed), tie the LM head to the embedding again where the config ties them (to_empty gives each
+    module its own tensor), then call `fill(name, full)` for each parameter with an empty full-size
+    tensor (on `fill_device`, default `device`) to write its value into. A sharded (DTensor) parameter
+    keeps only this rank's slice of it (`distribute_tensor(src_data_rank=None)` slices locally, no
+    traffic), so memory stays bounded by one full parameter at a time. Without `fill` the values are
+    left uninitialised (a checkpoint is loaded next).
     """
     model.to_empty(device=device)
     if dtype is not None:
         model.to(dtype)
+    for buffer in model.buffers():  # pytrain's only buffers (MoE routers' expert bias) start at zero
+        buffer.zero_()
     model.tie_weights()
     if fill is None:
         return

@@ -23,7 +23,8 @@ at that counter, never tracked by hand.
 from __future__ import annotations
 
 import glob
-import re
+import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pytrain.data import format as fmt
+from pytrain.data.shard import SHARD_DIR, mixed_sharding
 from pytrain.sampling.samples import SampleStream
 from pytrain.sampling import source_stream
 from pytrain.sampling.source_stream import ReadCache, SourceStream
@@ -40,7 +42,6 @@ CHUNK = 1 << 20  # nominal samples per chunk of the blending index
 WEIGHT_UNITS = 1 << 40  # weights are quantised to integers summing to about this, so quotas are exact
 PATH_SOURCE = "data"  # the name of data.path's one source
 SAMPLING = "shuffled-documents"  # in the resume state: how samples are cut (older pytrain had none)
-_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class Source:
     weight: float
     shards: tuple[Shard, ...]
 
+    def checksum(self, split: str) -> str:
+        """The sha256 of the split's own checksums (tokens, index and mask of each shard, as their manifests record
+        them, in shard order): checkpoints record it, so a resume notices data re-packed with other documents."""
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            info = shard.manifest["splits"].get(split, {})
+            digest.update(json.dumps({k: info[k] for k in sorted(info) if k.endswith("_sha256")}).encode() + b"\n")
+        return digest.hexdigest()
+
 
 def resolve_sources(entries: list[dict], labels: list[str] | None = None) -> list[Source]:
     """Expand each entry's path into pack directories and check that all share one tokenizer.
@@ -69,6 +79,7 @@ def resolve_sources(entries: list[dict], labels: list[str] | None = None) -> lis
     for i, entry in enumerate(entries):
         label = labels[i] if labels else f"data.mixture[{i}] ({entry['name']})"
         shards = tuple(Shard(path, _read_manifest(path, label)) for path in _pack_dirs(entry["path"], label))
+        _check_one_sharding_per_folder(shards, label)
         for shard in shards:
             sha = shard.manifest["tokenizer"].get("sha256")
             if reference is None:
@@ -97,8 +108,8 @@ def _pack_dirs(pattern: str, label: str) -> list[Path]:
     for match in map(Path, matches):
         if (match / fmt.MANIFEST).is_file() or not match.exists():
             packs.append(match)  # reading its manifest says what is wrong with it, if anything
-        elif match.is_dir() and any(_SHARD_NAME.match(p.name) for p in match.iterdir()):
-            packs += sorted(p for p in match.iterdir() if _SHARD_NAME.match(p.name))
+        elif match.is_dir() and any(SHARD_DIR.match(p.name) for p in match.iterdir()):
+            packs += sorted(p for p in match.iterdir() if SHARD_DIR.match(p.name))
         else:
             raise PytrainError(f"{label}: {match} is not a pack (no {fmt.MANIFEST}) nor a folder of "
                                "`pytrain pack --shard` outputs")
@@ -111,7 +122,7 @@ def _check_complete_shards(packs: list[Path], label: str) -> None:
     missing or still running shard would otherwise silently drop part of the source."""
     groups: dict[tuple[Path, int], set[int]] = {}
     for path in packs:
-        match = _SHARD_NAME.match(path.name)
+        match = SHARD_DIR.match(path.name)
         if match:
             groups.setdefault((path.parent, int(match.group(2))), set()).add(int(match.group(1)))
     for (parent, count), present in groups.items():
@@ -120,6 +131,16 @@ def _check_complete_shards(packs: list[Path], label: str) -> None:
             first = parent / f"shard-{missing[0]:05d}-of-{count:05d}"
             raise PytrainError(f"{label}: {len(missing)} of {count} shards are missing or unfinished under {parent} "
                                f"(first: {first}); finish `pytrain pack --shard` for them")
+
+
+def _check_one_sharding_per_folder(shards: tuple[Shard, ...], label: str) -> None:
+    by_folder: dict[Path, list[tuple[Path, dict]]] = {}
+    for shard in shards:
+        by_folder.setdefault(shard.path.parent, []).append((shard.path, shard.manifest))
+    for found in by_folder.values():
+        reason = mixed_sharding(found)
+        if reason:
+            raise PytrainError(f"{label}: {reason}")
 
 
 def weight_units(weights: list[float]) -> np.ndarray:
@@ -144,6 +165,7 @@ class BlendedDataset(SampleStream):
                 raise PytrainError(f"{stream.label}: the {stream.split} split has {stream.num_tokens} tokens, too few "
                                    f"for one sample of seq_len {stream.seq_len}; add data or lower seq_len")
         self.streams, self.weights = streams, list(weights)
+        self.checksums = {stream.name: stream.checksum for stream in streams}
         self.names = [s.name for s in streams]
         self.units = weight_units(self.weights)
         self.seq_len, self.seed, self.shuffle = streams[0].seq_len, streams[0].seed, streams[0].shuffle
@@ -221,7 +243,7 @@ class BlendedDataset(SampleStream):
         return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "shuffle": self.shuffle,
                 "sampling": SAMPLING,
                 "sources": [[n, int(u), s.samples_per_epoch] for n, u, s in zip(self.names, self.units, self.streams)],
-                "walks": {"block": source_stream.BLOCK, "at": walks}}
+                "walks": {"block": source_stream.BLOCK, "at": walks}, "checksums": self.checksums}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()

@@ -88,6 +88,7 @@ class SourceStream:
         self.num_tokens = sum(int(s["tokens"]) for s in splits)
         self.samples_per_epoch = (self.num_tokens - 1) // seq_len if self.num_tokens >= 2 else 0
         self.has_mask = any(s.manifest.get("loss_mask") for s in self.shards)
+        self.checksum = source.checksum(split)
         self._ends: OrderedDict[int, array] = OrderedDict()  # epoch -> token count at the end of each block reached
         self._known: dict[int, int] = {}  # epoch -> its first block whose end is known (where a resumed walk began)
 

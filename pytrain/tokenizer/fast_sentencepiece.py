@@ -27,6 +27,9 @@ from pytrain.tokenizer.bpe_support import (
 )
 
 MAX_CHAR_ID = 2**31 - 1  # sp_bpe.cpp keeps one-character token ids as int32 (-1: none)
+# sp_bpe.cpp compares the text at each "▁" with every merge result holding a "▁" past its first byte (Llama-2's
+# and Mistral's are their runs of "▁", about 15); a tokenizer with more is left to `tokenizers`.
+MAX_STRADDLERS = 1024
 
 
 
@@ -88,6 +91,7 @@ def build_sentencepiece(config: dict, reference):
     token_of = {token_id: token for token, token_id in vocab.items()}
     straddlers = {token_of[token_id] for token_id in np.unique(merges[:, 2]).tolist()}
     straddlers = [token.encode("utf-8") for token in sorted(straddlers) if META in token[1:]]
+    require(len(straddlers) <= MAX_STRADDLERS, f"{len(straddlers)} merges with a '▁' inside (more than {MAX_STRADDLERS})")
     char_ids = [(ord(token), token_id) for token, token_id in vocab.items() if len(token) == 1]
     ignore_merges = bool(model.get("ignore_merges", False))
     whole_words = [(token.encode("utf-8"), token_id) for token, token_id in vocab.items()] if ignore_merges else []

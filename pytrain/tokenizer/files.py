@@ -6,7 +6,10 @@ tokenizer; its EOS/BOS tokens are found by name unless given explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 from pytrain.errors import PytrainError
@@ -29,21 +32,47 @@ def read_tokenizer(path: str | Path):
     """
     from tokenizers import Tokenizer
 
+    from pytrain.safe_read import MAX_TOKENIZER_BYTES, checked_json_text, read_bytes
+
     path = tokenizer_file(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, MAX_TOKENIZER_BYTES, "tokenizer.json")
     except FileNotFoundError:
         raise PytrainError(f"{path}: no such tokenizer file; train one with `pytrain tokenizer train`") from None
     except OSError as error:
         raise PytrainError(f"{path}: cannot read the tokenizer ({error.strerror})") from None
+    text = checked_json_text(raw, str(path))
     try:
-        return Tokenizer.from_str(raw.decode("utf-8")), raw, path
-    except Exception as error:  # tokenizers raises a bare Exception for parse errors
+        with _rust_panic_output_hidden():
+            tokenizer = Tokenizer.from_str(text)
+    except BaseException as error:  # a bare Exception for parse errors; pyo3's PanicException (a BaseException)
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":  # Ctrl-C, SIGTERM
+            raise
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         from pytrain.tokenizer.checks import located_problem
 
         problem = _keyed_problem(raw) or located_problem(raw, first_line) or first_line
         raise PytrainError(f"{path}: not a valid tokenizer.json ({problem})") from None
+    # pytrain encodes whole documents: a file's padding (whose length `tokenizers` allocates unchecked: a huge
+    # one panics) or truncation (which would silently cut documents) never applies.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer, raw, path
+
+
+@contextlib.contextmanager
+def _rust_panic_output_hidden():
+    """File descriptor 2 pointed at /dev/null: `tokenizers`' Rust panic hook prints the panic and a backtrace there
+    before pyo3 raises PanicException, whose message the one-line error then carries."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def _keyed_problem(raw: bytes) -> str:
@@ -51,7 +80,7 @@ def _keyed_problem(raw: bytes) -> str:
     from pytrain.tokenizer.checks import bpe_problem
 
     try:
-        return bpe_problem(json.loads(raw))
+        return bpe_problem(json.loads(raw))  # nested at most MAX_JSON_DEPTH deep: checked before
     except ValueError:
         return ""
 

@@ -10,24 +10,18 @@ from pytrain.errors import PytrainError
 from pytrain.tokenizer.files import EOS_CANDIDATES, read_tokenizer, special_token_id
 
 
-def _check_replaceable(out: Path, inputs, overwrite: bool) -> None:
-    """--out may replace only a tokenizer.json outside the run and pack folders pytrain reads it from, and
-    never one of the inputs."""
+COMMAND = "tokenizer train"
+
+
+def _check_writable(out: Path, inputs, overwrite: bool) -> None:
+    """--out is never the tokenizer a pack or run folder was made with, and replaces only a tokenizer file this
+    command wrote (its record beside it, pytrain.fsutil), never one of the inputs."""
+    from pytrain.fsutil import refuse_existing_file
+
     if (out.parent / "manifest.json").exists() or (out.parent / "config.yaml").exists():
         raise PytrainError(f"{out}: is the tokenizer a pack or run in {out.parent} was made with; refusing to write "
                            "it there (write the new tokenizer elsewhere)")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise PytrainError(f"{out}: already exists; choose another --out or pass --overwrite")
-    if any(out.resolve() == Path(given).resolve() for given in inputs):
-        raise PytrainError(f"{out}: is one of the inputs; refusing to replace it even with --overwrite")
-    try:
-        is_tokenizer = out.is_file() and not out.is_symlink() and "model" in json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        is_tokenizer = False
-    if not is_tokenizer:
-        raise PytrainError(f"{out}: is not a tokenizer.json; refusing to replace it even with --overwrite")
+    refuse_existing_file(out, overwrite, COMMAND, inputs)
 
 
 def train_tokenizer(
@@ -38,15 +32,24 @@ def train_tokenizer(
     """Train a BPE on `documents` (the texts `pack` would read from the files `inputs`, e.g.
     pytrain.data.sources' `Sources.texts()`), shaped as `style` (gpt2: byte-level; llama2: SentencePiece-style
     with byte fallback) or like the reference tokenizer.json `like`. `inputs` are never replaced by `out`."""
-    from tokenizers import Tokenizer, trainers
-
-    from pytrain.tokenizer.styles import STYLE_EOS, finished, like_reference, prepare, style_reference
-    from pytrain.fsutil import atomic_write_text
+    from pytrain.fsutil import output_lock
 
     out = Path(out)
     if out.is_dir() or str(out).endswith("/"):
         out = out / "tokenizer.json"
-    _check_replaceable(out, inputs, overwrite)
+    with output_lock(out, COMMAND):  # one writer: a second `tokenizer train --out` here is refused
+        _check_writable(out, inputs, overwrite)
+        return _train(documents, out, vocab_size, inputs=inputs, eos_token=eos_token, special_tokens=special_tokens,
+                      min_frequency=min_frequency, max_documents=max_documents, style=style, like=like)
+
+
+def _train(documents, out: Path, vocab_size: int, *, inputs, eos_token, special_tokens, min_frequency, max_documents,
+           style, like) -> Path:
+    from tokenizers import Tokenizer, trainers
+
+    from pytrain.fsutil import write_output_file
+    from pytrain.tokenizer.styles import STYLE_EOS, finished, like_reference, prepare, style_reference
+
     if like is not None:
         if eos_token is not None or special_tokens is not None:
             raise PytrainError("--eos-token and --special-tokens do not combine with --like: the reference's added "
@@ -81,7 +84,7 @@ def train_tokenizer(
     if used == 0:
         raise PytrainError(f"no documents found in {', '.join(map(str, inputs)) or 'the input'}; nothing to train on")
     text = finished(recipe, training)
-    atomic_write_text(out, text)
+    write_output_file(out, text, COMMAND)
     written = Tokenizer.from_str(text)
     eos_id = special_token_id(written, None, ((eos_token,) if eos_token else ()) + EOS_CANDIDATES, "EOS", out)
     eos = written.id_to_token(eos_id) if eos_id is not None else None

@@ -3,7 +3,8 @@
     RUN/checkpoints/step_N/          one complete checkpoint
         .metadata, __*_*.distcp      DCP: model and optimizer state, sharded, any rank count reads it
         rng_rank{r}.pt               rank r's RNG states (torch CPU, CUDA, python)
-        train_state.json             step, tokens, data position, model config, batch shape
+        train_state.json             step, tokens, data position, model config, batch shape, the data's
+                                     checksums, and "integrity": "checksums.json"
         checksums.json               size and sha256 of every file above, written last
     RUN/checkpoints/latest           the name of the newest complete checkpoint, e.g. "step_400"
 
@@ -36,6 +37,9 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from pytrain.errors import PytrainError
 from pytrain.fsutil import atomic_write_text, files_sha256
 from pytrain.model.config import ModelConfig
+from pytrain.safe_read import read_json
+from pytrain.train.checkpoint_files import check_train_state, parse_step_name
+from pytrain.train.checkpoint_hold import rename_unless_read
 from pytrain.train.dcp_safe import SafeLoadPlanner, SafeReader, read_metadata
 from pytrain.train.distributed import Distributed, all_gather_object, barrier, broadcast_object
 
@@ -44,9 +48,8 @@ LATEST = "latest"
 TRAIN_STATE = "train_state.json"
 CHECKSUMS = "checksums.json"
 CHECKSUMS_FORMAT = "pytrain-checkpoint-checksums"
+INTEGRITY = "integrity"  # train_state.json's mark that checksums.json was written: deleting that file is no opt-out
 TMP_PREFIX = ".tmp-"
-_TRAIN_STATE_KEYS = {"step": int, "tokens": int, "world_size": int, "batch_size": int, "seq_len": int,
-                     "data": dict, "model_config": dict}
 
 
 def step_name(step: int) -> str:
@@ -59,8 +62,15 @@ def _is_complete(path: Path) -> bool:
 
 
 def is_legacy(path: Path) -> bool:
-    """Saved by a pytrain that did not record checksums: it loads (through the safe reader), unverified."""
-    return not (path / CHECKSUMS).exists()
+    """Saved by a pytrain that did not record checksums: it loads (through the safe reader), unverified. A
+    checkpoint whose train_state.json carries the integrity mark never is, with or without checksums.json."""
+    if (path / CHECKSUMS).exists():
+        return False
+    try:
+        state = read_json(path / TRAIN_STATE)
+    except (OSError, ValueError):  # UnreadableInput is a ValueError
+        return True  # verify_checkpoint reports what is wrong with train_state.json
+    return not (isinstance(state, dict) and state.get(INTEGRITY) == CHECKSUMS)
 
 
 def list_checkpoints(root: Path) -> dict[int, Path]:
@@ -68,9 +78,9 @@ def list_checkpoints(root: Path) -> dict[int, Path]:
     found = {}
     if root.is_dir():
         for path in root.iterdir():
-            name = path.name
-            if name.startswith("step_") and name[5:].isdigit() and _is_complete(path):
-                found[int(name[5:])] = path
+            step = parse_step_name(path.name)
+            if step is not None and _is_complete(path):
+                found[step] = path
     return dict(sorted(found.items()))
 
 
@@ -118,11 +128,10 @@ def read_checksums(path: Path) -> dict[str, dict]:
     """checksums.json of checkpoint `path` as {file name: {"size", "sha256"}}, checked for shape."""
     where = path / CHECKSUMS
     try:
-        record = json.loads(where.read_text())
+        record = read_json(where)
     except FileNotFoundError:
-        raise PytrainError(f"{where}: missing (an incomplete checkpoint, or one saved by pytrain < 0.2)") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{where}: unreadable ({error})") from None
+        raise PytrainError(f"{where}: missing, though this checkpoint was saved with it (its {TRAIN_STATE} says so); "
+                           "a checkpoint that lost its checksums is not used unverified") from None
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(record, dict) or record.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict):
         raise PytrainError(f"{where}: not a pytrain checkpoint checksum list")
@@ -287,7 +296,7 @@ def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dic
     """Rank 0: train_state.json and checksums.json into the finished directory, rename it, point `latest` at
     it, drop checkpoints beyond keep_last_k."""
     files = {name: entry for o in outcomes for name, entry in o.items()}
-    state_text = json.dumps(train_state, indent=1)
+    state_text = json.dumps({**train_state, INTEGRITY: CHECKSUMS}, indent=1)
     atomic_write_text(tmp / TRAIN_STATE, state_text)
     state_bytes = state_text.encode()
     files[TRAIN_STATE] = {"size": len(state_bytes), "sha256": hashlib.sha256(state_bytes).hexdigest()}
@@ -299,12 +308,17 @@ def _commit(tmp: Path, final: Path, root: Path, outcomes: list, train_state: dic
     atomic_write_text(root / LATEST, final.name)  # also fsyncs `root`, making the rename durable
     if keep_last_k:
         for old_step in list(list_checkpoints(root))[:-keep_last_k]:
-            _remove(root / step_name(old_step), root)
+            _remove(root / step_name(old_step), root, unless_read=True)
 
 
-def _remove(path: Path, root: Path) -> None:
+def _remove(path: Path, root: Path, unless_read: bool = False) -> None:
+    """Rename a checkpoint away, then delete it; with `unless_read`, one that `generate`/`export` is reading is left
+    for a later save to remove (pytrain.train.checkpoint_hold)."""
     doomed = root / f"{TMP_PREFIX}delete-{path.name}"
-    os.replace(path, doomed)
+    if not unless_read:
+        os.replace(path, doomed)
+    elif not rename_unless_read(path, doomed):
+        return
     shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -313,15 +327,10 @@ def read_train_state(path: Path) -> dict:
     """train_state.json of checkpoint `path`, checked for the keys and types a resume needs."""
     where = path / TRAIN_STATE
     try:
-        state = json.loads(where.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise PytrainError(f"{where}: unreadable ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict):
-        raise PytrainError(f"{where}: not a JSON object")
-    for key, kind in _TRAIN_STATE_KEYS.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise PytrainError(f"{where}: {key} is missing or not {kind.__name__}")
-    return state
+        state = read_json(where)
+    except OSError as error:
+        raise PytrainError(f"{where}: unreadable ({error.strerror})") from None
+    return check_train_state(state, str(where), parse_step_name(path.name))
 
 
 def model_config_changes(saved: dict, current: dict) -> str:
@@ -344,6 +353,18 @@ def load_state(path: Path, state: dict, *, single_process: bool = False) -> None
         raise PytrainError(f"refusing checkpoint {path}: {_describe(error)}") from None
 
 
+def _check_optimizer_state(path: Path, optim_state: dict) -> None:
+    """A checkpoint saved with another optimizer (optim.name) lacks this optimizer's state: say so."""
+    saved = read_metadata(path / ".metadata").state_dict_metadata
+    for fqn, state in optim_state["state"].items():
+        prefix = f"optim.state.{fqn}."
+        if any(prefix + key not in saved for key in state):
+            held = sorted(key[len(prefix):] for key in saved if key.startswith(prefix))
+            raise PytrainError(f"cannot resume from {path}: it was saved with another optimizer (its state of {fqn} "
+                               f"holds {', '.join(held) or 'nothing'}, this run's optim.name needs "
+                               f"{', '.join(state)}); resume with the optim.name it was trained with")
+
+
 def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: dict) -> dict:
     """Restore model, optimizer and (when the rank exists in the checkpoint) RNG; return the train state.
 
@@ -353,6 +374,7 @@ def load_checkpoint(path: Path, model, optimizer, d: Distributed, model_config: 
     if changed:
         raise PytrainError(f"{path}: the checkpoint's model differs from this config ({changed})")
     model_state, optim_state = get_state_dict(model, optimizer)
+    _check_optimizer_state(path, optim_state)
     loaded = {"model": model_state, "optim": optim_state}
     load_state(path, loaded)
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])

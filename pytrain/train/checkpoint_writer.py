@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
@@ -40,6 +39,7 @@ class CheckpointWriter:
     def __init__(self, root: Path, d: Distributed, keep_last_k: int, asynchronous: bool, log: Callable[[str], None]):
         self.root, self.d, self.keep_last_k, self.asynchronous, self.log = root, d, keep_last_k, asynchronous, log
         self._pending: Future | None = None
+        self.last: Path | None = None  # the last checkpoint completed
         if asynchronous:  # created by every rank, in the same order: a collective
             self._group = dist.new_group(backend="gloo")
             self._stager = DefaultStager(StagingOptions(use_pinned_memory=d.device.type == "cuda",
@@ -50,8 +50,8 @@ class CheckpointWriter:
     def save(self, step: int, model, optimizer, train_state: dict) -> None:
         """Save checkpoint `step`: now, or staged now and written in the background."""
         if not self.asynchronous:
-            path = ckpt.save_checkpoint(self.root, step, model, optimizer, train_state, self.d, self.keep_last_k)
-            self.log(f"saved checkpoint {path}")
+            self.last = ckpt.save_checkpoint(self.root, step, model, optimizer, train_state, self.d, self.keep_last_k)
+            self.log(f"saved checkpoint {self.last}")
             return
         self.wait()
         started = time.perf_counter()
@@ -62,11 +62,11 @@ class CheckpointWriter:
         rng = ckpt.rng_state()
         paused_s = time.perf_counter() - started
 
-        def complete() -> str:
+        def complete() -> tuple[Path, str]:
             path = ckpt.complete_save(self.root, step, self.d, train_state, self.keep_last_k, rng,
                                       write=upload.result, group=self._group)
-            return (f"saved checkpoint {path} (training paused {paused_s:.2f} s to copy the state; written in "
-                    f"the background in {time.perf_counter() - started:.1f} s)")
+            return path, (f"saved checkpoint {path} (training paused {paused_s:.2f} s to copy the state; written "
+                          f"in the background in {time.perf_counter() - started:.1f} s)")
 
         self._pending = self._thread.submit(complete)
 
@@ -85,7 +85,8 @@ class CheckpointWriter:
         """Block until the save in flight is complete and log it; raise its PytrainError if it failed."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            self.log(pending.result())
+            self.last, message = pending.result()
+            self.log(message)
 
     def __enter__(self) -> CheckpointWriter:
         return self

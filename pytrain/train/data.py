@@ -53,6 +53,22 @@ class RunData:
         return MixtureEvaluator({name: (weight, Evaluator(dataset, micro, max_batches, masking, d.device))
                                  for name, (weight, dataset) in datasets.items()})
 
+    def describe(self) -> list[str]:
+        """What the run trains on, for the start of train.log: with data.mixture one line per source (its share
+        of the samples, weight / sum of weights, and its data), else one line for data.path."""
+        from pytrain.progress import human
+
+        total = sum(source.weight for source in self.mixture.sources)
+        lines = []
+        for source in self.mixture.sources:
+            tokens = sum(int(shard.manifest["splits"].get("train", {}).get("tokens", 0)) for shard in source.shards)
+            where = (str(source.shards[0].path) if len(source.shards) == 1 else
+                     f"{len(source.shards)} packs in {source.shards[0].path.parent}")
+            data = f"{human(tokens)} training tokens in {where}"
+            lines.append(f"data.mixture {source.name}: {source.weight / total:.1%} of samples (weight {source.weight:g}), "
+                         f"{data}" if self.section.mixture else f"data: {data}")
+        return lines
+
     def progress(self, dataset) -> dict:
         """A mixture's tokens_by_source and epoch_by_source for a training row; nothing for data.path."""
         return dataset.progress() if self.section.mixture else {}

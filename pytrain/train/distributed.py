@@ -7,6 +7,7 @@ CUDA tensors with gloo for CPU ones (CPU offload, object collectives); gloo alon
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -70,8 +71,24 @@ def init_distributed(device: str = "auto") -> Distributed:
 
 
 def shutdown() -> None:
+    """Destroy the process group now, while the interpreter is alive, gloo's worker and transport threads with it.
+
+    destroy_process_group only forgets the group: the C++ group (and its threads) lives while anything holds it.
+    A DeviceMesh does (its `_pg_registry`, torch >= 2.9), kept alive by DTensor's sharding caches until the
+    interpreter shuts down; a gloo worker thread that then drops the last reference to a finished collective's
+    tensors needs the GIL, which a finalizing interpreter refuses by ending the thread inside a noexcept
+    destructor: "terminate called without an active exception", SIGABRT, after a run that succeeded (seen in
+    2-rank runs under load). So every mesh still alive lets go of its groups (whoever built it: the groups are all
+    destroyed here), and the run's reference cycles (FSDP2's state holds the group too) are collected, for the
+    group's destructor to join its threads now.
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+
     if dist.is_initialized():
         dist.destroy_process_group()
+    for mesh in [obj for obj in gc.get_objects() if DeviceMesh in type(obj).__mro__]:  # no isinstance hooks run
+        getattr(mesh, "_pg_registry", {}).clear()  # submeshes share their root's registry
+    gc.collect()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Run logging on rank 0: a live progress line, `train.log`, `metrics.jsonl`, TensorBoard and W&B.
 
     train.log       human-readable: the setup, one line per logged step, evaluations, samples, errors
-    metrics.jsonl   one JSON object per logged step: step, tokens, loss, ppl, lr, grad_norm, tokens_per_s,
+    metrics.jsonl   one JSON object per logged step: step, tokens, loss and ppl (the mean over the steps since the
+                    previous row), lr, grad_norm, tokens_per_s,
                     mfu (null when the device peak is unknown), memory_gib, elapsed_s (under train.dtype=fp16
-                    also loss_scale and skipped_steps; grad_norm is null on a skipped step); and one per
+                    also loss_scale and skipped_steps; grad_norm is null on a skipped step; for a mixture of
+                    experts aux_loss, expert_load, and z_loss / dropped_tokens when on); and one per
                     evaluation: step, tokens, val_loss, val_ppl. With data.mixture, training rows also carry
                     tokens_by_source and epoch_by_source and evaluation rows val_loss_by_source ({name: value});
                     TensorBoard and W&B get them as train/tokens_by_source/NAME, val/val_loss_by_source/NAME, ...
@@ -24,6 +26,7 @@ from pathlib import Path
 from pytrain.config import LoggingSection
 from pytrain.fsutil import atomic_write_text
 from pytrain.progress import bar, duration, human
+from pytrain.safe_read import parse_json
 
 BAR_WIDTH = 20
 
@@ -68,7 +71,7 @@ class RunLogger:
             if not row.strip():
                 continue
             try:
-                step = json.loads(row)["step"]
+                step = parse_json(row, str(path))["step"]  # UnreadableInput is a ValueError
             except (ValueError, KeyError, TypeError):
                 torn += 1
                 continue
@@ -116,8 +119,11 @@ class RunLogger:
         mfu = "" if row["mfu"] is None else f" | mfu {row['mfu']:.1%}"
         gnorm = "overflow, step skipped" if row["grad_norm"] is None else f"{row['grad_norm']:.3f}"
         scale = f" | scale {row['loss_scale']:g} ({row['skipped_steps']} skipped)" if "loss_scale" in row else ""
+        router = (f" | aux {row['aux_loss']:.4f} | load {row['expert_load']:.2f}"
+                  + (f" | dropped {row['dropped_tokens']:.0f}" if "dropped_tokens" in row else "")
+                  if "aux_loss" in row else "")
         text = (f"step {row['step']}/{self.total_steps} | loss {row['loss']:.4f} | ppl {row['ppl']:.2f} | "
-                f"lr {row['lr']:.2e} | gnorm {gnorm}{scale} | {human(row['tokens_per_s'])} tok/s{mfu} | "
+                f"lr {row['lr']:.2e} | gnorm {gnorm}{scale}{router} | {human(row['tokens_per_s'])} tok/s{mfu} | "
                 f"mem {row['memory_gib']:.2f}GiB | ETA {duration(eta_s)}")
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._log.write(f"{stamp} {text}\n")

@@ -27,9 +27,10 @@ from pytrain.train.checkpoint_writer import CheckpointWriter
 from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.data import RunData
 from pytrain.train.distributed import Distributed, init_distributed, on_main, shutdown
+from pytrain.train.expert_parallel import describe as describe_experts
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
-from pytrain.train.optim import build_optimizer
+from pytrain.train.optim import build_optimizer, describe_optimizer
 from pytrain.train.parallelize import build_model
 from pytrain.train.preemption import StopRequest
 from pytrain.train.resolve import ResolvedRun, resolve_run
@@ -38,6 +39,7 @@ from pytrain.train.run_dir import RunDir
 from pytrain.train.sample import sample_prompts
 from pytrain.train.schedule import Schedule
 from pytrain.train.step import NonFinite, StepResult, TrainStep
+from pytrain.train.summary import run_summary
 
 
 def train(config: RunConfig, config_source: str | None = None) -> Path:
@@ -59,6 +61,7 @@ class _Run:
         self.run_dir = Path(config.train.run_dir)
         self.rundir = RunDir(self.run_dir)
         self.notes: list[str] = []
+        self.last_eval: tuple[int, float] | None = None  # (step, val_loss) of the latest evaluation
 
     def run(self) -> Path:
         with contextlib.ExitStack() as held:
@@ -83,6 +86,8 @@ class _Run:
             return
         last_saved = self.step if self.resume_from else None
         window = ThroughputWindow(self.d.device)
+        first_step, first_tokens, run_started = self.step, self.tokens, time.perf_counter()
+        interval_losses = []  # host floats (the step's one sync made them): the logged loss is their mean
         while self.step < total:
             step, lr = self.step + 1, self.schedule.lr(self.step + 1)
             started = time.perf_counter()
@@ -92,11 +97,16 @@ class _Run:
             window.add(result.tokens, time.perf_counter() - started)
             self.step, self.tokens = step, self.tokens + result.tokens
             self._check_saves(shared)
-            if step % config.logging.every == 0 or step == total:
-                self._log_step(result, lr, window)
+            interval_losses.append(result.loss)
+            if step == 1 or step % config.logging.every == 0 or step == total:
+                logged_loss = sum(interval_losses) / len(interval_losses)
+                self._log_step(result, lr, window, logged_loss)
                 window.restart()
+                interval_losses.clear()
             if self.evaluator and (step % config.train.eval_every == 0 or step == total):
-                self.logger.log_eval({"step": step, "tokens": self.tokens, **self.evaluator.row(self.model)})
+                row = self.evaluator.row(self.model)
+                self.logger.log_eval({"step": step, "tokens": self.tokens, **row})
+                self.last_eval = (step, row["val_loss"])
             if config.logging.sample_every and config.logging.sample_prompts and step % config.logging.sample_every == 0:
                 self._sample()
             if ((config.checkpoint.every and step % config.checkpoint.every == 0) or step == total) and last_saved != step:
@@ -104,6 +114,12 @@ class _Run:
                 last_saved = step
             if shared[1] and step < total:
                 self._stop(saved=last_saved == step)
+        self.checkpoints.wait()  # the summary names the last checkpoint: complete, also if written in the background
+        for line in run_summary(self.run_dir, first_step=first_step, last_step=self.step,
+                                wall_s=time.perf_counter() - run_started, tokens_this_run=self.tokens - first_tokens,
+                                tokens_total=self.tokens, train_loss=logged_loss, val=self.last_eval,
+                                checkpoint=self.checkpoints.last, prompt=(config.logging.sample_prompts or ["The"])[0]):
+            self.logger.info(line)
 
     def _train_step(self, step: int, lr: float, shared: torch.Tensor) -> StepResult:
         batches = [self.train_data.next_batch(self.micro) for _ in range(self.accumulation)]
@@ -139,7 +155,8 @@ class _Run:
 
         self.resume_from = choose_checkpoint(config, d, self.rundir, self.config_source, self.notes)
         if self.resume_from is not None:
-            on_main(d, lambda: check_compatible(self.resume_from, self.model_config.to_dict(), self.rundir, self.data))
+            self.notes += on_main(d, lambda: check_compatible(self.resume_from, self.model_config.to_dict(),
+                                                              self.rundir, self.data, config.checkpoint.resume_other_data))
         self.data.verify(config.data.verify, d)
         self.train_data = self.data.train_dataset(self.seq_len, train.seed, d)
         self.evaluator = None
@@ -171,8 +188,8 @@ class _Run:
             weights = HFWeights(init_from, self.model_config)
         return build_model(self.model_config, self.d, dtype=r.dtype, reduce_dtype=train.reduce_dtype,
                            ac_every=r.ac_every, compile=train.compile, cpu_offload=train.cpu_offload,
-                           hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size, seed=train.seed,
-                           initial_weights=weights)
+                           hsdp=train.hsdp, hsdp_shard_size=train.hsdp_shard_size,
+                           expert_parallel=train.expert_parallel, seed=train.seed, initial_weights=weights)
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.d, self.model_config.to_dict())
@@ -197,11 +214,18 @@ class _Run:
         log = self.logger.info
         log(f"pytrain {__version__} | run {self.run_dir} | {d.world_size} rank(s) on {device} | dtype {self.dtype} | "
             f"kernels {config.train.kernels}")
-        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters, "
+        active = f" ({mc.num_params(active=True) / 1e6:.2f}M active per token)" if mc.num_experts else ""
+        log(f"model: preset {config.model.preset}, {mc.num_params() / 1e6:.2f}M parameters{active}, "
             f"{self.flops_per_token / 1e9:.3f} GFLOPs/token at seq {self.seq_len}")
         log(f"batch: {config.train.batch_size} x {self.seq_len} = {tokens_per_step} tokens/step "
             f"({d.world_size} rank(s) x {self.micro} sequences x {self.accumulation} micro-batch(es))")
         log(f"MFU peak per device: {peak_note}")
+        for line in self.data.describe():
+            log(line)
+        if experts := describe_experts(self.model):
+            log(experts)
+        for line in describe_optimizer(self.optimizer, self.model):
+            log(line)
         for note in [*self.notes, *self.data.notes]:
             log(f"note: {note}")
         self._adjust_cpu_threads()
@@ -220,16 +244,18 @@ class _Run:
         if note:
             self.logger.info(note)
 
-    def _log_step(self, result: StepResult, lr: float, window: ThroughputWindow) -> None:
+    def _log_step(self, result: StepResult, lr: float, window: ThroughputWindow, loss: float) -> None:
+        """A metrics row for the steps since the previous one: `loss` is their mean (as Hugging Face's Trainer
+        logs it); the gradient norm, loss scale and lr are the last step's."""
         self._adjust_cpu_threads()
         tokens_per_s, wall_s = window.tokens_per_s, window.wall_s
         wall_steps_per_s = window.tokens / max(wall_s, 1e-9) / (self.config.train.batch_size * self.seq_len)
         self.logger.log_step({
-            "step": self.step, "tokens": self.tokens, "loss": result.loss, "ppl": math.exp(min(result.loss, 700.0)),
+            "step": self.step, "tokens": self.tokens, "loss": loss, "ppl": math.exp(min(loss, 700.0)),
             "lr": lr, "grad_norm": None if result.skipped else result.grad_norm, "tokens_per_s": tokens_per_s,
             "mfu": mfu(tokens_per_s / self.d.world_size, self.flops_per_token, self.peak_tflops),
             "memory_gib": peak_memory_gib(self.d.device), "elapsed_s": wall_s,
-            **self.train_step.metrics(), **self.data.progress(self.train_data),
+            **result.router, **self.train_step.metrics(), **self.data.progress(self.train_data),
         }, eta_s=(self.config.train.steps - self.step) / max(wall_steps_per_s, 1e-9))
 
     def _sample(self) -> None:

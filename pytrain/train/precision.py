@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, shown
 
 
 class LossScaler:
@@ -51,5 +51,5 @@ class LossScaler:
               and all(type(state.get(key)) is int and state[key] >= 0 for key in ("good_steps", "skipped_steps")))
         if not ok:
             raise PytrainError(f"{where}: loss_scale must be {{scale: a number > 0, good_steps, skipped_steps: "
-                               f"integers >= 0}}, got {state!r}")
+                               f"integers >= 0}}, got {shown(state)}")
         self.scale, self.good_steps, self.skipped_steps = float(state["scale"]), state["good_steps"], state["skipped_steps"]

@@ -15,6 +15,7 @@ from pytrain.config import ModelSection, RunConfig, activation_checkpoint_every
 from pytrain.errors import PytrainError
 from pytrain.model.config import ModelConfig, preset
 from pytrain.ops._backend import interpreter_enabled
+from pytrain.train.expert_parallel import check_expert_parallel
 
 # Fields that fix the weights' shapes: with model.init_from they must be the folder's.
 SHAPE_FIELDS = ("family", "head_dim", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -46,6 +47,7 @@ def resolve_run(config: RunConfig, data_vocab_size: int, world_size: int, device
         raise PytrainError(f"data.seq_len ({seq_len}) exceeds model.sliding_window ({model.sliding_window}): pytrain "
                            "attends over the whole causal prefix, which is the window's attention only up to its "
                            "length; set data.seq_len <= the window")
+    check_expert_parallel(model, config.train.expert_parallel, compile=config.train.compile)
     micro, accumulation = batch_geometry(config.train.batch_size, config.train.micro_batch_size, world_size)
     warmup = config.schedule.warmup_steps
     if warmup is None:

@@ -5,10 +5,13 @@
     checkpoint.resume=none    a fresh start; refused when the run directory already has checkpoints
     checkpoint.resume=DIR     that run's (or checkpoint's) checkpoint; with resume_step, that step's
 
-An explicitly chosen checkpoint that fails its checks is refused; a checkpoint of another model, or a
-run whose data was packed with another tokenizer, is refused before any file is written. Settings that
-may change on resume but make the run something else than the saved run's continuation (the batch
-size, the learning-rate schedule: train.steps, warmup, peak) are named in the "resumed from" line.
+An explicitly chosen checkpoint that fails its checks is refused; a checkpoint of another model, a run
+whose data was packed with another tokenizer, data re-packed with other documents since the checkpoint
+(its packs' checksums, recorded per source, differ; checkpoint.resume_other_data=true continues anyway,
+with a note), and model.init_from on a run directory whose checkpoints started from other weights (they
+would be ignored) are refused before any file is written. Settings that may change on resume but make
+the run something else than the saved run's continuation (the batch size, the learning-rate schedule:
+train.steps, warmup, peak) are named in the "resumed from" line.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def _candidates(config: RunConfig, rundir: RunDir, config_source: str | None) ->
     existing = ckpt.list_checkpoints(rundir.checkpoints)
     if existing and spec != "none":
         rundir.check_origin(config_source, config.checkpoint.resume_other_config)
+        if spec == "auto":
+            _check_init_from(config.model.init_from, rundir, existing)
     if spec == "none":
         if existing:
             raise PytrainError(f"{rundir.path} already has checkpoints (steps {', '.join(map(str, existing))}); "
@@ -67,8 +72,27 @@ def _candidates(config: RunConfig, rundir: RunDir, config_source: str | None) ->
     return [str(ckpt.find_checkpoint(spec, step))]
 
 
-def check_compatible(path: Path, model_config: dict, rundir: RunDir, data) -> None:
-    """Rank 0, before anything is written: the checkpoint's model and the run's tokenizer must match."""
+def _check_init_from(init_from: str | None, rundir: RunDir, existing: dict[int, Path]) -> None:
+    """model.init_from gives a new run its first weights; a run directory with checkpoints resumes from them, so an
+    init_from other than the one the run started from would be silently ignored: refused. (Leaving it out when
+    resuming a run that started from one ignores nothing.)"""
+    from pytrain.config import load_config
+
+    if init_from is None:
+        return
+    started_from = load_config(rundir.config_file).model.init_from if rundir.config_file.is_file() else None
+    if started_from is not None and Path(started_from).resolve() == Path(init_from).resolve():
+        return
+    steps = ", ".join(map(str, existing))
+    began = f"model.init_from={started_from}" if started_from else "fresh weights (no model.init_from)"
+    raise PytrainError(f"model.init_from={init_from}: {rundir.path} already has checkpoints (steps {steps}) of a run "
+                       f"that started from {began}, and resumes from them; to start a new run from {init_from}, "
+                       "choose another train.run_dir")
+
+
+def check_compatible(path: Path, model_config: dict, rundir: RunDir, data, allow_other_data: bool) -> list[str]:
+    """Rank 0, before anything is written: the checkpoint's model and the run's tokenizer must match, and the
+    data must be what the checkpoint trained on (else, with `allow_other_data`, a note). Returns the notes."""
     state = ckpt.read_train_state(path)
     changed = ckpt.model_config_changes(state["model_config"], model_config)
     if changed:
@@ -80,6 +104,28 @@ def check_compatible(path: Path, model_config: dict, rundir: RunDir, data) -> No
         raise PytrainError(f"cannot resume {rundir.path}: the data ({data.pack_dir}) was packed with "
                            f"another tokenizer than the run's {run_tokenizer}; token ids would change meaning: "
                            "pack the data with that tokenizer, or train in another train.run_dir")
+    changed = data_changes(state, data)
+    if changed and not allow_other_data:
+        raise PytrainError(f"cannot resume {path}: {changed[0]}; re-pack the data it trained on, set "
+                           "checkpoint.resume_other_data=true to continue on this data anyway, or train in another "
+                           "train.run_dir")
+    return [f"resuming on other data than {path.name} trained on (checkpoint.resume_other_data=true): {change}"
+            for change in changed]
+
+
+def data_changes(state: dict, data) -> list[str]:
+    """Each source whose training split differs from the one the checkpoint recorded (by the packs' checksums), one
+    phrase each. Checkpoints from before the checksums were recorded have nothing to compare."""
+    saved = state["data"].get("checksums")
+    if not isinstance(saved, dict):
+        return []
+    changes = []
+    for source in data.mixture.sources:
+        if source.name in saved and saved[source.name] != source.checksum("train"):
+            where = source.shards[0].path if len(source.shards) == 1 else source.shards[0].path.parent
+            changes.append(f"{source.label} ({where}) holds other training data than the checkpoint was trained on "
+                           "(its packs' checksums differ: re-packed since?)")
+    return changes
 
 
 def changes_since_saved(state: dict, batch_size: int, schedule: Schedule) -> list[str]:

@@ -1,10 +1,15 @@
 """A run directory: its layout, its lock, which config made it, and loading its trained model.
 
     RUN/config.yaml        the resolved config of the latest (re)start
-    RUN/run.json           which config file created the run (a guard against two configs sharing a name)
+    RUN/run.json           what makes the folder recognisably a run, written first: which config file created
+                           the run (a guard against two configs sharing a name) and the data's EOS id
     RUN/tokenizer.json     the training data's tokenizer
     RUN/train.log, RUN/metrics.jsonl, RUN/tensorboard/, RUN/checkpoints/ (pytrain.train.checkpoint)
     RUN/.lock              held (flock) by the process training the run
+
+Training writes only into a run directory pytrain made: a new or empty folder, or one holding run.json
+(or, from before run.json, checkpoints). Any other folder (`train.run_dir: .` beside the config, a
+project folder) is refused before anything is written, so no file of the user's is ever replaced.
 
 `pytrain generate`, `export`, `demo` and the trainer's samples all load through `RunDir`, so a
 checkpoint is always verified against its checksums before its weights are used.
@@ -13,17 +18,16 @@ checkpoint is always verified against its checksums before its weights are used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from pytrain.errors import PytrainError
-from pytrain.fsutil import atomic_file, atomic_write_text
+from pytrain.fsutil import acquire_lock, atomic_file, atomic_write_text, name_holder
+from pytrain.safe_read import read_json
 
 CONFIG = "config.yaml"
 ORIGIN = "run.json"
@@ -46,6 +50,32 @@ class RunDir:
 
         return self.path / CHECKPOINTS
 
+    def why_not_a_run(self) -> str | None:
+        """None when training may write into this folder (absent, empty but for its lock, or a run pytrain
+        wrote), else the reason."""
+        if not self.path.exists() and not self.path.is_symlink():
+            return None
+        if not self.path.is_dir():
+            return "it is not a directory"
+        entries = sorted(entry.name for entry in self.path.iterdir() if entry.name != LOCK)
+        if not entries or self._is_run_record(self._record()):
+            return None
+        from pytrain.train.checkpoint import list_checkpoints
+
+        if list_checkpoints(self.checkpoints):  # a run of a pytrain from before run.json
+            return None
+        return f"it holds {entries[0]}, and no {ORIGIN}: pytrain did not make it a run directory"
+
+    @staticmethod
+    def _is_run_record(record: dict) -> bool:
+        """run.json as record() writes it: the creating config (or null) and when it was created."""
+        return "config" in record and type(record.get("created")) in (int, float)
+
+    def claim(self) -> None:
+        """Make a new or empty folder a run directory before training starts (`pytrain demo` writes its data
+        into the run's folder first)."""
+        self.record(None, None)
+
     def require(self) -> None:
         if not self.config_file.is_file():
             raise PytrainError(f"{self.path}: not a run directory (no {CONFIG}); pass a folder written by "
@@ -54,7 +84,7 @@ class RunDir:
     # ------------------------------------------------------------------ which config made the run
     def _record(self) -> dict:
         try:
-            record = json.loads(self.origin_file.read_text())
+            record = read_json(self.origin_file)
         except (OSError, ValueError):
             return {}
         return record if isinstance(record, dict) else {}
@@ -86,37 +116,36 @@ class RunDir:
 
     def write_run_files(self, resolved_yaml: str, tokenizer_source: Path, config_source: str | None,
                         eos_id: int | None) -> None:
-        """Rank 0, once every check of a (re)start has passed: name the lock holder, remove the debris of
-        interrupted saves, write the resolved config, the data's tokenizer and run.json."""
+        """Rank 0, once every check of a (re)start has passed: name the lock holder, write run.json (first: it
+        is what makes the folder recognisably a run), remove the debris of interrupted saves, write the
+        resolved config and the data's tokenizer."""
         from pytrain.train.checkpoint import remove_partial
 
         self.name_lock_holder()
+        self.record(config_source, eos_id)
         remove_partial(self.checkpoints)
         atomic_write_text(self.config_file, resolved_yaml)
         if tokenizer_source.is_file():
             with atomic_file(self.tokenizer_file) as handle:
                 handle.write(tokenizer_source.read_bytes())
-        self.record(config_source, eos_id)
 
     # ------------------------------------------------------------------ lock
     @contextlib.contextmanager
     def lock(self):
         """Hold the run's lock while training it. flock dies with its process, so a crash never leaves the
-        run locked; a second trainer gets a one-line error naming the holder. If the body raises (a refused
-        start), a lock file or run directory this call created is removed again, so nothing changed."""
+        run locked; a second trainer gets a one-line error naming the holder. A folder that is not a run
+        (why_not_a_run) is refused before anything is created. If the body raises (a refused start), a lock
+        file or run directory this call created is removed again, so nothing changed."""
+        reason = self.why_not_a_run()
+        if reason:
+            raise PytrainError(f"train.run_dir {self.path}: refusing to train there: {reason}; choose a new or "
+                               "empty train.run_dir (pytrain never writes over files it did not create)")
         created_dir = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock_file = self.path / LOCK
         created_lock = not lock_file.exists()
-        handle = open(lock_file, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise PytrainError(f"{self.path} is being trained by {holder}; wait for it to finish, or choose "
-                               "another train.run_dir") from None
+        handle = acquire_lock(lock_file, lambda holder: f"{self.path} is being trained by {holder}; wait for it to "
+                                                        "finish, or choose another train.run_dir")
         self._lock_handle = handle
         try:
             yield
@@ -132,11 +161,7 @@ class RunDir:
 
     def name_lock_holder(self) -> None:
         """Write who holds the lock into it (once the start is accepted), for a second trainer's message."""
-        self._lock_handle.seek(0)
-        self._lock_handle.truncate()
-        self._lock_handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self._lock_handle.flush()
+        name_holder(self._lock_handle, "pytrain train")
 
     # ------------------------------------------------------------------ the trained model
     def model_config(self):
@@ -156,39 +181,48 @@ class RunDir:
         data = load_config(self.config_file).data
         return [data.path] if data.path else [entry["path"] for entry in data.mixture or []]
 
-    def checkpoint(self, step: int | None = None) -> Path:
-        """The latest (or `step`'s) checkpoint, verified against its checksums."""
+    @contextlib.contextmanager
+    def checkpoint(self, step: int | None = None):
+        """The latest (or `step`'s) checkpoint, verified against its checksums, and held while the body reads it
+        (the trainer's keep_last_k rotation leaves it alone until then: pytrain.train.checkpoint_hold)."""
         from pytrain.train.checkpoint import find_checkpoint, is_legacy, summarize, verify_checkpoint
+        from pytrain.train.checkpoint_hold import held_for_reading
 
         self.require()
-        path = find_checkpoint(self.path, step)
-        problems = verify_checkpoint(path)
-        if problems:
-            raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
-                               "lists the intact checkpoints (pass one with --step)")
-        if is_legacy(path):
-            print(f"note: {path} has no checksums.json (saved by an earlier pytrain): loaded without an integrity "
-                  "check", file=sys.stderr)
-        return path
+        with held_for_reading(lambda: find_checkpoint(self.path, step), "this command") as path:
+            problems = verify_checkpoint(path)
+            if problems:
+                raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
+                                   "lists the intact checkpoints (pass one with --step)")
+            if is_legacy(path):
+                print(f"note: {path} has no checksums.json (saved by an earlier pytrain): loaded without an integrity "
+                      "check", file=sys.stderr)
+            yield path
 
     def load_model(self, step: int | None = None, device="cpu"):
         """(model, model_config): the trained model from a verified checkpoint, unsharded, in eval mode.
 
         Works in a plain process (no process group): DCP reassembles the full weights from however many
         shards were written."""
+        from pytrain.train.checkpoint import model_config_changes, read_train_state
+
+        model_config = self.model_config()
+        with self.checkpoint(step) as path:
+            changed = model_config_changes(read_train_state(path)["model_config"], model_config.to_dict())
+            if changed:
+                raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); "
+                                   "restore the run's config.yaml")
+            return self._load_weights(path, model_config, device), model_config
+
+    @staticmethod
+    def _load_weights(path: Path, model_config, device):
         import torch
         import torch.distributed as dist
 
         from pytrain.model.families import build_model
         from pytrain.model.materialize import materialize
-        from pytrain.train.checkpoint import load_state, model_config_changes, read_train_state
+        from pytrain.train.checkpoint import load_state
 
-        model_config = self.model_config()
-        path = self.checkpoint(step)
-        changed = model_config_changes(read_train_state(path)["model_config"], model_config.to_dict())
-        if changed:
-            raise PytrainError(f"{self.config_file} describes another model than {path} holds ({changed}); restore "
-                               "the run's config.yaml")
         with torch.device("meta"):
             model = build_model(model_config)
         materialize(model, device)  # DCP fills it below
@@ -196,7 +230,7 @@ class RunDir:
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
             load_state(path, {"model": model.state_dict()}, single_process=not dist.is_initialized())
         model.eval()
-        return model, model_config
+        return model
 
     def tokenizer(self):
         from pytrain.tokenizer.files import load_tokenizer

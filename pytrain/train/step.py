@@ -13,9 +13,10 @@ scale (pytrain.train.precision): the update is skipped, the scale halved, and th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
@@ -23,19 +24,23 @@ from torch.distributed.tensor import DTensor
 from pytrain.labels import IGNORE_INDEX
 from pytrain.train.batch import model_inputs
 from pytrain.train.distributed import all_reduce_sum
+from pytrain.train.moe import RouterTraining
 from pytrain.train.precision import LossScaler
 
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
                      device: torch.device, loss_scale: float = 1.0,
+                     router: RouterTraining | None = None,
                      shared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Accumulate the gradients of `batches` (this rank's micro-batches) and clip them.
 
     The backward runs on the loss times `loss_scale` (fp16; a power of two, so exact) and the gradients
     are divided by it again before the norm. Returns (global mean loss, global gradient norm before
     clipping) as device scalars, and the global number of target tokens. The optimizer step is the
-    caller's, after it has checked the two values. `shared`: a host int64 tensor of the caller's counts
-    (e.g. a stop request), summed over ranks in place by the all-reduce the token count needs anyway.
+    caller's, after it has checked the two values. A mixture of experts' `router` adds each forward's
+    router losses (pytrain.train.moe); the returned loss is the LM loss alone. `shared`: a host int64
+    tensor of the caller's counts (e.g. a stop request), summed over ranks in place by the all-reduce the
+    token count needs anyway.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
     local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
@@ -45,11 +50,15 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
     if shared is not None:
         shared.copy_(counts[1:])
     loss_sum = torch.zeros((), device=device)
+    forwards = len(batches) * dist.get_world_size()
     for i, batch in enumerate(batches):
         if isinstance(model, FSDPModule):  # one process in fp32 trains a plain model (pytrain.train.parallelize)
             model.set_requires_gradient_sync(i == len(batches) - 1)
         loss = model(**model_inputs(batch, document_masking, device), reduction="sum")
-        (loss * loss_scale / global_tokens).backward()
+        objective = loss / global_tokens + (router.loss(forwards) if router else 0.0)
+        (objective * loss_scale).backward()
+        if router:
+            router.after_backward()
         loss_sum += loss.detach()
     if loss_scale != 1.0:
         _unscale(model, loss_scale)
@@ -66,13 +75,22 @@ def _unscale(model: nn.Module, loss_scale: float) -> None:
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (before clipping), clipping to `max_norm` when it is > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if isinstance(norm, DTensor):  # sharded gradients: the local norms are combined over ranks here
-        norm = norm.full_tensor()
+    """The global gradient norm (before clipping), clipping to `max_norm` when it is > 0.
+
+    Sharded gradients are grouped by device mesh (FSDP2's, and expert parallelism's for the experts):
+    torch's norm and clipping take one mesh at a time; the groups' norms are combined here."""
+    groups: dict = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    norms = []
+    for params in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # local norms combined over ranks
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        for params in groups.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
 
 
@@ -117,6 +135,7 @@ class StepResult:
     grad_norm: float     # before clipping; inf or nan on a skipped step
     tokens: int          # target tokens of the global batch
     skipped: bool        # fp16 only: the gradients overflowed, no update was applied
+    router: dict = field(default_factory=dict)  # mixture of experts: aux_loss, expert_load, ... (pytrain.train.moe)
 
 
 class TrainStep:
@@ -129,6 +148,7 @@ class TrainStep:
         self.model, self.optimizer = model, optimizer
         self.grad_clip, self.document_masking, self.device = grad_clip, document_masking, device
         self.scaler = LossScaler(loss_scale_init, loss_scale_growth_interval) if dtype == "fp16" else None
+        self.router = RouterTraining.of(model)
         _create_optimizer_state(optimizer)
 
     def __call__(self, batches: list[dict], lr: float, shared: torch.Tensor | None = None) -> StepResult:
@@ -138,8 +158,10 @@ class TrainStep:
         loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.grad_clip,
                                                    document_masking=self.document_masking, device=self.device,
                                                    loss_scale=self.scaler.scale if self.scaler else 1.0,
-                                                   shared=shared)
-        loss_value, norm_value = torch.stack([loss, grad_norm]).tolist()  # the step's one host sync
+                                                   router=self.router, shared=shared)
+        router = self.router.step_values() if self.router else {}
+        values = torch.stack([loss, grad_norm, *router.values()]).tolist()  # the step's one host sync
+        loss_value, norm_value, router_values = values[0], values[1], values[2:]
         if not math.isfinite(loss_value):
             raise NonFinite("loss", loss_value)
         finite = math.isfinite(norm_value)
@@ -149,8 +171,10 @@ class TrainStep:
             raise NonFinite("gradient norm", norm_value)
         if finite:
             self.optimizer.step()
+            if self.router:
+                self.router.update_bias()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_value, norm_value, tokens, skipped=not finite)
+        return StepResult(loss_value, norm_value, tokens, skipped=not finite, router=dict(zip(router, router_values)))
 
     # ------------------------------------------------------------------ checkpointed state (fp16's loss scale)
     def state_dict(self) -> dict:

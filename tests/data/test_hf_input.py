@@ -74,6 +74,8 @@ def test_a_local_dataset_folder_by_name_split_and_config(tmp_path, tokenizer_pat
     _same_pack(tmp_path, tokenizer_path, documents[75:80], other)
     assert fmt.read_manifest(other)["sources"][0]["config"] == "other"
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before  # nothing written into the dataset
+    # Streamed: no split was prepared (converted to Arrow files) in the datasets cache before packing
+    assert not [p for p in (tmp_path / "hf-home").rglob("*") if p.suffix == ".arrow"]
 
 
 def _refused(proc, out, *fragments):

@@ -151,6 +151,58 @@ def test_megatron_core_reads_what_pytrain_wrote(tmp_path, corpus_jsonl, tokenize
     assert all(dataset[d].tolist() == data.document(d).tolist() for d in range(data.num_docs))
 
 
+@pytest.fixture(scope="module")
+def wide_tokenizer(tmp_path_factory):
+    """A word-level tokenizer of 70,000 ids (EOS id 0): packs made with it hold uint32 ids."""
+    from tokenizers import models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, 70_000)}},
+                                     unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<|endoftext|>"])
+    path = tmp_path_factory.mktemp("wide") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def test_uint32_packs_to_megatron_and_back(tmp_path, wide_tokenizer):
+    """ids past 65535: the pack is uint32, the Megatron files int32 (code 4, pointers in 4-byte units), which
+    megatron-core's own IndexedDataset reads back as the pack's documents, and packing them again gives the
+    same pack byte for byte."""
+    indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    rng = np.random.default_rng(7)
+    documents = [[rng.integers(65_000, 70_000, size=rng.integers(1, 60)).tolist()] for _ in range(40)]
+    write_megatron(tmp_path / "source", documents, dtype=np.int32)
+    first = tmp_path / "first"
+    run_cli("pack", tmp_path / "source", "--tokenizer", wide_tokenizer, "--out", first, "--val-docs", 4)
+    assert fmt.read_manifest(first)["dtype"] == "uint32"
+    for split in ("train", "val"):
+        prefix = tmp_path / "mega" / f"{split}_text_document"
+        run_cli("convert", first, "--to", "megatron", prefix, "--split", split)
+        assert prefix.with_suffix(".idx").read_bytes()[17] == 4  # int32: Megatron has no uint32
+        dataset = indexed.IndexedDataset(str(prefix))
+        data = fmt.open_split(first, split)
+        assert len(dataset) == data.num_docs and dataset.index.dtype == np.int32
+        assert [dataset[d].tolist() for d in range(len(dataset))] == [data.document(d).tolist()
+                                                                      for d in range(data.num_docs)]
+    again = tmp_path / "again"
+    run_cli("pack", tmp_path / "mega" / "train_text_document", "--tokenizer", wide_tokenizer, "--out", again)
+    for name in ("tokens.bin", "index.idx"):
+        assert (again / "train" / name).read_bytes() == (first / "train" / name).read_bytes()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_a_bin_longer_than_its_idx_is_refused(tmp_path, wide_tokenizer, dtype):
+    """Extra bytes after the last sequence (another dataset's .bin beside this .idx, or one appended to):
+    every pointer is in range, but the pair does not match."""
+    _, bin_path = write_megatron(tmp_path / "d", [[[5, 6, 7]], [[8, 9]]], dtype=dtype)
+    bin_path.write_bytes(bin_path.read_bytes() + np.array([3, 4], dtype=dtype).tobytes())
+    out = tmp_path / "out"
+    proc = run_cli("pack", tmp_path / "d", "--tokenizer", wide_tokenizer, "--out", out, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert str(bin_path) in proc.stderr and "the pair does not match" in proc.stderr and not out.exists()
+
+
 # ----------------------------------------------------------------------------- bad input
 def _refused(tmp_path, tokenizer_path, given, *fragments):
     out = tmp_path / "out"

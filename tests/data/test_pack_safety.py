@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import check_second_writer_refused, one_line_refusal, run_cli, snapshot
 from pytrain import fsutil
 from pytrain.data import format as fmt
 from pytrain.data.corpus import mixed_documents, write_jsonl
@@ -23,21 +23,10 @@ from pytrain.data.pack import PackOptions, pack
 from pytrain.errors import PytrainError
 
 
-def snapshot(root: Path) -> dict:
-    """Every entry under `root` (hidden ones included) with its bytes or link target."""
-    entries = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        entries[rel] = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
-    return entries
-
-
 def assert_refused(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = one_line_refusal(proc)
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in line, line
 
 
 def pack_cli(inputs, tokenizer, out, *extra, check=False, cwd=None):
@@ -128,6 +117,56 @@ def test_replace_rules_for_every_command(tmp_path):
     bad.mkdir()
     (bad / fsutil.OUTPUT_MARKER).write_text('{"format": "pytrain-output", "files": [{"path": 3}]}')
     assert "no valid" in fsutil.why_not_replaceable(bad, "export")
+
+
+# ----------------------------------------------------------------------------- one writer per output
+def _writers(tmp_path, corpus_jsonl, tokenizer_path):
+    """command -> (its arguments, the output it writes, the path whose rename the first writer stalls before)."""
+    pack_dir = tmp_path / "P"
+    pack([corpus_jsonl], tokenizer_path, pack_dir, PackOptions(progress=False))
+    out = tmp_path / "out"
+    return {
+        "pack": (["pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out], out, out),
+        "pack --shard": (["pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, "--shard", "1/2"],
+                         out / "shard-00001-of-00002", out / "shard-00001-of-00002"),
+        "tokenizer train": (["tokenizer", "train", corpus_jsonl, "--vocab-size", 300, "--out", tmp_path / "tok.json"],
+                            tmp_path / "tok.json", tmp_path / "tok.json"),
+        "convert": (["convert", pack_dir, "--to", "megatron", out / "c"], out / "c", out / "c.bin"),
+        "demo": (["demo", "--small", "--out", out], out, out / fsutil.OUTPUT_MARKER),
+    }
+
+
+@pytest.mark.parametrize("command", ["pack", "pack --shard", "tokenizer train", "convert", "demo"])
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path, corpus_jsonl, tokenizer_path, command):
+    args, final, stall_at = _writers(tmp_path, corpus_jsonl, tokenizer_path)[command]
+    check_second_writer_refused(args, final, stall_at, tmp_path, finish=command != "demo")  # (a demo trains: long)
+    if command != "demo":
+        assert final.exists() or final.with_name(final.name + ".bin").exists()
+
+
+def test_the_lock_is_on_the_file_under_the_name(tmp_path, monkeypatch):
+    """A holder removes the lock file on release; a writer that opened it just before must not believe it holds the
+    removed file's lock (a third writer would lock the new one): the lock is retried on the file under the name."""
+    final = tmp_path / "out"
+    lock_file = fsutil.lock_file_of(final)
+    lock_file.write_text("")
+    real_flock, swapped = fsutil.fcntl.flock, []
+
+    def released_between_open_and_lock(handle, operation):
+        if not swapped:  # the previous holder releases: unlinks the file; a third writer creates a new one
+            swapped.append(os.stat(lock_file).st_ino)
+            lock_file.unlink()
+            lock_file.write_text("")
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", released_between_open_and_lock)
+    with fsutil.output_lock(final, "pack"):
+        monkeypatch.undo()
+        assert swapped
+        with open(lock_file) as other:  # what a third writer sees: the file under the name is locked
+            with pytest.raises(BlockingIOError):
+                fsutil.fcntl.flock(other, fsutil.fcntl.LOCK_EX | fsutil.fcntl.LOCK_NB)
+    assert not lock_file.exists()
 
 
 # ----------------------------------------------------------------------------- interrupted swaps

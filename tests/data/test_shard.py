@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_cli
 from pytrain.data import format as fmt
@@ -121,6 +124,40 @@ def test_rerun_skips_a_complete_shard_and_refuses_changed_inputs(mixed_inputs, t
     assert fmt.read_manifest(manifest.parent)["splits"]["val"]["documents"] == 3
 
 
+def test_one_folder_holds_one_sharding(documents, tokenizer_path, tmp_path):
+    """A 3-way sharding into a folder holding a 2-way one is refused (one line, nothing written); a folder holding
+    two shardings anyway (moved there by hand), or shards of other inputs, is refused by readers, naming them."""
+    from conftest import one_line_refusal, run_cli, snapshot
+
+    from pytrain.sampling.mixture import Mixture
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[:60]))
+    out = tmp_path / "out"
+    for k in range(2):
+        quiet([corpus], tokenizer_path, out, ShardSpec(k, 2))
+    before = snapshot(tmp_path)
+    line = one_line_refusal(run_cli("pack", corpus, "--tokenizer", tokenizer_path, "--out", out, "--shard", "0/3",
+                                    check=False))
+    assert f"{out}: already holds shard-00000-of-00002, a shard of a 2-way sharding" in line, line
+    assert snapshot(tmp_path) == before
+    for k in range(3):
+        quiet([corpus], tokenizer_path, tmp_path / "three", ShardSpec(k, 3))
+        (tmp_path / "three" / f"shard-0000{k}-of-00003").rename(out / f"shard-0000{k}-of-00003")
+    with pytest.raises(PytrainError, match=f"data.path: {out} holds a 2-way and a 3-way `pytrain pack --shard` output "
+                                           r"\(shard-00000-of-00002, shard-00000-of-00003\)"):
+        Mixture.of_path(out)
+    for k in range(3):
+        shutil.rmtree(out / f"shard-0000{k}-of-00003")
+    Mixture.of_path(out)  # one sharding again
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": d.upper()}) + "\n" for d in documents[:60]))
+    quiet([other], tokenizer_path, out, ShardSpec(1, 2), overwrite=True)  # half of a re-pack of other inputs
+    with pytest.raises(PytrainError, match=r"data.mixture\[0\] \(web\): .*shard-00001-of-00002 was packed from other "
+                                           r"inputs, tokenizer or options than .*shard-00000-of-00002"):
+        Mixture([{"name": "web", "path": str(out), "weight": 1.0}])
+
+
 def test_a_killed_shard_reruns_alone(documents, tokenizer_path, tmp_path):
     path = tmp_path / "corpus.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
@@ -187,3 +224,16 @@ def test_cli_shard_error_is_one_line(tmp_path, tokenizer_path, corpus_jsonl):
                            str(tokenizer_path), "--out", str(tmp_path / "o"), "--shard", "auto"],
                           capture_output=True, text=True, env=environ)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--shard auto" in proc.stderr
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 10**6), st.integers(1, 200), st.data())
+def test_the_shard_holding_a_byte_is_computed_as_the_list_of_bounds_would_give_it(total, count, data):
+    """No list of N bounds is built (a count like 10^11 was OOM-killed building it); the reference builds it."""
+    import bisect
+
+    from pytrain.data.shard import _shard_holding
+
+    byte = data.draw(st.integers(0, total + 5))
+    bounds = [k * total // count for k in range(count + 1)]
+    assert _shard_holding(byte, total, count) == min(bisect.bisect_right(bounds, byte) - 1, count - 1)

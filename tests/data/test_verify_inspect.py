@@ -71,3 +71,24 @@ def test_inspect_prints_counts_histogram_and_document(packed, documents):
     assert documents[2] in proc.stdout
     proc = run_cli("inspect", packed, "--doc", 10**6, check=False)
     assert proc.returncode == 2 and "out of range" in proc.stderr
+
+
+def _val_documents_in_index(root) -> int:
+    """The document count in the val split's index.idx header (magic, version, width: 16 bytes, then uint64 docs)."""
+    import numpy as np
+
+    path = root / "val" / "index.idx"
+    return int(np.fromfile(path, dtype="<u8", count=1, offset=16)[0]) if path.exists() else 0
+
+
+@pytest.mark.parametrize("option", [("--val-fraction", "0.01"), ("--val-docs", "3"), ()])
+def test_inspect_shows_how_many_validation_documents_there_are(tmp_path, corpus_jsonl, tokenizer_path, option):
+    import json
+
+    out = tmp_path / "packed"
+    run_cli("pack", corpus_jsonl, "--tokenizer", tokenizer_path, "--out", out, *option)
+    shown = json.loads(run_cli("inspect", out).stdout.split("\nsources:")[0])["validation"]
+    chosen_by = {option[0].lstrip("-").replace("-", "_"): float(option[1]) if "." in option[1] else int(option[1])} \
+        if option else {}
+    assert shown == {"documents": _val_documents_in_index(out), **chosen_by}
+    assert shown["documents"] > 0 or not option

@@ -135,16 +135,18 @@ def test_unknown_preset_names_the_close_match():
 
 def test_model_config_uses_hf_field_names():
     """Every field is a key of some family's transformers config, except `family`, the flattened rope scaling
-    dict, and two transformers 4 keys that transformers 5 moved into rope_parameters (rope_theta; rotary_pct,
-    as the Pythia releases spell it)."""
+    dict, two transformers 4 keys that transformers 5 moved into rope_parameters (rope_theta; rotary_pct,
+    as the Pythia releases spell it) and pytrain's own mixture-of-experts training options."""
     from dataclasses import fields
 
     transformers = pytest.importorskip("transformers")
     keys = set()
     for config_class in (transformers.LlamaConfig, transformers.MistralConfig, transformers.Qwen3Config,
-                         transformers.GPTNeoXConfig):
+                         transformers.GPTNeoXConfig, transformers.Qwen2MoeConfig, transformers.MixtralConfig,
+                         transformers.OlmoeConfig):
         keys |= set(config_class().to_dict())
     names = {f.name for f in fields(ModelConfig)}
     scaling = {"rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
                "rope_original_max_position_embeddings"}
-    assert names - keys == {"family", "rope_theta", "rotary_pct", *scaling}
+    moe_training = {"router_z_loss_coef", "router_bias_update_rate", "moe_capacity_factor"}
+    assert names - keys == {"family", "rope_theta", "rotary_pct", *scaling, *moe_training}

@@ -1,13 +1,12 @@
 """Fused linear cross-entropy (Triton path) against the float64 reference: losses, dHidden and dWeight."""
 
-import contextlib
 import os
 
 import pytest
 import torch
 
 import pytrain.kernels.linear_cross_entropy as kmod
-from _kernel_checks import DEVICE, assert_close, leaf64, poisoned, requires_triton
+from _kernel_checks import DEVICE, assert_close, host_syncs_forbidden, leaf64, poisoned, requires_triton
 from pytrain.errors import PytrainError
 from pytrain.ops import linear_cross_entropy, linear_cross_entropy_reference
 
@@ -117,45 +116,11 @@ def test_frozen_weight_or_hidden():
                      linear_cross_entropy_reference(hidden.double(), weight.double(), labels), torch.float32, "loss")
 
 
-def _is_boolean_mask(index) -> bool:
-    parts = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
-
-
-@contextlib.contextmanager
-def _host_syncs_forbidden(monkeypatch):
-    """Trap every way a CPU test can see a device-to-host sync: Python conversions, copies to the host,
-    data-dependent shapes (nonzero, boolean-mask indexing, masked_select); on CUDA, torch's own detector."""
-    def sync(*_args, **_kwargs):
-        raise AssertionError("host synchronisation inside linear_cross_entropy")
-
-    getitem = torch.Tensor.__getitem__
-
-    def checked_getitem(self, index):
-        if _is_boolean_mask(index):
-            sync()
-        return getitem(self, index)
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "nonzero", "masked_select"):
-            m.setattr(torch.Tensor, name, sync)
-        for name in ("equal", "nonzero", "masked_select", "argwhere"):
-            m.setattr(torch, name, sync)
-        m.setattr(torch.Tensor, "__getitem__", checked_getitem)
-        if torch.cuda.is_available():
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.set_sync_debug_mode("default")
-
-
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_no_host_sync(monkeypatch, backend, reduction):
     hidden, weight, labels, _ = _problem(torch.float32, seed=5, n=9)
-    with _host_syncs_forbidden(monkeypatch):
+    with host_syncs_forbidden(monkeypatch):
         loss = linear_cross_entropy(hidden, weight, labels, reduction=reduction, z_loss=1e-4, backend=backend)
         loss.sum().backward()
 

@@ -195,6 +195,40 @@ def test_val_split_and_errors(packed, tmp_path):
         PackedDataset(tmp_path, 16)
 
 
+def _val_windows_read_with_numpy(pack, seq_len: int) -> list[np.ndarray]:
+    """The val split's samples in pack order, from the files alone: index.idx's 32-byte header and int64 document
+    offsets, tokens.bin's ids laid end to end, cut into windows of seq_len + 1 tokens that share one token."""
+    header = np.fromfile(pack / "val" / "index.idx", dtype=np.uint8, count=32)
+    width, docs = int(header[12:16].view("<u4")[0]), int(header[16:24].view("<u8")[0])
+    offsets = np.fromfile(pack / "val" / "index.idx", dtype="<i8", offset=32)
+    tokens = np.fromfile(pack / "val" / "tokens.bin", dtype={2: "<u2", 4: "<u4"}[width]).astype(np.int64)
+    assert len(offsets) == docs + 1 and offsets[-1] == len(tokens)
+    return [tokens[j * seq_len:(j + 1) * seq_len + 1] for j in range((len(tokens) - 1) // seq_len)]
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_training_evaluates_on_the_val_split_in_pack_order(packed, mixture):
+    """What a run evaluates on (data.path, or each source of data.mixture) is the val split as packed, never
+    shuffled like training: the same tokens at every evaluation, comparable between runs and seeds."""
+    import torch
+
+    from pytrain.config import DataSection
+    from pytrain.train.data import RunData
+    from pytrain.train.distributed import Distributed
+
+    seq_len, micro, batches = 16, 3, 4
+    section = (DataSection(mixture=[{"name": "a", "path": str(packed), "weight": 1.0},
+                                    {"name": "b", "path": str(packed), "weight": 3.0}]) if mixture else
+               DataSection(path=str(packed)))
+    evaluator = RunData(section).evaluator(seq_len, Distributed(0, 1, 0, 1, torch.device("cpu")), micro, batches)
+    datasets = [e.dataset for _, e in evaluator.evaluators.values()] if mixture else [evaluator.dataset]
+    windows = _val_windows_read_with_numpy(packed, seq_len)
+    assert len(windows) >= micro * batches
+    for dataset in datasets:
+        got = torch.cat([dataset.next_batch(micro)["input_ids"] for _ in range(batches)])
+        assert got.tolist() == [w[:-1].tolist() for w in windows[:micro * batches]]
+
+
 def test_a_path_may_be_a_glob_or_a_folder_of_shards(tmp_path):
     """data.path is a mixture of one source, so it takes what a mixture entry takes: shards are one source."""
     first = id_pack(tmp_path / "shards" / "shard-00000-of-00002", [3, 1, 4, 1, 5])

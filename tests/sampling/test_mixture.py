@@ -277,7 +277,7 @@ def mixture_config(tmp_path_factory, packed_data, corpus_jsonl):
         subprocess.run([sys.executable, "-m", "pytrain", "pack", str(corpus_jsonl), "--tokenizer", str(tokenizer),
                         "--out", str(root / "code"), "--shard", f"{k}/2"], check=True, capture_output=True, env=ENV)
     config = json.loads(json.dumps(BASE))
-    config["data"]["mixture"] = [entry("web", packed_data, 0.75), entry("code", root / "code", 0.25)]
+    config["data"]["mixture"] = [entry("web", packed_data, 3.0), entry("code", root / "code", 1.0)]
     config["train"].update(steps=4, eval_every=2)
     config["checkpoint"]["every"] = 2
     config["logging"].update(sample_every=0)
@@ -286,7 +286,7 @@ def mixture_config(tmp_path_factory, packed_data, corpus_jsonl):
     return path
 
 
-def test_mixture_training_logs_per_source_and_resumes_on_one_rank_from_two(mixture_config, tmp_path):
+def test_mixture_training_logs_per_source_and_resumes_on_one_rank_from_two(mixture_config, packed_data, tmp_path):
     two = tmp_path / "two"
     torchrun(mixture_config, f"train.run_dir={two}")
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
@@ -299,7 +299,11 @@ def test_mixture_training_logs_per_source_and_resumes_on_one_rank_from_two(mixtu
     assert [r["step"] for r in eval_rows] == [2, 4]
     assert all(list(r["val_loss_by_source"]) == ["web"] and r["val_loss"] == r["val_loss_by_source"]["web"]
                for r in eval_rows)
-    assert "note: data.mixture[1] (code) has no validation split: not evaluated on its own" in (two / "train.log").read_text()
+    log = (two / "train.log").read_text()
+    assert "note: data.mixture[1] (code) has no validation split: not evaluated on its own" in log
+    for name, path, share in (("web", packed_data, 3 / (3 + 1)), ("code", mixture_config.parent / "code", 1 / (3 + 1))):
+        (shown,) = [line for line in log.splitlines() if f"data.mixture {name}:" in line]  # once, at start-up
+        assert f"{name}: {share:.1%} of samples" in shown and str(path) in shown, shown
 
     one = tmp_path / "one"
     train(mixture_config, f"train.run_dir={one}", f"checkpoint.resume={two}", "checkpoint.resume_step=2")

@@ -4,7 +4,7 @@ import json
 
 from tokenizers import Tokenizer
 
-from conftest import run_cli
+from conftest import one_line_refusal, run_cli, snapshot
 
 
 def test_trained_tokenizer_round_trips_and_has_specials(tokenizer_path, documents):
@@ -39,8 +39,13 @@ def test_custom_special_tokens(tmp_path, corpus_jsonl):
     assert [t["content"] for t in vocab] == ["</s>", "<pad>", "<|user|>"]
 
 
-def test_overwrite_replaces_only_a_tokenizer_that_is_not_in_use(tmp_path, corpus_jsonl):
+def test_overwrite_replaces_only_a_tokenizer_this_command_wrote(tmp_path, corpus_jsonl):
+    """--overwrite replaces a tokenizer file only while the record `tokenizer train` left beside it matches it: never
+    an input, a file of the user's, the tokenizer inside an exported model, or one edited since."""
     import shutil
+
+    from pytrain.export import export_model
+    from pytrain.model import Llama, preset
 
     corpus = tmp_path / "c.jsonl"
     shutil.copy(corpus_jsonl, corpus)
@@ -51,11 +56,23 @@ def test_overwrite_replaces_only_a_tokenizer_that_is_not_in_use(tmp_path, corpus
     (run / "config.yaml").write_text("model: {}\n")
     out = tmp_path / "tok.json"
     run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", out)
-    for target, reason in ((corpus, "is one of the inputs"), (notes, "is not a tokenizer.json"),
+    model_config = preset("tiny", vocab_size=300)
+    model = Llama(model_config)
+    model.init_weights(seed=0)
+    exported = export_model(model, model_config, out, tmp_path / "hf")  # holds a copy of tok.json, as tokenizer.json
+    for target, reason in ((corpus, "it is one of this command's inputs"),
+                           (notes, "it has no valid .notes.txt.pytrain-output.json beside it"),
+                           (exported, "it has no valid .tokenizer.json.pytrain-output.json beside it"),
                            (run, "is the tokenizer a pack or run")):
-        before = target.read_bytes() if target.is_file() else None
+        before = snapshot(tmp_path)
         proc = run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", target, "--overwrite", check=False)
-        assert proc.returncode == 2 and reason in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert before is None or target.read_bytes() == before
-    assert not (run / "tokenizer.json").exists()
-    run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", out, "--overwrite")  # its own output: fine
+        line = one_line_refusal(proc)
+        assert reason in line and str(target) in line, line
+        assert snapshot(tmp_path) == before
+    run_cli("tokenizer", "train", corpus, "--vocab-size", 280, "--out", out, "--overwrite")  # its own output: fine
+    assert Tokenizer.from_file(str(out)).get_vocab_size() == 280
+    out.write_text(out.read_text().replace('"<pad>"', '"<PAD>"'))  # edited by hand since: the user's now
+    before = snapshot(tmp_path)
+    proc = run_cli("tokenizer", "train", corpus, "--vocab-size", 300, "--out", out, "--overwrite", check=False)
+    assert "it changed since pytrain wrote it" in one_line_refusal(proc)
+    assert snapshot(tmp_path) == before

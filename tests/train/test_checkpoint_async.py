@@ -4,6 +4,7 @@ in the middle leaves the previous one), and a bit-exact resume."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -44,8 +45,11 @@ def test_async_saves_change_nothing_and_are_complete(async_run, base_run):
         path = checkpoints / step
         assert sorted(read_checksums(path)) == sorted(p.name for p in path.iterdir() if p.name != "checksums.json")
         assert verify_checkpoint(path) == []
+        assert json.loads((path / "train_state.json").read_text())["integrity"] == "checksums.json"
     log = (async_run / "train.log").read_text()
     assert f"saved checkpoint {checkpoints / 'step_4'} (training paused" in log and "written in the background" in log
+    # the run's summary names the last checkpoint, after its background save completed
+    assert log.index(f"saved checkpoint {checkpoints / 'step_8'}") < log.index(f"checkpoint: {checkpoints / 'step_8'}")
 
 
 def test_resume_from_an_async_checkpoint_is_exact(async_run, base_run, base_config, tmp_path):

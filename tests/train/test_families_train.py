@@ -23,9 +23,12 @@ SHORT = ("train.steps=2", "schedule.warmup_steps=0", "train.eval_every=0", "logg
 
 
 @pytest.mark.parametrize("family,variant", [("qwen2", "tied"), ("qwen3", "head_dim32"), ("mistral", "window"),
-                                            ("gpt_neox", "parallel")])
+                                            ("gpt_neox", "parallel"), ("qwen3_moe", "norm_topk"),
+                                            ("qwen2_moe", "shared"), ("mixtral", "top2"), ("olmoe", "bias")])
 def test_family_trains_from_an_hf_folder_generates_and_exports(base_config, packed_data, tmp_path, capsys,
                                                              family, variant):
+    """The first step's loss is transformers' loss on that batch (for a mixture of experts: its LM loss,
+    and its load-balancing loss logged apart)."""
     from pytrain.sampling.dataset import PackedDataset
 
     reference = save_reference(tmp_path / "hf", family, variant)
@@ -33,9 +36,14 @@ def test_family_trains_from_an_hf_folder_generates_and_exports(base_config, pack
     train(base_config, f"train.run_dir={run_dir}", f"model.init_from={tmp_path / 'hf'}", *SHORT)
     batch = PackedDataset(packed_data, 64, split="train", seed=0).next_batch(8)
     with torch.no_grad():
-        logits = reference(batch["input_ids"]).logits
-    expected = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
+        output = reference(batch["input_ids"], output_router_logits=True) if "moe" in family or family == "mixtral" \
+            else reference(batch["input_ids"])
+    expected = F.cross_entropy(output.logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).item()
     assert losses(run_dir)[1] == pytest.approx(expected, rel=1e-4)
+    if getattr(output, "aux_loss", None) is not None:
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["aux_loss"] == pytest.approx(output.aux_loss.item(), rel=1e-5)
+        assert first["expert_load"] >= 1.0 and "dropped_tokens" not in first and "z_loss" not in first
     assert f"family: {family}" in (run_dir / "config.yaml").read_text()
 
     capsys.readouterr()
@@ -50,7 +58,8 @@ def test_family_trains_from_an_hf_folder_generates_and_exports(base_config, pack
                                    rtol=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox"])
+@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3", "tiny-mistral", "tiny-gpt_neox", "tiny-moe",
+                                    "tiny-qwen2_moe", "tiny-mixtral", "tiny-olmoe"])
 def test_family_preset_trains_from_scratch(base_config, tmp_path, preset):
     run_dir = tmp_path / "run"
     train(base_config, f"train.run_dir={run_dir}", f"model.preset={preset}", *SHORT, "train.steps=4")
@@ -82,6 +91,17 @@ def _edited(tmp_path, family, variant, **changes):
                                                   "partial_rotary_factor": 0.25}},
      "rope scaling 'linear' is not supported by pytrain's gpt_neox"),
     ("gpt_neox", "parallel", {"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false"),
+    ("qwen3_moe", "norm_topk", {"mlp_only_layers": [1]}, "mlp_only_layers=[1] is not supported by pytrain's qwen3_moe"),
+    ("qwen3_moe", "norm_topk", {"decoder_sparse_step": 2},
+     "decoder_sparse_step=2 is not supported by pytrain's qwen3_moe"),
+    ("qwen3_moe", "norm_topk", {"use_sliding_window": True},
+     "use_sliding_window=True is not supported by pytrain's qwen3_moe"),
+    ("qwen2_moe", "shared", {"qkv_bias": False}, "qkv_bias=False is not supported by pytrain's qwen2_moe"),
+    ("qwen2_moe", "shared", {"shared_expert_intermediate_size": 0},
+     "model.shared_expert_intermediate_size must be positive (got 0)"),
+    ("mixtral", "top2", {"router_jitter_noise": 0.1}, "router_jitter_noise=0.1 is not supported by pytrain's mixtral"),
+    ("olmoe", "bias", {"clip_qkv": 8.0}, "clip_qkv=8.0 is not supported by pytrain's olmoe"),
+    ("olmoe", "bias", {"num_experts_per_tok": 9}, "model.num_experts_per_tok (9) exceeds model.num_experts (8)"),
 ])
 def test_unsupported_folders_are_one_line_errors(base_config, tmp_path, capsys, family, variant, changes, message):
     folder = _edited(tmp_path, family, variant, **changes)

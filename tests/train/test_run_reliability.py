@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from _train_fixtures import BASE, ENV, base_config, base_run, losses, packed_data, train  # noqa: F401
-from conftest import run_cli
+from _train_fixtures import (BASE, ENV, base_config, base_run, losses, packed_data, train,  # noqa: F401
+                             train_command)
+from conftest import one_line_refusal as _one_line_error
+from conftest import check_second_writer_refused, run_cli, snapshot
 
 from pytrain.errors import PytrainError
 
@@ -47,14 +50,6 @@ class _RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- code execution
@@ -226,6 +221,145 @@ def test_two_configs_with_one_name_do_not_share_a_run(packed_data, tmp_path):
     assert max(losses(tmp_path / "runs" / "run")) == 4
 
 
+def test_training_never_writes_into_a_folder_pytrain_did_not_make(packed_data, tmp_path, monkeypatch):
+    """`train.run_dir: .` beside the config (or any folder of the user's) is refused before anything is written;
+    a new or empty folder becomes a run, and a run continues."""
+    from pytrain.train.run_dir import RunDir
+
+    project = tmp_path / "project"
+    project.mkdir()
+    config = json.loads(json.dumps(BASE))
+    config["data"]["path"] = str(packed_data)
+    config["train"].update(steps=1, run_dir=".", eval_every=0)
+    config["schedule"]["warmup_steps"] = 0
+    config["logging"]["sample_every"] = 0
+    (project / "config.yaml").write_text("# my notes on this experiment\n" + yaml.safe_dump(config))
+    (project / "train.log").write_text("my own log\n")
+    before = snapshot(project)
+    line = _one_line_error(run_cli("train", "--config", "config.yaml", cwd=project, check=False))
+    assert "train.run_dir .: refusing to train there: it holds config.yaml, and no run.json" in line, line
+    assert snapshot(project) == before
+    (project / "empty").mkdir()
+    monkeypatch.chdir(project)
+    train(project / "config.yaml", "train.run_dir=empty")
+    train(project / "config.yaml", "train.run_dir=empty", "train.steps=2")
+    assert max(losses(project / "empty")) == 2
+    shutil.rmtree(project / "empty" / "checkpoints")  # a run killed before its first checkpoint: still a run
+    assert RunDir(project / "empty").why_not_a_run() is None
+    assert snapshot(project) == {**before, **{k: v for k, v in snapshot(project).items() if k.startswith("empty")}}
+
+
+def _repacked(packed_data: Path, corpus_jsonl: Path, tokenizer_path: Path, out: Path) -> Path:
+    """The same documents in another order (the 20 validation documents, packed last, kept): same tokenizer, same
+    sizes, other training data."""
+    lines = corpus_jsonl.read_text().splitlines(keepends=True)
+    corpus = out.parent / "reordered.jsonl"
+    corpus.write_text("".join(lines[:-20][::-1] + lines[-20:]))
+    run_cli("pack", corpus, "--tokenizer", tokenizer_path, "--out", out, "--val-docs", 20)
+    saved, now = (json.loads((d / "manifest.json").read_text())["splits"] for d in (packed_data, out))
+    assert saved["train"]["tokens"] == now["train"]["tokens"] and saved["val"] == now["val"]
+    assert saved["train"]["tokens_sha256"] != now["train"]["tokens_sha256"]
+    return out
+
+
+def test_resume_on_repacked_data_is_refused_unless_asked(base_run, base_config, packed_data, corpus_jsonl,
+                                                         tokenizer_path, tmp_path):
+    run = _copy_run(base_run, tmp_path)
+    other = _repacked(packed_data, corpus_jsonl, tokenizer_path, tmp_path / "other")
+    before = _snapshot(run)
+    proc = subprocess.run([sys.executable, "-m", "pytrain", "train", "--config", str(base_config), f"train.run_dir={run}",
+                           "train.steps=9", f"data.path={other}"], capture_output=True, text=True, env=ENV)
+    line = _one_line_error(proc)
+    assert f"cannot resume {run / 'checkpoints' / 'step_8'}: data.path ({other}) holds other training data" in line
+    assert "checkpoint.resume_other_data=true" in line
+    assert _snapshot(run) == before
+    train(base_config, f"train.run_dir={run}", "train.steps=9", f"data.path={other}", "checkpoint.resume_other_data=true")
+    log = (run / "train.log").read_text()
+    assert f"note: resuming on other data than step_8 trained on (checkpoint.resume_other_data=true): data.path ({other})" in log
+    assert max(losses(run)) == 9
+    train(base_config, f"train.run_dir={run}", "train.steps=10", f"data.path={other}")  # step_9 trained on it: no note
+    assert (run / "train.log").read_text().count("resuming on other data") == 1
+
+
+def test_init_from_is_refused_on_a_run_that_has_checkpoints(base_run, base_config, tmp_path):
+    """model.init_from would be ignored by a run that resumes from its checkpoints: refused, saying what to do; a
+    run started from init_from still resumes with the same setting."""
+    from pytrain.export import export_run
+
+    run = _copy_run(base_run, tmp_path)
+    hf = export_run(base_run, tmp_path / "hf")
+    before = _snapshot(run)
+    proc = subprocess.run([sys.executable, "-m", "pytrain", "train", "--config", str(base_config), f"train.run_dir={run}",
+                           f"model.init_from={hf}"], capture_output=True, text=True, env=ENV)
+    line = _one_line_error(proc)
+    assert f"model.init_from={hf}: {run} already has checkpoints (steps 4, 8) of a run that started from fresh " \
+           "weights" in line and "choose another train.run_dir" in line, line
+    assert _snapshot(run) == before
+    tuned = tmp_path / "tuned"
+    short = ("checkpoint.every=1", "schedule.warmup_steps=0", "train.eval_every=0", "logging.sample_every=0")
+    train(base_config, f"train.run_dir={tuned}", f"model.init_from={hf}", "train.steps=1", *short)
+    train(base_config, f"train.run_dir={tuned}", f"model.init_from={hf}", "train.steps=2", *short)
+    train(base_config, f"train.run_dir={tuned}", "train.steps=3", *short)  # without it: nothing is ignored either
+    assert (tuned / "train.log").read_text().count("resumed from") == 2 and max(losses(tuned)) == 3
+
+
+@pytest.mark.parametrize("command", ["export", "plot"])
+def test_a_second_export_or_plot_of_the_same_output_is_refused(base_run, tmp_path, command):
+    out = tmp_path / ("hf" if command == "export" else "curves.png")
+    args = [command, "--run", base_run, "--out", out]
+    check_second_writer_refused(args, out, out, tmp_path)
+    assert out.exists()
+
+
+def test_reading_the_latest_checkpoint_is_safe_against_rotation(base_run, base_config, tmp_path):
+    """`export` while the run saves every step with keep_last_k: 1: the checkpoint export chose is held until it is
+    read (the rotation leaves it for a later save), so the export succeeds."""
+    run = _copy_run(base_run, tmp_path)
+    trainer = subprocess.Popen(train_command(base_config, f"train.run_dir={run}", "train.steps=100000",
+                                             "checkpoint.every=1", "checkpoint.keep_last_k=1", "train.eval_every=0",
+                                             "logging.sample_every=0", "logging.every=100"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "step_3").exists() and time.time() < deadline and trainer.poll() is None:
+            time.sleep(0.05)
+        assert trainer.poll() is None, trainer.stderr.read()
+        proc = run_cli("export", "--run", run, "--out", tmp_path / "hf", check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert trainer.poll() is None  # it kept training (and rotating) meanwhile
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_rotation_leaves_a_checkpoint_that_is_being_read(base_run, tmp_path, monkeypatch):
+    """Deterministically: a checkpoint rotated away between a reader's choice and its lock is chosen again (the
+    reader never reads a vanished one); one held by a reader is left by the rotation until released."""
+    from pytrain.train import checkpoint as ckpt
+    from pytrain.train import checkpoint_hold
+    from pytrain.train.run_dir import RunDir
+
+    run = _copy_run(base_run, tmp_path)
+    root = run / "checkpoints"
+    real_flock, rotated = checkpoint_hold.fcntl.flock, []
+
+    def rotation_between_open_and_lock(fd, operation):
+        if operation == checkpoint_hold.fcntl.LOCK_SH and not rotated:
+            rotated.append(root / "step_8")
+            os.replace(root / "step_8", root / ".tmp-delete-step_8")  # what the trainer's rotation does first
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(checkpoint_hold.fcntl, "flock", rotation_between_open_and_lock)
+    with RunDir(run).checkpoint() as path:
+        assert rotated and path == root / "step_4"
+        monkeypatch.undo()
+        ckpt._remove(path, root, unless_read=True)  # the rotation of a save made meanwhile
+        assert path.is_dir() and ckpt.verify_checkpoint(path) == []
+    ckpt._remove(path, root, unless_read=True)  # released: the next save's rotation removes it
+    assert not path.exists()
+
+
 # ----------------------------------------------------------------------------- corrupt data
 @pytest.mark.parametrize("mode", ["full", "quick"])
 def test_training_refuses_a_corrupt_pack(packed_data, base_config, tmp_path, mode):
@@ -369,15 +503,46 @@ def test_a_checkpoint_from_before_checksums_resumes_with_a_note(base_run, base_c
     """Never start over while step folders exist: an earlier pytrain's checkpoint (no checksums.json) is
     used, unverified and said so; verify lists it as UNVERIFIED."""
     run = _copy_run(base_run, tmp_path)
-    for step in ("step_4", "step_8"):
-        (run / "checkpoints" / step / "checksums.json").unlink()
+    step4 = run / "checkpoints" / "step_4"
+    _as_saved_before_checksums(step4)
     shutil.rmtree(run / "checkpoints" / "step_8")
+    (run / "run.json").unlink()  # and a run directory from before run.json: still recognised as a run
     train(base_config, f"train.run_dir={run}")
     log = (run / "train.log").read_text()
     assert "checkpoint step_4 has no checksums.json" in log and "resumed from" in log
     assert losses(run) == losses(base_run)
     proc = run_cli("verify", run)
     assert "step_4: UNVERIFIED (no checksums.json" in proc.stdout and "step_8: OK" in proc.stdout
+
+
+def _as_saved_before_checksums(checkpoint: Path) -> None:
+    """What an earlier pytrain wrote: no checksums.json, and no integrity mark in train_state.json."""
+    (checkpoint / "checksums.json").unlink()
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    del state["integrity"]
+    (checkpoint / "train_state.json").write_text(json.dumps(state, indent=1))
+
+
+def test_deleting_checksums_json_does_not_switch_integrity_off(base_run, base_config, tmp_path):
+    """A checkpoint this pytrain saved says so in train_state.json: without its checksums.json (deleted, and a
+    tensor file corrupted) it is refused everywhere, never loaded as an old unverified one."""
+    run = _copy_run(base_run, tmp_path)
+    step8 = run / "checkpoints" / "step_8"
+    (step8 / "checksums.json").unlink()
+    shard = next(step8.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    before = _snapshot(run)
+    line = _one_line_error(run_cli("export", "--run", run, "--out", tmp_path / "hf", check=False))
+    assert f"refusing checkpoint {step8}" in line and "checksums.json: missing, though this checkpoint was saved" in line
+    proc = run_cli("verify", run, check=False)
+    assert proc.returncode == 2 and f"{step8}: CORRUPT" in proc.stdout and "UNVERIFIED" not in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pytrain", "train", "--config", str(base_config),
+                           f"train.run_dir={run}", "train.steps=9", "checkpoint.resume_step=8"],
+                          capture_output=True, text=True, env=ENV)
+    assert f"refusing to resume from {step8}: {step8 / 'checksums.json'}: missing" in _one_line_error(proc)
+    assert _snapshot(run) == before and not (tmp_path / "hf").exists()
 
 
 def test_verify_and_loading_agree_on_a_crafted_metadata(base_run, tmp_path):
@@ -420,3 +585,21 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_bytes("# caf\u00e9\ndata: {path: x}\n".encode("latin-1"))
     assert f"{path}: not UTF-8 text" in _one_line_error(run_cli("train", "--config", path, check=False))
+
+
+def _gloo_threads() -> list[str]:
+    """This process's gloo threads (a process group's workers and its TCP transport loop), by their Linux names."""
+    names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+    return sorted(name for name in names if "gloo" in name)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from Linux's /proc")
+def test_a_finished_run_leaves_no_process_group_threads(base_config, tmp_path):
+    """train() destroys its process group, threads included, before it returns: left alive (torch's DeviceMesh and
+    FSDP2's state hold the group after destroy_process_group), a gloo worker dropping a finished collective's
+    tensors while the interpreter shuts down aborts the process ("terminate called without an active exception",
+    exit code -6 under torchrun) after a run that succeeded."""
+    before = _gloo_threads()
+    train(base_config, f"train.run_dir={tmp_path / 'run'}", "train.steps=2", "schedule.warmup_steps=0",
+          "train.eval_every=0", "logging.sample_every=0")
+    assert _gloo_threads() == before

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -395,3 +396,36 @@ def test_changing_train_steps_on_resume_says_how_the_schedule_changes(base_confi
             f"steps, so step 9 trains at lr {new:.3g} where the saved run's schedule had {old:.3g}") in line
     rows = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["lr"] for row in rows if row.get("step") == 9 and "lr" in row] == [pytest.approx(new, rel=1e-12)]
+
+
+def test_logged_loss_is_the_interval_mean_and_the_run_ends_with_a_summary(base_config, base_run, tmp_path, capsys):
+    """logging.every=3: rows at steps 1 (alone), 3, 6 and 8 (the last), each the plain mean of the step losses since
+    the previous row (the base run logs every step); then a summary whose commands work."""
+    import math
+    import shlex
+
+    from pytrain.cli import main
+
+    run_dir = tmp_path / "every3"
+    capsys.readouterr()
+    train(base_config, f"train.run_dir={run_dir}", "logging.every=3")
+    summary = capsys.readouterr().err.strip().splitlines()[-4:]
+    per_step = losses(base_run)
+    intervals = {1: [1], 3: [2, 3], 6: [4, 5, 6], 8: [7, 8]}
+    expected = {row: sum(per_step[s] for s in steps) / len(steps) for row, steps in intervals.items()}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    got = {row["step"]: row for row in rows if "loss" in row}
+    assert sorted(got) == sorted(expected)
+    for step, mean in expected.items():
+        assert got[step]["loss"] == pytest.approx(mean, rel=1e-12), step
+        assert got[step]["ppl"] == pytest.approx(math.exp(mean), rel=1e-12)
+
+    done, checkpoint, generate, export = summary
+    assert done.startswith("done: 8 steps in ") and f"{8 * 8 * 64 / 1000:.2f}k tokens" in done
+    assert f"train loss {expected[8]:.4f}" in done and f"val_loss {val_losses(base_run)[8]:.4f} (step 8)" in done
+    assert checkpoint == f"checkpoint: {run_dir / 'checkpoints' / 'step_8'}"
+    logged = (run_dir / "train.log").read_text().splitlines()[-4:]  # timestamped there
+    assert all(in_log.endswith(line) for in_log, line in zip(logged, summary))
+    assert main(shlex.split(generate.removeprefix("next: "))[1:] + ["--max-new-tokens", "4"]) == 0
+    assert main(shlex.split(export.strip())[1:]) == 0
+    assert (Path(f"{run_dir}-hf") / "config.json").is_file()

@@ -40,7 +40,8 @@ def fp16_run(tmp_path_factory, base_config):
 def _reference(packed_data, steps: int) -> dict[int, tuple]:
     """The tiny base run in plain PyTorch, the classic fp16 recipe: an fp16 copy of fp32 master weights
     computes the loss, torch.amp.GradScaler scales it, unscales the fp32 gradients, skips the optimizer
-    step on inf/NaN and updates the scale. step -> (loss, scale after the step, skipped so far, skipped)."""
+    step on inf/NaN and updates the scale. step -> (loss, scale after the step, skipped so far, skipped,
+    the unscaled gradient norm before clipping)."""
     from pytrain.config import OptimSection
     from pytrain.sampling.dataset import PackedDataset
     from pytrain.model import Llama, preset
@@ -64,13 +65,13 @@ def _reference(packed_data, steps: int) -> dict[int, tuple]:
         for m, h in zip(master.parameters(), half.parameters()):
             m.grad = h.grad.float()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(master.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(master.parameters(), 1.0).item()
         before = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
         was_skipped = scaler.get_scale() < before  # GradScaler lowers the scale only when it skipped the step
         skipped += was_skipped
-        found[step] = (loss.item(), scaler.get_scale(), skipped, was_skipped)
+        found[step] = (loss.item(), scaler.get_scale(), skipped, was_skipped, norm)
         optimizer.zero_grad(set_to_none=True)
         half.zero_grad(set_to_none=True)
     return found
@@ -80,10 +81,12 @@ def test_fp16_matches_a_grad_scaler_loop(fp16_run, packed_data):
     expected = _reference(packed_data, 8)
     got = rows(fp16_run)
     assert sorted(got) == list(range(1, 9))
-    assert scaling(fp16_run) == {step: e[1:] for step, e in expected.items()}  # the same steps skipped, same scale
-    for step, (loss, *_) in expected.items():
+    assert scaling(fp16_run) == {step: e[1:4] for step, e in expected.items()}  # the same steps skipped, same scale
+    for step, (loss, _, _, was_skipped, norm) in expected.items():
         assert got[step]["loss"] == pytest.approx(loss, rel=2e-3), step  # fp16 rounding, not a different run
-    assert {s for s, (_, _, _, was) in expected.items() if was} and any(  # the test exercises both directions
+        if not was_skipped:  # the gradients were divided by the scale again (AdamW alone would hide a missed unscale)
+            assert got[step]["grad_norm"] == pytest.approx(norm, rel=1e-2), step
+    assert {s for s, (_, _, _, was, _) in expected.items() if was} and any(  # the test exercises both directions
         expected[s][1] > expected[s - 1][1] for s in range(2, 9))
     log = (fp16_run / "train.log").read_text()
     assert "dtype fp16" in log and "gnorm overflow, step skipped | scale 1.04858e+06 (1 skipped)" in log
@@ -105,12 +108,20 @@ def test_a_skipped_step_changes_no_weight(fp16_run):
 
 
 def test_fp16_resume_is_exact(fp16_run, base_config, tmp_path):
-    """Resumed inside a growth interval (after an overflow-free step: the tracker must be restored too); which
-    steps overflow depends on the data order, so the step is taken from the run's own checkpoints."""
+    """Resumed inside a growth interval whose end comes after the resume with no overflow in between: the scale
+    grows there only if the overflow-free steps counted before the checkpoint were restored, and the skipped
+    steps go on counting from the checkpoint's. Which steps overflow depends on the data order, so the step is
+    taken from the run's own checkpoints."""
     def state(step):
-        return json.loads((fp16_run / "checkpoints" / f"step_{step}" / "train_state.json").read_text())
+        return json.loads((fp16_run / "checkpoints" / f"step_{step}" / "train_state.json").read_text())["loss_scale"]
 
-    step = next(s for s in range(1, 7) if state(s)["loss_scale"]["good_steps"] >= 1)
+    def grows_before_an_overflow(step):
+        after = [scaling(fp16_run)[s] for s in range(step + 1, 9)]
+        first_change = next((scale for scale, _, _ in after if scale != state(step)["scale"]), None)
+        return first_change is not None and first_change > state(step)["scale"]
+
+    step = next(s for s in range(1, 8) if state(s)["good_steps"] >= 1 and grows_before_an_overflow(s))
+    assert state(step)["skipped_steps"] >= 1
     resumed = tmp_path / "resumed"
     train(base_config, f"train.run_dir={resumed}", *FP16, f"checkpoint.resume={fp16_run}",
           f"checkpoint.resume_step={step}")

@@ -34,6 +34,14 @@ def test_warmup_then_each_decay_shape():
         assert all(a >= b for a, b in zip(decay, decay[1:])), name
 
 
+@pytest.mark.parametrize("min_ratio", [0.0, 0.3])
+def test_decay_ends_at_min_lr_ratio_times_the_peak(min_ratio):
+    for name in ("cosine", "linear", "wsd"):
+        lrs = [lr_at(s, peak=2.0, total=50, warmup=5, name=name, min_ratio=min_ratio) for s in range(1, 51)]
+        assert lrs[-1] == pytest.approx(2.0 * min_ratio, abs=1e-12), name
+        assert min(lrs[5:]) == pytest.approx(2.0 * min_ratio, abs=1e-12), name  # the decay never goes below it
+
+
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     model = Llama(preset("tiny", attention_bias=True, tie_word_embeddings=False))
     optimizer = build_optimizer(model, OptimSection(weight_decay=0.1), torch.device("cpu"))
@@ -44,6 +52,104 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert "embed_tokens.weight" in kept and "norm.weight" in kept and "layers.0.self_attn.q_proj.bias" in kept
     assert "lm_head.weight" in decayed and "layers.1.mlp.down_proj.weight" in decayed
     assert decayed.isdisjoint(kept) and len(decayed | kept) == len(names)
+
+
+def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
+    """Two updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
+    betas, eps and weight_decay given explicitly (decay on the matmul weights only, as documented), on the
+    same gradients."""
+    import copy
+
+    optim = OptimSection(lr=0.05, betas=[0.8, 0.9], eps=1e-3, weight_decay=0.3)
+    ours = Llama(preset("tiny", vocab_size=64, tie_word_embeddings=False))
+    ours.init_weights(seed=0)
+    theirs = copy.deepcopy(ours)
+    decay = [p for n, p in theirs.named_parameters() if p.dim() >= 2 and n != "embed_tokens.weight"]
+    rest = [p for n, p in theirs.named_parameters() if not (p.dim() >= 2 and n != "embed_tokens.weight")]
+    reference = torch.optim.AdamW([{"params": decay, "weight_decay": 0.3}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=0.05, betas=(0.8, 0.9), eps=1e-3, fused=True)
+    optimizer = build_optimizer(ours, optim, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        for (_, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
+            mine.grad = torch.randn(mine.shape, generator=generator) * 1e-3  # small: eps matters
+            other.grad = mine.grad.clone()
+        optimizer.step()
+        reference.step()
+    for (name, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(mine, other, rtol=0, atol=0, msg=name)
+
+
+def test_throughput_counts_training_time_only():
+    """tokens_per_s (and MFU) is tokens over the steps' own time: evaluation, samples and saves in between add
+    wall time (the ETA's), not training time."""
+    import time
+
+    from pytrain.train.metrics import ThroughputWindow
+
+    window = ThroughputWindow(torch.device("cpu"))
+    window.add(100, 0.25)
+    time.sleep(0.05)  # an evaluation, say
+    window.add(300, 0.75)
+    assert window.tokens_per_s == 400 / 1.0 and window.wall_s >= 0.05
+
+
+def test_mixture_val_loss_is_the_weighted_mean_of_the_sources():
+    from pytrain.train.evaluate import MixtureEvaluator
+
+    losses = {"web": 2.0, "code": 3.0, "math": 5.0}
+    weights = {"web": 0.5, "code": 0.3, "math": 0.2}
+    evaluator = MixtureEvaluator({name: (weights[name], lambda model, loss=loss: (loss, None)) for name, loss in losses.items()})
+    row = evaluator.row(model=None)
+    expected = sum(weights[n] * losses[n] for n in losses) / sum(weights.values())
+    assert row["val_loss_by_source"] == losses and row["val_loss"] == pytest.approx(expected, rel=1e-15)
+
+
+def test_validation_loss_is_the_mean_over_trained_tokens():
+    """Chat data's validation batches hold loss-masked labels (IGNORE_INDEX): the evaluator's loss is the mean over
+    the others, as F.cross_entropy(ignore_index=-100) computes it on the model's logits."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from pytrain.train.evaluate import Evaluator
+
+    model = Llama(preset("tiny", vocab_size=64))
+    model.init_weights(seed=0)
+    generator = torch.Generator().manual_seed(2)
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(0, 64, (2, 16), generator=generator)
+        labels = torch.randint(0, 64, (2, 16), generator=generator)
+        labels[torch.rand(2, 16, generator=generator) < 0.6] = -100
+        batches.append({"input_ids": ids, "labels": labels, "position_ids": torch.arange(16).expand(2, 16),
+                        "segment_ids": torch.zeros(2, 16, dtype=torch.long)})
+
+    class Batches:
+        def __init__(self):
+            self.at = 0
+
+        def state_dict(self):
+            return {"at": self.at}
+
+        def load_state_dict(self, state):
+            self.at = state["at"]
+
+        def next_batch(self, size):
+            self.at += 1
+            return batches[self.at - 1]
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        loss, _ = Evaluator(Batches(), 2, 3, False, torch.device("cpu"))(model)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    with torch.no_grad():
+        logits = torch.cat([model(b["input_ids"]) for b in batches])
+    expected = F.cross_entropy(logits.flatten(0, 1), torch.cat([b["labels"] for b in batches]).flatten(), ignore_index=-100)
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
 
 
 def testbatch_geometry():

@@ -16,6 +16,7 @@ from pytrain.data.readers.jsonl import GzipJsonlReader, JsonlReader
 from pytrain.data.readers.megatron import MegatronReader
 from pytrain.data.readers.text import TextReader
 from pytrain.errors import PytrainError
+from pytrain.safe_read import require_regular
 
 READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (
     JsonlReader, GzipJsonlReader, TextReader, ParquetReader, ArrowReader, MegatronReader, HfReader)}
@@ -26,7 +27,10 @@ def input_kind(given) -> str:
     if str(given).startswith(HF_PREFIX):
         return HfReader.kind
     path = Path(given)
-    if megatron_format.pair_paths(path) is not None:
+    if (pair := megatron_format.pair_paths(path)) is not None:
+        for part in pair:
+            if part.exists():  # a missing one is read_index's to name
+                require_regular(part, "Megatron dataset file")
         return MegatronReader.kind
     if not path.exists():
         raise PytrainError(f"{path}: no such file or directory")
@@ -39,6 +43,7 @@ def input_kind(given) -> str:
             return ArrowReader.kind
         raise PytrainError(f"{path}: a directory that is not a datasets.save_to_disk folder (no state.json); "
                            f"for a dataset repository folder pass hf:{path}")
+    require_regular(path, "document file")
     if name.endswith((".jsonl.gz", ".json.gz", ".ndjson.gz")):
         return GzipJsonlReader.kind
     if name.endswith((".jsonl", ".json", ".ndjson")):

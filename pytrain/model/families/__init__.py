@@ -12,10 +12,15 @@ from pytrain.model.families.family import Family
 from pytrain.model.families.gpt_neox import FAMILY as GPT_NEOX
 from pytrain.model.families.llama import FAMILY as LLAMA
 from pytrain.model.families.mistral import FAMILY as MISTRAL
+from pytrain.model.families.mixtral import FAMILY as MIXTRAL
+from pytrain.model.families.olmoe import FAMILY as OLMOE
 from pytrain.model.families.qwen2 import FAMILY as QWEN2
+from pytrain.model.families.qwen2_moe import FAMILY as QWEN2_MOE
 from pytrain.model.families.qwen3 import FAMILY as QWEN3
+from pytrain.model.families.qwen3_moe import FAMILY as QWEN3_MOE
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GPT_NEOX)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GPT_NEOX, QWEN2_MOE, QWEN3_MOE,
+                                                   MIXTRAL, OLMOE)}
 
 
 def family(name: str) -> Family:

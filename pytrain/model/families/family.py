@@ -16,7 +16,10 @@ from typing import Callable
 TINY_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256)
 # ModelConfig fields that only some families have; every other family requires them null.
-FAMILY_OPTIONS = ("sliding_window", "rotary_pct", "use_parallel_residual", "layer_norm_eps")
+MOE_OPTIONS = ("num_experts", "num_experts_per_tok", "norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef",
+               "router_bias_update_rate", "moe_capacity_factor")
+FAMILY_OPTIONS = ("sliding_window", "rotary_pct", "use_parallel_residual", "layer_norm_eps", "moe_intermediate_size",
+                  "shared_expert_intermediate_size", *MOE_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Family:
     adapter: str                # module of the Hugging Face adapter (torch-free)
     hidden_acts: tuple          # the MLP activations the architecture has; the first is the default
     options: tuple = ()         # which FAMILY_OPTIONS it reads
-    option_defaults: dict = field(default_factory=dict)   # their values when left null
+    option_defaults: dict = field(default_factory=dict)   # their values when left null (or config -> value)
     presets: dict = field(default_factory=dict)           # preset name -> ModelConfig fields
     mlp_matrices: int = 3       # SwiGLU: gate, up, down; a plain MLP: up, down
     vector_params: Callable | None = None                 # config -> norm/bias parameters per layer
@@ -34,7 +37,8 @@ class Family:
 
     def defaults(self, config) -> dict:
         """Values for the fields `config` leaves null."""
-        return {"hidden_act": self.hidden_acts[0], **self.option_defaults}
+        return {"hidden_act": self.hidden_acts[0],
+                **{name: value(config) if callable(value) else value for name, value in self.option_defaults.items()}}
 
     def check(self, config) -> None:
         from pytrain.errors import PytrainError
@@ -57,12 +61,12 @@ class Family:
         return importlib.import_module(self.adapter)
 
 
-def llama_like_vector_params(config, *, qkv_bias: bool, out_bias: bool, qk_norm: bool = False) -> int:
+def llama_like_vector_params(config, *, qkv_bias: bool, out_bias: bool, qk_norm: str | None = None) -> int:
     """Norm weights and biases per layer of a pre-norm RMSNorm block: two norms, optional q/k/v (and o)
-    biases, optional per-head q/k norms."""
+    biases, optional q/k norms per head ("head") or over the whole projection ("width")."""
     q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    return (2 * config.hidden_size + (q + 2 * kv if qkv_bias else 0) + (config.hidden_size if out_bias else 0)
-            + (2 * config.head_dim if qk_norm else 0))
+    norms = {None: 0, "head": 2 * config.head_dim, "width": q + kv}[qk_norm]
+    return 2 * config.hidden_size + (q + 2 * kv if qkv_bias else 0) + (config.hidden_size if out_bias else 0) + norms
 
 
 def refuse_attention_bias(family_name: str, why: str) -> Callable:

@@ -12,5 +12,5 @@ FAMILY = Family(
     # head_dim 32 with hidden 64 / 4 heads: the q/o projections are wider than hidden, as in Qwen3-0.6B
     presets={"tiny-qwen3": dict(TINY_SHAPE, head_dim=32, rms_norm_eps=1e-6, rope_theta=1000000.0)},
     vector_params=lambda c: llama_like_vector_params(c, qkv_bias=c.attention_bias, out_bias=c.attention_bias,
-                                                     qk_norm=True),
+                                                     qk_norm="head"),
 )

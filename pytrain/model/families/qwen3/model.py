@@ -9,4 +9,4 @@ from pytrain.model.layers import Attention, Decoder
 class Qwen3(Decoder):
     def make_attention(self, config, layer_index):
         return Attention(config, layer_index, qkv_bias=config.attention_bias, out_bias=config.attention_bias,
-                         qk_norm=True)
+                         qk_norm="head")
