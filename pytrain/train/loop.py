@@ -28,6 +28,7 @@ from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.data import RunData
 from pytrain.train.distributed import Distributed, init_distributed, on_main, shutdown
 from pytrain.train.expert_parallel import describe as describe_experts
+from pytrain.train.host_memory import keep_large_buffers
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
 from pytrain.train.optim import build_optimizer, describe_optimizer
@@ -143,6 +144,8 @@ class _Run:
         neither does a run that has nothing left to do."""
         config, d, train = self.config, self.d, self.config.train
         self.cpu_threads = CpuThreads(d.local_world_size) if d.device.type == "cpu" else None
+        if d.device.type == "cpu":
+            keep_large_buffers()  # no page faults on the logits every step (pytrain.train.host_memory)
         ops.set_backend(train.kernels)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
