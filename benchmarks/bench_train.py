@@ -1,8 +1,10 @@
-"""Training throughput: tokens/s, MFU and peak memory of the trainer's step, kernels on/off x compile on/off.
+"""Training throughput: tokens/s, MFU and peak memory of the trainer's step, kernels on/off x compile on/off;
+and (--vs-minimal) the whole `pytrain train` process against a minimal single-file GPT loop.
 
     python benchmarks/bench_train.py                                  # CUDA: 1b preset, seq 2048, bf16
     python benchmarks/bench_train.py --preset 8b --micro-batch 1 --ac full
     python benchmarks/bench_train.py --variants kernels+compile,torch  # a subset
+    python benchmarks/bench_train.py --vs-minimal [--steps 2000] [--repeat 3]   # CPU, one thread
 
 Each variant runs in its own fresh subprocess (clean allocator peak, compile caches and kernel
 choice) and times the exact step `pytrain train` runs: FSDP2 on one rank with the mixed-precision
@@ -16,6 +18,14 @@ Variants: "kernels" runs pytrain's Triton kernels (RMSNorm, RoPE, fused linear c
 block with torch.compile. Without CUDA the Triton variants are skipped and the default is the tiny
 preset: a smoke run that checks the script works, not a performance figure, and labelled as such.
 Goals (H100, 1b, seq 2048, bf16): MFU >= 45%, and kernels+compile faster than eager torch ops.
+
+--vs-minimal times whole processes, start-up, set-up, evaluation and the final checkpoint included, on
+one CPU thread: `pytrain train` against benchmarks/minimal_gpt.py (nanoGPT's train.py in miniature) on
+the same packed data (the standard library's docstrings, a 512-token BPE), the same shapes (4 layers,
+128 wide, 4 heads, context 64, batch 12; pytrain's SwiGLU 344 wide to match the GPT's 4x MLP in
+parameters) and the same steps, learning rate schedule, validation (every 250 steps, 20 batches) and
+logging (every step). The two run in turn, --repeat pairs; the ratio is taken pair by pair (a machine
+whose speed drifts moves both). Goal: pytrain's wall time at most the minimal loop's.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+MINIMAL_SHAPE = {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4, "num_attention_heads": 4,
+                 "num_key_value_heads": 4, "max_position_embeddings": 64}
 VARIANTS = ("kernels+compile", "kernels", "torch+compile", "torch")
 GOAL_MFU = 0.45
 
@@ -133,6 +145,126 @@ def goals(args, rows: dict) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- --vs-minimal
+def _minimal_data(root: Path) -> Path:
+    """The standard library's docstrings, a 512-token byte-level BPE, packed with 5% held out."""
+    from pytrain.data.corpus import stdlib_documents, write_jsonl
+    from pytrain.data.pack import PackOptions, pack
+    from pytrain.tokenizer.train import train_tokenizer
+
+    documents = stdlib_documents()
+    write_jsonl(root / "corpus.jsonl", documents)
+    tokenizer = train_tokenizer(documents, root / "tokenizer.json", 512)
+    pack([root / "corpus.jsonl"], tokenizer=tokenizer, out=root / "data",
+         options=PackOptions(val_fraction=0.05, progress=False))
+    return root / "data"
+
+
+def _timed(command: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall s, CPU s of the child, its output) of one whole process."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, proc.stdout + proc.stderr
+
+
+def model_steps() -> dict:
+    """CPU seconds (this thread) of one forward + backward of each model alone, 12 x 64 random tokens, at
+    each model's initial weights."""
+    import statistics
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from minimal_gpt import GPT
+
+    from pytrain.model import preset
+    from pytrain.model.families import build_model
+
+    torch.set_num_threads(1)
+    llama = build_model(preset("tiny", vocab_size=512, **MINIMAL_SHAPE))
+    llama.init_weights(0)  # as the trainer initialises it (torch's default init is far from a trained model's)
+    gpt = GPT(512, 64, 4, 128, 4)
+    tokens = torch.randint(0, 512, (12, 65))
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    steps = {"pytrain": lambda: llama(inputs, labels, reduction="sum").backward(),
+             "minimal": lambda: gpt(inputs, labels).backward()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(33):
+        for name, step in steps.items():
+            started = time.thread_time()
+            step()
+            if i >= 3:
+                times[name].append(time.thread_time() - started)
+    return {f"{name}_model_step_s": statistics.median(values) for name, values in times.items()}
+
+
+def vs_minimal(args) -> int:
+    import statistics
+    import tempfile
+
+    import yaml
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = _minimal_data(root)
+        config = {"model": {"preset": "tiny", **MINIMAL_SHAPE}, "data": {"path": str(data), "seq_len": 64},
+                  "optim": {"lr": 1e-3}, "schedule": {"warmup_steps": 100},
+                  "train": {"steps": args.steps, "batch_size": 12, "eval_every": 250, "eval_max_batches": 20},
+                  "checkpoint": {"every": 0}, "logging": {"every": 1, "progress": "lines", "tensorboard": False}}
+        (root / "run.yaml").write_text(yaml.safe_dump(config))
+        pytrain = [sys.executable, "-m", "pytrain", "train", "--config", str(root / "run.yaml")]
+        minimal = [sys.executable, str(HERE / "minimal_gpt.py"), str(data), "--steps", str(args.steps),
+                   "--warmup", "100", "--out", str(root / "minimal.pt")]
+        print(f"bench_train --vs-minimal: {args.steps} steps of 12 x 64 tokens, one thread, {args.repeat} pair(s); "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        fixed = {"pytrain_fixed_cpu_s": _timed([*pytrain, f"train.run_dir={root / 'one'}", "train.steps=1",
+                                                "schedule.warmup_steps=0"], env)[1],
+                 "minimal_fixed_cpu_s": _timed([*minimal[:4], "1", *minimal[5:]], env)[1]}
+        model = json.loads(_timed([sys.executable, __file__, "--model-steps"], env)[2].splitlines()[-1])
+        pairs = []
+        for i in range(args.repeat):
+            run_dir = root / f"run{i}"
+            a = _timed([*pytrain, f"train.run_dir={run_dir}"], env)
+            b = _timed(minimal, env)
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            pairs.append({"pytrain_wall_s": a[0], "pytrain_cpu_s": a[1], "minimal_wall_s": b[0], "minimal_cpu_s": b[1],
+                          "pytrain_val_loss": [r["val_loss"] for r in rows if "val_loss" in r][-1],
+                          "minimal_val_loss": float(b[2].split("val loss ")[-1].split()[0])})
+            print(f"pair {i + 1}: pytrain {a[0]:.1f} s ({a[1]:.1f} s CPU), minimal {b[0]:.1f} s ({b[1]:.1f} s CPU)",
+                  flush=True)
+    median = {key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]}
+    wall_ratio = statistics.median(pair["pytrain_wall_s"] / pair["minimal_wall_s"] for pair in pairs)
+    cpu_ratio = statistics.median(pair["pytrain_cpu_s"] / pair["minimal_cpu_s"] for pair in pairs)
+    print("| process | wall (median) | CPU (median) | CPU per step | of which the model's forward + backward | "
+          "the rest of the step | start-up, set-up, end (CPU) | final validation loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for who in ("pytrain", "minimal"):
+        per_step = (median[who + "_cpu_s"] - fixed[who + "_fixed_cpu_s"]) / (args.steps - 1)
+        median[who + "_cpu_per_step_s"] = per_step
+        model_step = model[who + "_model_step_s"]
+        print(f"| {who} | {median[who + '_wall_s']:.1f} s | {median[who + '_cpu_s']:.1f} s | {per_step * 1e3:.1f} ms | "
+              f"{model_step * 1e3:.1f} ms | {(per_step - model_step) * 1e3:.1f} ms | "
+              f"{fixed[who + '_fixed_cpu_s']:.1f} s | {median[who + '_val_loss']:.3f} |")
+    verdict = "PASS" if wall_ratio <= 1.0 else "FAIL"
+    goal = f"goal: pytrain wall <= minimal: x{wall_ratio:.2f} (CPU x{cpu_ratio:.2f}) {verdict}"
+    print(goal)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    out = args.json.with_name("bench_train_vs_minimal.json")
+    out.write_text(json.dumps({"steps": args.steps, "pairs": pairs, "median": median, **fixed, **model,
+                               "wall_ratio": wall_ratio,
+                               "cpu_ratio": cpu_ratio, "loadavg": os.getloadavg(), "goal": goal}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, help="model preset (default: 1b on CUDA, tiny on CPU)")
@@ -145,9 +277,19 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for MFU")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_train.json")
+    parser.add_argument("--vs-minimal", action="store_true",
+                        help="whole-process wall time of `pytrain train` against benchmarks/minimal_gpt.py (CPU)")
+    parser.add_argument("--repeat", type=int, default=3, help="--vs-minimal: pairs of runs")
+    parser.add_argument("--model-steps", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_steps:
+        print(json.dumps(model_steps()))
+        return 0
+    if args.vs_minimal:
+        args.steps = args.steps or 2000
+        return vs_minimal(args)
 
     if args.device is None:
         import torch

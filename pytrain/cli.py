@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pytrain import __version__
 from pytrain.arguments import OneLineParser, integer, text
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, Stopped
 
 MAX_VOCAB = 1 << 24  # tokens of a trained tokenizer (tokenizers' trainer allocates in proportion)
 
@@ -525,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"pytrain {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # on every rank; said by the first
+        if os.environ.get("RANK", "0") == "0":
+            print(f"pytrain {args.command}: {stop}{_resume_hint(args, argv)}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"pytrain {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
         return 130

@@ -69,7 +69,7 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.1         # not applied to norms, biases and embeddings
     grad_clip: float = 1.0            # max global gradient norm; 0 disables clipping
-    fused: bool | None = None         # null: fused AdamW on CUDA
+    fused: bool | None = None         # null: fused AdamW (CUDA and CPU)
     momentum: float = 0.95            # muon: momentum of the matrices' updates, in [0, 1)
     nesterov: bool = True             # muon: Nesterov momentum
     ns_steps: int = 5                 # muon: Newton-Schulz iterations, 1 to 99
@@ -115,6 +115,7 @@ class CheckpointSection:
     resume_step: int | None = None    # null: the latest
     resume_other_config: bool = False  # continue a run directory that another config file created
     resume_other_data: bool = False   # continue although the data was re-packed since the checkpoint (a note says so)
+    async_: bool = False              # `checkpoint.async`: write in the background while training goes on
 
 
 @dataclass
@@ -154,13 +155,18 @@ class RunConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {name: {KEYWORD_FIELDS.get(key, key): value for key, value in section.items()}
+                for name, section in asdict(self).items()}
 
     def to_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+
+# Config keys that are Python keywords -> the field holding each (a dataclass field cannot be named `async`)
+KEYWORD_KEYS = {"async": "async_"}
+KEYWORD_FIELDS = {field_name: key for key, field_name in KEYWORD_KEYS.items()}
 
 CHOICES = {
     "optim.name": ("adamw", "muon"),
@@ -285,11 +291,13 @@ def _set(config: RunConfig, dotted: str, value, where: str) -> None:
         raise PytrainError(f'{where}: unknown section "{section_name}"{suggest_section(section_name, sections)}')
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
-    if key not in hints:
-        valid = [f"{section_name}.{k}" for k in hints]
-        every = [f"{f.name}.{k}" for f in fields(RunConfig) for k in typing.get_type_hints(type(getattr(config, f.name)))]
+    name = KEYWORD_KEYS.get(key, key)
+    if name not in hints or key in KEYWORD_FIELDS:
+        valid = [f"{section_name}.{KEYWORD_FIELDS.get(k, k)}" for k in hints]
+        every = [f"{f.name}.{KEYWORD_FIELDS.get(k, k)}" for f in fields(RunConfig)
+                 for k in typing.get_type_hints(type(getattr(config, f.name)))]
         raise PytrainError(f'{where}: unknown key "{dotted}"{suggest_key(dotted, valid, every)}')
-    setattr(section, key, _coerce(value, hints[key], dotted, where))
+    setattr(section, name, _coerce(value, hints[name], dotted, where))
 
 
 def _coerce(value, tp, key: str, where: str):

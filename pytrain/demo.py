@@ -7,8 +7,8 @@
     hf/                 the trained model exported as a Hugging Face LlamaForCausalLM folder
 
 Every stage calls the same module the corresponding command does; the run directory is an ordinary run
-(`pytrain generate/plot/export --run DIR` work on it). The default size trains in a few minutes on two
-CPU cores; `small` is the reduced size the tests run.
+(`pytrain generate/plot/export --run DIR` work on it). The default size takes about 90 s on one free
+CPU core (docs/demo.md#speed); `small` is the reduced size the tests run.
 """
 
 from __future__ import annotations

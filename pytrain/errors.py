@@ -64,3 +64,12 @@ def did_you_mean(name: str, candidates) -> str:
 
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class Stopped(Exception):
+    """A command stopped early on request (a signal) after keeping what it needs to continue: the CLI prints
+    the one-line message and exits with `exit_code` (128 + the signal's number)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

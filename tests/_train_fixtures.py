@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SLOWED = str(Path(__file__).parent / "_train_slowed.py")  # `pytrain train`, slowed where a test needs time to act
 
 BASE = {
     "model": {"preset": "tiny"},
@@ -61,7 +64,7 @@ def train_command(config: Path, *overrides: str, nproc: int = 1, script: str | N
         launcher = [sys.executable, script] if script else [sys.executable, "-m", "pytrain"]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    "-m", "pytrain"]
+                    *([script] if script else ["-m", "pytrain"])]
     return [*launcher, "train", "--config", str(config), *overrides]
 
 
@@ -87,6 +90,56 @@ def torchrun(config: Path, *overrides: str, nproc: int = 2) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    try:
+        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(row)["step"] for row in rows if row.endswith("}") and '"loss"' in row]
+
+
+def start_run(command: list[str], run_dir: Path, after_step: int, **env) -> tuple[subprocess.Popen, int]:
+    """Start `command` and wait until it has logged `after_step`; return the process and the last step logged."""
+    proc = subprocess.Popen(command, env={**ENV, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not logged_steps(run_dir) or max(logged_steps(run_dir)) < after_step:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            end_run(proc, timeout=1)
+            raise AssertionError(f"step {after_step} was never logged:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.02)
+    return proc, max(logged_steps(run_dir))
+
+
+def end_run(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for a run of start_run to end; its stderr. One that is still running after `timeout` seconds is
+    killed with its descendants (torchrun's workers) and fails the test."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"still running after {timeout} s:\n{proc.communicate()[1][-3000:]}") from None
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The pid of the worker process of `rank` under the torchrun process `launcher`."""
+    for pid in _descendants(launcher):
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return pid
+    raise AssertionError(f"no worker of rank {rank} under torchrun (pid {launcher})")
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [p for child in children for p in (child, *_descendants(child))]
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -212,7 +212,8 @@ def _describe(error: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- save
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """This rank's RNG states (torch CPU, CUDA, python) as a checkpoint records them: a copy, taken now."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -233,22 +234,38 @@ def save_checkpoint(root: Path, step: int, model, optimizer, train_state: dict, 
     A failure on any rank (a full disk, a vanished mount) raises the same one-line PytrainError on every
     rank, after removing the partial directory; the previous checkpoint and `latest` stay as they were.
     """
+    tmp = begin_save(root, step, d)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return complete_save(root, step, d, train_state, keep_last_k, rng_state(),
+                         write=lambda: dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp))
+
+
+def begin_save(root: Path, step: int, d: Distributed, group=None) -> Path:
+    """The temporary directory checkpoint `step` is written into, empty and made by rank 0 (a collective)."""
     tmp = root / f"{TMP_PREFIX}{step_name(step)}"
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
-    barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    barrier(group)
+    return tmp
+
+
+def complete_save(root: Path, step: int, d: Distributed, train_state: dict, keep_last_k: int, rng: dict,
+                  write, group=None) -> Path:
+    """The rest of a save after begin_save (a collective over `group`): `write()` the DCP files (or wait for
+    their background write), add this rank's RNG states `rng`, hash this rank's files, then rank 0 commits:
+    train_state.json, checksums.json, the rename, `latest`, rotation. A failure on any rank is the same
+    PytrainError on every rank, and leaves the previous checkpoint and `latest` as they were."""
+    tmp = root / f"{TMP_PREFIX}{step_name(step)}"
     outcome: dict | str
     try:
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
-        rng_file = tmp / f"rng_rank{d.rank}.pt"
-        torch.save(_rng_state(), rng_file)
+        write()
+        torch.save(rng, tmp / f"rng_rank{d.rank}.pt")
         own = _own_files(tmp, d)
         outcome = {p.name: {"size": p.stat().st_size, "sha256": digest} for p, digest in files_sha256(own).items()}
     except (Exception, CheckpointException) as error:  # a full disk, ...: reported on every rank below
         outcome = _describe(error)
-    outcomes = all_gather_object(outcome)
+    outcomes = all_gather_object(outcome, group)
     failed = [(rank, o) for rank, o in enumerate(outcomes) if isinstance(o, str)]
     if failed:
         if d.is_main:
@@ -262,10 +279,10 @@ def save_checkpoint(root: Path, step: int, model, optimizer, train_state: dict, 
         except OSError as error:  # a full disk while writing the last small files: the same one line everywhere
             shutil.rmtree(tmp, ignore_errors=True)
             committed = _describe(error)
-    committed = broadcast_object(committed)
+    committed = broadcast_object(committed, group=group)
     if committed is not None:
         raise _save_failed(step, root, committed)
-    barrier()
+    barrier(group)
     return final
 
 

@@ -3,9 +3,9 @@
 torch's OpenMP workers spin at every barrier: with one worker per core and a busy neighbour, a worker
 waits for a descheduled sibling and a run slows down 10-15x (measured: 968 vs 15.5k tokens/s on two
 cores). So, unless the user fixed OMP_NUM_THREADS, the trainer keeps its intra-op threads at the cores
-the other processes leave idle: measured at start and re-measured at every logging step (from the
-per-CPU counters of /proc/stat, minus this process's own CPU time), and says once when the machine is
-oversubscribed. Different thread counts may change results in the last bits: set OMP_NUM_THREADS
+the other processes leave idle: measured at start and re-measured at logging steps, at most twice a
+second (from the per-CPU counters of /proc/stat, minus this process's own CPU time), and says once when
+the machine is oversubscribed. Different thread counts may change results in the last bits: set OMP_NUM_THREADS
 for bit-reproducible CPU runs.
 """
 
@@ -15,6 +15,8 @@ import os
 import time
 
 import torch
+
+MIN_INTERVAL_S = 0.5  # logging every step of a small model would otherwise read /proc/stat every few ms
 
 
 def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
@@ -50,10 +52,13 @@ class CpuThreads:
         return _cpu_jiffies(self.cpus), own.user + own.system, time.monotonic()
 
     def others_busy(self) -> float | None:
-        """Cores used by other processes since the last call (our own ranks count as one share each)."""
-        (jiffies, own_s, now), (last_jiffies, last_own_s, last_now) = self._sample(), self._last
-        self._last = (jiffies, own_s, now)
-        if jiffies is None or last_jiffies is None or now - last_now < 0.05:
+        """Cores used by other processes since the last measurement (our own ranks count as one share each);
+        None sooner than MIN_INTERVAL_S after it (too short to tell, and /proc/stat is not read again)."""
+        last_jiffies, last_own_s, last_now = self._last
+        if time.monotonic() - last_now < MIN_INTERVAL_S:
+            return None
+        jiffies, own_s, now = self._last = self._sample()
+        if jiffies is None or last_jiffies is None:
             return None
         hz = os.sysconf("SC_CLK_TCK")
         busy_cores = (jiffies[0] - last_jiffies[0]) / hz / (now - last_now)
@@ -78,7 +83,8 @@ class CpuThreads:
                            f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} as set and may run much slower")
             else:
                 message = (f"note: other processes keep {others:.1f} of {len(self.cpus)} cores busy; training uses "
-                           "the idle cores only (re-checked at every logging step; OMP_NUM_THREADS fixes it)")
+                           "the idle cores only (re-checked as it logs, at most twice a second; OMP_NUM_THREADS "
+                           "fixes it)")
         if not self.fixed_by_user:
             threads = max(1, min(self.share, round(free / self.ranks_here)))
             if threads != torch.get_num_threads():

@@ -92,26 +92,29 @@ def shutdown() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks in place and return it."""
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """Sum `tensor` over ranks in place and return it (one rank: unchanged, without a call into the backend)."""
+    if dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s `obj` on every rank (used for decisions only rank 0 can make, e.g. what is on disk)."""
+def broadcast_object(obj, src: int = 0, group=None):
+    """Rank `src`'s `obj` on every rank (used for decisions only rank 0 can make, e.g. what is on disk).
+
+    `group`: another process group than the default one (the background checkpoint writer has its own)."""
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
 
 
-def barrier() -> None:
-    dist.barrier()
+def barrier(group=None) -> None:
+    dist.barrier(group=group)
 
 
-def all_gather_object(obj) -> list:
+def all_gather_object(obj, group=None) -> list:
     """Every rank's `obj`, in rank order, on every rank (a collective)."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, obj, group=group)
     return gathered
 
 

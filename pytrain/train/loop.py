@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -19,17 +20,20 @@ import torch
 
 from pytrain import __version__, ops
 from pytrain.config import RunConfig
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, Stopped
 from pytrain.fsutil import file_sha256
 from pytrain.train import checkpoint as ckpt
+from pytrain.train.checkpoint_writer import CheckpointWriter
 from pytrain.train.cpu_threads import CpuThreads
 from pytrain.train.data import RunData
 from pytrain.train.distributed import Distributed, init_distributed, on_main, shutdown
 from pytrain.train.expert_parallel import describe as describe_experts
+from pytrain.train.host_memory import keep_large_buffers
 from pytrain.train.log import RunLogger
 from pytrain.train.metrics import ThroughputWindow, device_peak_tflops, mfu, peak_memory_gib
 from pytrain.train.optim import build_optimizer, describe_optimizer
 from pytrain.train.parallelize import build_model
+from pytrain.train.preemption import StopRequest
 from pytrain.train.resolve import ResolvedRun, resolve_run
 from pytrain.train.resume import changes_since_saved, check_compatible, choose_checkpoint
 from pytrain.train.run_dir import RunDir
@@ -46,19 +50,19 @@ def train(config: RunConfig, config_source: str | None = None) -> Path:
     resume (None for configs built in Python, e.g. by `pytrain demo`)."""
     d = init_distributed(config.train.device)
     try:
-        return _Run(config, d, config_source).run()
+        with StopRequest(announce=d.is_main) as stop:
+            return _Run(config, d, config_source, stop).run()
     finally:
         shutdown()
 
 
 class _Run:
-    def __init__(self, config: RunConfig, d: Distributed, config_source: str | None):
-        self.config, self.d, self.config_source = config, d, config_source
+    def __init__(self, config: RunConfig, d: Distributed, config_source: str | None, stop: StopRequest):
+        self.config, self.d, self.config_source, self.stop = config, d, config_source, stop
         self.run_dir = Path(config.train.run_dir)
         self.rundir = RunDir(self.run_dir)
         self.notes: list[str] = []
         self.last_eval: tuple[int, float] | None = None  # (step, val_loss) of the latest evaluation
-        self.last_checkpoint: Path | None = None
 
     def run(self) -> Path:
         with contextlib.ExitStack() as held:
@@ -66,7 +70,8 @@ class _Run:
             self._setup()
             try:
                 self._describe()
-                self._loop()
+                with self.checkpoints:  # waits for a save in flight
+                    self._loop()
             except PytrainError as error:
                 self.logger.info(f"error: {error}", echo=False)  # the CLI prints it
                 raise
@@ -87,9 +92,12 @@ class _Run:
         while self.step < total:
             step, lr = self.step + 1, self.schedule.lr(self.step + 1)
             started = time.perf_counter()
-            result = self._train_step(step, lr)
+            # summed over the ranks by the step: a background save failed, a rank was signalled to stop
+            shared = torch.tensor([self.checkpoints.failed, self.stop.signum], dtype=torch.int64)
+            result = self._train_step(step, lr, shared)
             window.add(result.tokens, time.perf_counter() - started)
             self.step, self.tokens = step, self.tokens + result.tokens
+            self._check_saves(shared)
             interval_losses.append(result.loss)
             if step == 1 or step % config.logging.every == 0 or step == total:
                 logged_loss = sum(interval_losses) / len(interval_losses)
@@ -107,20 +115,23 @@ class _Run:
             if ((config.checkpoint.every and step % config.checkpoint.every == 0) or step == total) and last_saved != step:
                 self._save()
                 last_saved = step
+            if shared[1] and step < total:
+                self._stop(saved=last_saved == step)
+        self.checkpoints.wait()  # the summary names the last checkpoint: complete, also if written in the background
         for line in run_summary(self.run_dir, first_step=first_step, last_step=self.step,
                                 wall_s=time.perf_counter() - run_started, tokens_this_run=self.tokens - first_tokens,
                                 tokens_total=self.tokens, train_loss=logged_loss, val=self.last_eval,
-                                checkpoint=self.last_checkpoint, prompt=(config.logging.sample_prompts or ["The"])[0]):
+                                checkpoint=self.checkpoints.last, prompt=(config.logging.sample_prompts or ["The"])[0]):
             self.logger.info(line)
 
-    def _train_step(self, step: int, lr: float) -> StepResult:
+    def _train_step(self, step: int, lr: float, shared: torch.Tensor) -> StepResult:
         batches = [self.train_data.next_batch(self.micro) for _ in range(self.accumulation)]
         top = max(int(b["input_ids"].max()) for b in batches)  # host tensors: no device sync
         if top >= self.model_config.vocab_size:  # only reachable with data.verify=none
             raise PytrainError(f"step {step}: token id {top} >= model.vocab_size {self.model_config.vocab_size} in the "
                                "training data; `pytrain verify DATA` finds it (data.verify=none skipped that check)")
         try:
-            return self.train_step(batches, lr)
+            return self.train_step(batches, lr, shared)
         except NonFinite as stop:
             latest = ckpt.latest_checkpoint(self.rundir.checkpoints)
             kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint had been saved yet"
@@ -135,6 +146,8 @@ class _Run:
         neither does a run that has nothing left to do."""
         config, d, train = self.config, self.d, self.config.train
         self.cpu_threads = CpuThreads(d.local_world_size) if d.device.type == "cpu" else None
+        if d.device.type == "cpu":
+            keep_large_buffers()  # no page faults on the logits every step (pytrain.train.host_memory)
         ops.set_backend(train.kernels)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
@@ -173,6 +186,8 @@ class _Run:
                                                            self.config_source, self.eos_id))
         self.logger = RunLogger(self.run_dir, config.logging, enabled=d.is_main, total_steps=train.steps,
                                 resume_step=self.step, config=self.resolved.to_dict())
+        self.checkpoints = CheckpointWriter(self.rundir.checkpoints, d, config.checkpoint.keep_last_k,
+                                            config.checkpoint.async_, self.logger.info)
 
     def _build_model(self, r: ResolvedRun) -> torch.nn.Module:
         train, init_from = self.config.train, self.config.model.init_from
@@ -262,12 +277,26 @@ class _Run:
         for prompt, completion in samples:
             self.logger.info(f"sample step {self.step} | {prompt!r} -> {completion!r}")
 
+    def _check_saves(self, shared: torch.Tensor) -> None:
+        """Log a background save that completed; raise, on every rank at the same step, one that failed."""
+        if shared[0]:
+            self.checkpoints.wait()
+        self.checkpoints.poll()
+
+    def _stop(self, saved: bool) -> None:
+        """A rank was signalled (pytrain.train.preemption): save unless saved at this step, wait, stop."""
+        signum = self.stop.signum or signal.SIGTERM  # a rank the signal did not reach stops with the others
+        name = signal.Signals(signum).name
+        self.logger.info(f"stopping at step {self.step}: {name} received")
+        if not saved:
+            self._save()
+        self.checkpoints.wait()
+        raise Stopped(f"stopped by {name} at step {self.step} of {self.config.train.steps} after saving checkpoint "
+                      f"{ckpt.step_name(self.step)}", 128 + signum)
+
     def _save(self) -> None:
         state = {"step": self.step, "tokens": self.tokens, "world_size": self.d.world_size,
                  "batch_size": self.config.train.batch_size, "seq_len": self.seq_len,
                  "data": self.train_data.state_dict(), "model_config": self.model_config.to_dict(),
                  "schedule": self.schedule.to_dict(), **self.train_step.state_dict()}
-        path = ckpt.save_checkpoint(self.rundir.checkpoints, self.step, self.model, self.optimizer, state, self.d,
-                                    self.config.checkpoint.keep_last_k)
-        self.last_checkpoint = path
-        self.logger.info(f"saved checkpoint {path}")
+        self.checkpoints.save(self.step, self.model, self.optimizer, state)

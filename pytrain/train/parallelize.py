@@ -71,6 +71,15 @@ def apply_fsdp(model: nn.Module, meshes: Meshes, *, param_dtype: torch.dtype, re
             module.set_force_sum_reduction_for_comms(True)  # plain SUM: also what gloo supports
 
 
+def needs_fsdp(world_size: int, param_dtype: str, reduce_dtype: str, cpu_offload: bool) -> bool:
+    """Whether FSDP2 does anything for this run. One process computing and reducing in fp32 without offload
+    has nothing to shard, cast or move: FSDP2 would only copy each parameter before its use and each
+    gradient after, and make the optimizer step on DTensors (a Python loop per parameter), so the model
+    stays plain. Its checkpoints are the same (DCP records a plain tensor and a one-rank shard alike), and
+    any rank count resumes them; so is every number (tests/train/test_parallelize.py)."""
+    return world_size > 1 or cpu_offload or param_dtype != "fp32" or reduce_dtype != "fp32"
+
+
 def parallelize(model: nn.Module, meshes: Meshes, *, param_dtype: str, reduce_dtype: str, ac_every: int,
                 compile: bool, cpu_offload: bool) -> nn.Module:
     if meshes.expert is not None:
@@ -79,8 +88,9 @@ def parallelize(model: nn.Module, meshes: Meshes, *, param_dtype: str, reduce_dt
     apply_activation_checkpointing(model, ac_every)
     if compile:
         apply_compile(model)
-    apply_fsdp(model, meshes, param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype],
-               cpu_offload=cpu_offload)
+    if needs_fsdp(meshes.dense.size(), param_dtype, reduce_dtype, cpu_offload):
+        apply_fsdp(model, meshes, param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype],
+                   cpu_offload=cpu_offload)
     return model
 
 

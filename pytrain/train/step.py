@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from pytrain.labels import IGNORE_INDEX
@@ -29,22 +30,30 @@ from pytrain.train.precision import LossScaler
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
                      device: torch.device, loss_scale: float = 1.0,
-                     router: RouterTraining | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                     router: RouterTraining | None = None,
+                     shared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Accumulate the gradients of `batches` (this rank's micro-batches) and clip them.
 
     The backward runs on the loss times `loss_scale` (fp16; a power of two, so exact) and the gradients
     are divided by it again before the norm. Returns (global mean loss, global gradient norm before
     clipping) as device scalars, and the global number of target tokens. The optimizer step is the
     caller's, after it has checked the two values. A mixture of experts' `router` adds each forward's
-    router losses (pytrain.train.moe); the returned loss is the LM loss alone.
+    router losses (pytrain.train.moe); the returned loss is the LM loss alone. `shared`: a host int64
+    tensor of the caller's counts (e.g. a stop request), summed over ranks in place by the all-reduce the
+    token count needs anyway.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
     local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-    global_tokens = int(all_reduce_sum(torch.tensor(local_tokens, dtype=torch.int64)))
+    counts = torch.tensor([local_tokens, *([] if shared is None else shared.tolist())], dtype=torch.int64)
+    all_reduce_sum(counts)
+    global_tokens = int(counts[0])
+    if shared is not None:
+        shared.copy_(counts[1:])
     loss_sum = torch.zeros((), device=device)
     forwards = len(batches) * dist.get_world_size()
     for i, batch in enumerate(batches):
-        model.set_requires_gradient_sync(i == len(batches) - 1)
+        if isinstance(model, FSDPModule):  # one process in fp32 trains a plain model (pytrain.train.parallelize)
+            model.set_requires_gradient_sync(i == len(batches) - 1)
         loss = model(**model_inputs(batch, document_masking, device), reduction="sum")
         objective = loss / global_tokens + (router.loss(forwards) if router else 0.0)
         (objective * loss_scale).backward()
@@ -142,13 +151,14 @@ class TrainStep:
         self.router = RouterTraining.of(model)
         _create_optimizer_state(optimizer)
 
-    def __call__(self, batches: list[dict], lr: float) -> StepResult:
+    def __call__(self, batches: list[dict], lr: float, shared: torch.Tensor | None = None) -> StepResult:
+        """One step; `shared` as in forward_backward (summed over ranks before the forward)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.grad_clip,
                                                    document_masking=self.document_masking, device=self.device,
                                                    loss_scale=self.scaler.scale if self.scaler else 1.0,
-                                                   router=self.router)
+                                                   router=self.router, shared=shared)
         router = self.router.step_values() if self.router else {}
         values = torch.stack([loss, grad_norm, *router.values()]).tolist()  # the step's one host sync
         loss_value, norm_value, router_values = values[0], values[1], values[2:]

@@ -53,6 +53,24 @@ def test_threads_follow_the_idle_cores(monkeypatch, threads):
     assert control.adjust() is None and torch.get_num_threads() == 4
 
 
+def test_measured_over_half_a_second_at_least(monkeypatch, threads):
+    """Logging every few milliseconds does not read /proc/stat each time: the load is measured over windows
+    of at least MIN_INTERVAL_S, the shorter calls changing nothing."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    clock = _Clock(4, monkeypatch)
+    reads, jiffies = [], cpu_threads._cpu_jiffies
+    monkeypatch.setattr(cpu_threads, "_cpu_jiffies", lambda cpus: reads.append(1) or jiffies(cpus))
+    control = cpu_threads.CpuThreads()
+    torch.set_num_threads(4)
+    for _ in range(4):
+        clock.run(0.1, others=2.0, own=2.0)
+        assert control.adjust() is None and torch.get_num_threads() == 4
+    assert len(reads) == 1  # at the start only
+    clock.run(0.1, others=2.0, own=2.0)  # 0.5 s since the start: measured over the whole window
+    assert "other processes keep 2.0 of 4 cores busy" in control.adjust() and torch.get_num_threads() == 2
+    assert len(reads) == 2
+
+
 def test_two_local_ranks_share_the_idle_cores(monkeypatch, threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     clock = _Clock(4, monkeypatch)

@@ -43,7 +43,7 @@ def reference_optimizers(model: nn.Module, settings: dict, nesterov: bool) -> li
                             ns_coefficients=tuple(settings["ns_coefficients"]), adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([{"params": decayed, "weight_decay": settings["weight_decay"]},
                                {"params": kept, "weight_decay": 0.0}],
-                              lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+                              lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"], fused=True)
     return [muon, adamw]
 
 
@@ -105,7 +105,7 @@ def test_adamw_equals_torch_adamw():
     named = list(reference.named_parameters())
     adamw = torch.optim.AdamW([{"params": [p for n, p in named if p.dim() == 2 and n != "embed_tokens.weight"]},
                                {"params": [p for n, p in named if p.dim() == 1 or n == "embed_tokens.weight"],
-                                "weight_decay": 0.0}], lr=1e-2, betas=(0.8, 0.9), weight_decay=0.1)
+                                "weight_decay": 0.0}], lr=1e-2, betas=(0.8, 0.9), weight_decay=0.1, fused=True)
     for step in range(1, 4):
         loss_of(model, step).backward()
         loss_of(reference, step).backward()

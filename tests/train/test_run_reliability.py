@@ -413,26 +413,34 @@ def test_a_torn_metrics_row_does_not_block_resume(base_run, base_config, tmp_pat
     assert "dropped 1 unreadable row(s)" in (run / "train.log").read_text()
 
 
-def test_a_full_disk_during_a_save_is_one_line(base_config, tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_full_disk_during_a_save_is_one_line(base_config, tmp_path, asynchronous):
+    """Synchronous: step 8's save fails. Asynchronous: step 4's background save fails and the run stops at
+    the next step boundary after it, on the same one line."""
     run = tmp_path / "run"
+    failing = "step_4" if asynchronous else "step_8"
     script = tmp_path / "full_disk.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import errno, sys
         from torch.distributed.checkpoint.filesystem import FileSystem
         from pytrain.cli import main
         create_stream = FileSystem.create_stream
         def full(self, path, mode):
-            if "step_8" in str(path) and "w" in mode:
+            if "{failing}" in str(path) and "w" in mode:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return create_stream(self, path, mode)
         FileSystem.create_stream = full
         sys.exit(main(sys.argv[1:]))
         """))
-    proc = subprocess.run([sys.executable, str(script), "train", "--config", str(base_config), f"train.run_dir={run}"],
-                          capture_output=True, text=True, env=ENV)
+    proc = subprocess.run([sys.executable, str(script), "train", "--config", str(base_config), f"train.run_dir={run}",
+                           f"checkpoint.async={str(asynchronous).lower()}"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
-    assert "saving checkpoint step_8" in line and "No space left on device" in line
+    assert f"saving checkpoint {failing}" in line and "No space left on device" in line
+    if asynchronous:
+        assert "no checkpoint was kept" in line and max(losses(run)) < 8
+        assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+        return
     assert f"the last complete checkpoint is {run / 'checkpoints' / 'step_4'}" in line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_4"]
 

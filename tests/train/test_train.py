@@ -15,9 +15,8 @@ import torch
 import yaml
 
 from conftest import run_cli
-from _train_fixtures import ENV, base_config, base_run, losses, packed_data, train, train_command, val_losses  # noqa: F401
-
-HERE = Path(__file__).parents[1]  # tests/, where the helper scripts live
+from _train_fixtures import (ENV, SLOWED, base_config, base_run, losses, packed_data, train,  # noqa: F401
+                             train_command, val_losses)
 
 
 def test_loss_falls_and_run_dir_is_complete(base_run):
@@ -96,7 +95,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(base_confi
 
 def test_kill_during_save_keeps_the_last_checkpoint_and_resumes_exactly(base_config, base_run, tmp_path):
     run_dir = tmp_path / "killed"
-    command = train_command(base_config, f"train.run_dir={run_dir}", script=str(HERE / "_train_slow_save.py"))
+    command = train_command(base_config, f"train.run_dir={run_dir}", script=SLOWED)
     proc = subprocess.Popen(command, env={**ENV, "STALL_STEP": "8"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     partial = run_dir / "checkpoints" / ".tmp-step_8"
@@ -239,9 +238,13 @@ def test_compiled_blocks_keep_the_numbers(base_config, base_run, tmp_path, monke
 def test_gradient_accumulation_reduces_once_per_step(base_config, tmp_path, monkeypatch):
     """4 micro-batches per step, one gradient reduction (reduce-scatter) per FSDP unit per step, not per
     micro-batch. FSDP2 launches one reduce-scatter per `foreach_reduce` call (a no-op collective on one
-    rank, but the call is still made), so the calls are counted."""
+    rank, but the call is still made), so the calls are counted, with the model wrapped as on several ranks
+    (one fp32 process trains it plain: pytrain.train.parallelize.needs_fsdp)."""
     import torch.distributed.fsdp._fully_shard._fsdp_param_group as param_group
 
+    import pytrain.train.parallelize as parallelize
+
+    monkeypatch.setattr(parallelize, "needs_fsdp", lambda *args: True)
     calls, reduce = [], param_group.foreach_reduce
 
     def counting_reduce(*args, **kwargs):

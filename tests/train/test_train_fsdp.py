@@ -1,13 +1,17 @@
 """Two-process FSDP2 runs (gloo, CPU) launched with torchrun, against the single-process base run:
-same losses from the same initial weights, and exact-data resume across a change of rank count."""
+same losses from the same initial weights, exact-data resume across a change of rank count, and a
+preempted 2-rank run that stops at one step on both ranks and resumes exactly."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
-from _train_fixtures import base_config, base_run, losses, packed_data, torchrun, train, val_losses  # noqa: F401
+from _train_fixtures import (SLOWED, base_config, base_run, end_run, logged_steps, losses,  # noqa: F401
+                             packed_data, start_run, torchrun, train, train_command, val_losses, worker_pid)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +62,27 @@ def test_mfu_counts_tokens_per_device(fsdp_run):
     for row in rows:
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] / 2 * flops_per_token / 0.002e12, rel=1e-9)
     assert "MFU peak per device: 0.002 TFLOPS (logging.peak_tflops)" in (fsdp_run / "train.log").read_text()
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step_with_an_async_checkpoint(fsdp_run, base_config, tmp_path):
+    """SIGTERM reaches rank 1 only: rank 0 learns it from the step's all-reduce, both ranks stop after the same
+    step and save (checkpoint.async, each write held back while training goes on). The run and its resume on
+    2 ranks match the uninterrupted synchronous 2-rank run bit for bit."""
+    overrides = ["train.activation_checkpointing=full", "logging.peak_tflops=0.002", "checkpoint.async=true"]
+    run_dir = tmp_path / "preempted"
+    command = train_command(base_config, f"train.run_dir={run_dir}", *overrides, "checkpoint.every=2", nproc=2,
+                            script=SLOWED)
+    proc, seen = start_run(command, run_dir, after_step=3, SLOW_STEP_S="0.5", SLOW_WRITE_S="0.5")
+    os.kill(worker_pid(proc.pid, rank=1), signal.SIGTERM)
+    err = end_run(proc, timeout=120)
+    assert proc.returncode != 0  # the workers stopped with 143
+    stopped = max(logged_steps(run_dir))
+    assert seen < stopped < 8, err
+    assert f"pytrain train: stopped by SIGTERM at step {stopped} of 8 after saving checkpoint step_{stopped}" in err
+    checkpoint = run_dir / "checkpoints" / f"step_{stopped}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == checkpoint.name
+    assert len(list(checkpoint.glob("*.distcp"))) == 2
+    torchrun(base_config, f"train.run_dir={run_dir}", *overrides)
+    assert f"resumed from {checkpoint} at step {stopped}" in (run_dir / "train.log").read_text()
+    assert losses(run_dir) == losses(fsdp_run)  # steps 1..8
+

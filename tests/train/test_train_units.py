@@ -55,8 +55,9 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 
 def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
-    """Two updates of pytrain's optimizer equal torch.optim.AdamW's with optim.lr, betas, eps and weight_decay
-    given explicitly (decay on the matmul weights only, as documented), on the same gradients."""
+    """Two updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
+    betas, eps and weight_decay given explicitly (decay on the matmul weights only, as documented), on the
+    same gradients."""
     import copy
 
     optim = OptimSection(lr=0.05, betas=[0.8, 0.9], eps=1e-3, weight_decay=0.3)
@@ -66,7 +67,7 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
     decay = [p for n, p in theirs.named_parameters() if p.dim() >= 2 and n != "embed_tokens.weight"]
     rest = [p for n, p in theirs.named_parameters() if not (p.dim() >= 2 and n != "embed_tokens.weight")]
     reference = torch.optim.AdamW([{"params": decay, "weight_decay": 0.3}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=0.05, betas=(0.8, 0.9), eps=1e-3)
+                                  lr=0.05, betas=(0.8, 0.9), eps=1e-3, fused=True)
     optimizer = build_optimizer(ours, optim, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
     for _ in range(2):

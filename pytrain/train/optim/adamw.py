@@ -26,8 +26,10 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
 
 
 def adamw(named: Iterable[tuple[str, nn.Parameter]], optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
-    """torch.optim.AdamW over `named` with the config's settings (fused on CUDA unless optim.fused says)."""
-    fused = device.type == "cuda" if optim.fused is None else optim.fused
+    """torch.optim.AdamW over `named` with the config's settings (fused unless optim.fused says)."""
+    # One fused kernel per step on CUDA and on the CPU (CPU: 1.0 ms instead of 4.6 ms per step for a 0.86M model;
+    # its rounding differs from the per-parameter loop's in the last bit)
+    fused = device.type in ("cuda", "cpu") if optim.fused is None else optim.fused
     return torch.optim.AdamW(param_groups(named, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas),
                              eps=optim.eps, fused=fused)
 
