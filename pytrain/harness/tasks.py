@@ -90,11 +90,15 @@ class TaskSet:
                 built = self.manager.load(name)
             except Exception as error:  # datasets' and the harness's errors have no common base class
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                cause = f"{type(error).__name__}{': ' + first if first else ''}"
+                if not isinstance(error, OSError):  # not a missing file or an offline hub: the YAML itself
+                    raise PytrainError(
+                        f"task {name}: lm-evaluation-harness could not build it from its YAML ({cause}); check its "
+                        "fields (a loglikelihood_rolling task needs doc_to_text: \"\" beside doc_to_target)") from None
                 raise PytrainError(
-                    f"task {name}: its data is not available offline ({type(error).__name__}: {first}); pytrain "
-                    "evaluates without downloading: point the task's YAML at local files (dataset_path: json, "
-                    "dataset_kwargs.data_files) or fill the datasets cache first (datasets.load_dataset online, "
-                    "HF_DATASETS_OFFLINE=0)") from None
+                    f"task {name}: its data is not available offline ({cause}); pytrain evaluates without "
+                    "downloading: point the task's YAML at local files (dataset_path: json, dataset_kwargs.data_files) "
+                    "or fill the datasets cache first (datasets.load_dataset online, HF_DATASETS_OFFLINE=0)") from None
             group = built["groups"].get(name)
             loaded += [group] if group is not None else list(built["tasks"].values())
         return loaded

@@ -34,8 +34,13 @@ LIMIT_IN_LOOP = 6
 def _write_tasks(folder: Path, documents: list[str]) -> None:
     """Three task YAMLs over local JSONL files (absolute paths: the harness resolves them from the cwd)."""
     rng = random.Random(0)
-    words = [" return", " import", " self", " None", " def", " class"]
-    mc = [{"question": doc[:80], "choices": rng.sample(words, 4), "answer": i % 4} for i, doc in enumerate(documents[:12])]
+    # One-token choices (in the tests' tokenizer: the requests of a question share a forward) and longer ones
+    # (each its own: sharing one would score them on each other's tokens); the last question is longer than
+    # the model's context (256 tokens), so it is left-truncated.
+    words = [" return", " class", " value", " function", " object", " def __init__(self, name):",
+             " raise ValueError(name)"]
+    questions = [doc[:80] for doc in documents[:11]] + ["\n\n".join(documents)[:4000]]
+    mc = [{"question": question, "choices": rng.sample(words, 4), "answer": i % 4} for i, question in enumerate(questions)]
     # The last document spans several context windows (256 tokens), all of them on one of two ranks: an
     # imbalance of forwards that the sharded model must absorb.
     rolling = [{"text": doc[:300]} for doc in documents[:11]] + [{"text": "\n\n".join(documents)[:6000]}]
@@ -335,6 +340,40 @@ def test_an_evaluation_during_training_leaves_the_run_as_it_was(eval_run, tasks_
     assert after == before and model.training
 
 
+def test_generation_stops_at_the_stop_string(eval_run, exported):
+    """generate_until ends decoding as soon as a stop string appears (not at max_gen_toks): no more forwards
+    than transformers' greedy decoding of the same prompt needs to reach the stop, and its text before it."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from transformers import AutoModelForCausalLM
+
+    from pytrain.eval import load_lm
+    from pytrain.train.distributed import shutdown
+    from pytrain.train.run_dir import RunDir
+
+    prompt, budget = "def main(self):\n    return", 40
+    try:
+        lm, _ = load_lm(RunDir(eval_run), 8, batch_size=4, dtype="fp32", device="cpu", shard=False)
+        ids = lm.tok_encode(prompt)
+        hf = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+        with torch.no_grad():
+            greedy = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=budget, do_sample=False, eos_token_id=None,
+                                 pad_token_id=lm.eot_token_id)[0, len(ids):].tolist()
+        greedy = greedy[:greedy.index(lm.eot_token_id)] if lm.eot_token_id in greedy else greedy
+        text = lm.tokenizer.decode(greedy)
+        stop = text[len(text) // 3:len(text) // 3 + 2]  # two characters a third of the way in
+        assert len(greedy) > 6 and stop.strip(), (greedy, text)
+        needed = next(n for n in range(1, len(greedy) + 1) if stop in lm.tokenizer.decode(greedy[:n]))
+        forwards = []
+        lm.model.register_forward_pre_hook(lambda *args: forwards.append(1))
+        request = Instance("generate_until", {}, (prompt, {"until": [stop], "max_gen_toks": budget}), 0)
+        (answer,) = lm.generate_until([request], disable_tqdm=True)
+    finally:
+        shutdown()
+    assert answer == text[:text.index(stop)]
+    assert len(forwards) <= needed < budget
+
 # ----------------------------------------------------------------------------- refusals
 def _refused(capsys, *args) -> str:
     assert main(["eval", *map(str, args)]) == 2
@@ -353,6 +392,17 @@ def test_refusals_are_one_line_with_what_to_do(eval_run, tasks_dir, tmp_path, ca
         "test_split": "test", "doc_to_text": "{{q}}", "doc_to_choice": "{{c}}", "doc_to_target": 0}))
     err = _refused(capsys, eval_run, "--tasks", "hub_task", "--include-path", tmp_path / "hub", "--out", out)
     assert "task hub_task: its data is not available offline" in err and "datasets cache" in err
+    (tmp_path / "bad").mkdir()
+    local = {"dataset_path": "json", "test_split": "test", "output_type": "loglikelihood_rolling",
+             "doc_to_target": "{{text}}", "dataset_kwargs": {"data_files": {"test": str(tasks_dir / "roll.jsonl")}}}
+    (tmp_path / "bad" / "no_text.yaml").write_text(yaml.safe_dump({"task": "no_text", **local}))  # no doc_to_text
+    local["dataset_kwargs"] = {"data_files": {"test": str(tmp_path / "missing.jsonl")}}
+    (tmp_path / "bad" / "no_file.yaml").write_text(yaml.safe_dump({"task": "no_file", **local, "doc_to_text": ""}))
+    err = _refused(capsys, eval_run, "--tasks", "no_text", "--include-path", tmp_path / "bad", "--out", out)
+    assert "task no_text: lm-evaluation-harness could not build it from its YAML (TypeError)" in err
+    assert "offline" not in err
+    err = _refused(capsys, eval_run, "--tasks", "no_file", "--include-path", tmp_path / "bad", "--out", out)
+    assert "task no_file: its data is not available offline (FileNotFoundError" in err
     import datasets
 
     assert os.environ["HF_DATASETS_OFFLINE"] == os.environ["HF_HUB_OFFLINE"] == "1"  # nothing was looked up online

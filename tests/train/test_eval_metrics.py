@@ -72,11 +72,11 @@ def test_plot_draws_val_bpb_and_the_task_metrics(tmp_path, monkeypatch):
     plot_runs([str(tmp_path)])
     axes = {ax.get_title(): ax for ax in figures[0].axes}
     bpb = axes["validation bits per byte vs step"].lines
-    assert [list(line.get_ydata()) for line in bpb] == [[2.0, 1.0]]
-    scores = {line.get_label(): list(line.get_ydata()) for line in axes["downstream scores vs step"].lines}
-    assert scores == {"mini_mc acc,none": [0.25, 0.5]}
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in bpb] == [([2, 4], [2.0, 1.0])]
+    curves = lambda ax: {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}  # noqa: E731
+    assert curves(axes["downstream scores vs step"]) == {"mini_mc acc,none": ([2, 4], [0.25, 0.5])}
     other = axes["downstream perplexities, bits per byte vs step"]
-    assert {line.get_label(): list(line.get_ydata()) for line in other.lines} == {"mini_roll bits_per_byte,none": [5.0, 4.25]}
+    assert curves(other) == {"mini_roll bits_per_byte,none": ([2, 4], [5.0, 4.25])}
     assert other.get_yscale() == "log"
 
 
