@@ -7,7 +7,7 @@
 Training: the same model (a Llama of ~0.8M parameters: hidden 128, 4 blocks, byte-level vocabulary of
 256) from the same initial weights, on the same batches of the demo corpus's text (Python's own
 documentation, pytrain.data.corpus.stdlib_documents, as UTF-8 bytes; the last 10% held out), through
-the trainer's own step (pytrain.train.step.TrainStep, FSDP2 on one rank, fp32, gradient clipping 1.0)
+the trainer's own step (pytrain.train.step.TrainStep, one rank, fp32, gradient clipping 1.0)
 and schedule (cosine, 2% warmup), once per optimizer and learning rate. Each optimizer's best LR is the
 one with the lowest final validation loss; the target is AdamW's best final validation loss, and the
 figure is the first evaluation at which Muon's best run reaches it (evaluations every --eval-every
