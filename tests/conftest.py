@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,12 @@ from pytrain.data.corpus import stdlib_documents
 if pytrain._source_tree.is_source_checkout():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pytrain._source_tree.ROOT),
                                                              os.environ.get("PYTHONPATH")]))
+
+# A suite started where SIGINT is ignored (a script's `cmd &`, some CI runners) would pass that on to every
+# process it starts, and the Ctrl-C tests would see pytrain ignore Ctrl-C. A Python handler here is reset to
+# the default action in the processes the tests start, so they get Ctrl-C as a terminal delivers it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_cli(*args, check=True, env=None, cwd=None) -> subprocess.CompletedProcess:
