@@ -52,14 +52,16 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict], list[dict
     return train, evals, tasks
 
 
-def _task_curves(rows: list[dict]) -> dict[str, list[tuple[int, int, float]]]:
-    """{"task metric": [(step, tokens, value)]} from downstream rows, standard errors left out."""
-    curves: dict[str, list] = {}
+def _task_curves(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{"task metric": (steps, values)} from downstream rows, standard errors left out."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
     for row in rows:
         for task, metrics in row["tasks"].items():
             for metric, value in (metrics.items() if isinstance(metrics, dict) else ()):
                 if "_stderr" not in metric and _is_number(value):
-                    curves.setdefault(f"{task} {metric}", []).append((row["step"], row["tokens"], _value(value)))
+                    steps, values = curves.setdefault(f"{task} {metric}", ([], []))
+                    steps.append(row["step"])
+                    values.append(_value(value))
     return curves
 
 
@@ -175,15 +177,15 @@ def _plot_evaluations(axes, read, formatter) -> None:
     match) in one panel, the others (perplexities, bits per byte) on a log scale in the next."""
     bpb_ax, score_ax, other_ax = axes
     styles = ("-", "--", ":", "-.")
-    names = list(dict.fromkeys(name for *_, tasks in read for name in _task_curves(tasks)))
-    for index, (label, _, val, tasks) in enumerate(read):
-        points = [(r["step"], r["val_bpb"]) for r in val if isinstance(r.get("val_bpb"), (int, float))]
+    run_curves = [_task_curves(tasks) for *_, tasks in read]
+    names = list(dict.fromkeys(name for curves in run_curves for name in curves))
+    for index, ((label, _, val, _), curves) in enumerate(zip(read, run_curves)):
+        points = [(r["step"], r["val_bpb"]) for r in val if "val_bpb" in r]  # a float when present (_plottable)
         if points:
             bpb_ax.plot(*zip(*points), "o--", color=f"C{index % 10}", markersize=4, label=label)
-        for name, curve in _task_curves(tasks).items():
-            values = [p[2] for p in curve]
+        for name, (steps, values) in curves.items():
             ax = score_ax if all(0 <= v <= 1 for v in values) else other_ax
-            ax.plot([p[0] for p in curve], values, styles[index % len(styles)], marker="o", markersize=3,
+            ax.plot(steps, values, styles[index % len(styles)], marker="o", markersize=3,
                     color=f"C{names.index(name) % 10}", label=f"{label} {name}" if len(read) > 1 else name)
     if other_ax.lines and all(min(line.get_ydata()) > 0 for line in other_ax.lines):
         other_ax.set_yscale("log")
