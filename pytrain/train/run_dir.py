@@ -185,19 +185,23 @@ class RunDir:
     def checkpoint(self, step: int | None = None):
         """The latest (or `step`'s) checkpoint, verified against its checksums, and held while the body reads it
         (the trainer's keep_last_k rotation leaves it alone until then: pytrain.train.checkpoint_hold)."""
-        from pytrain.train.checkpoint import find_checkpoint, is_legacy, summarize, verify_checkpoint
+        from pytrain.train.checkpoint import find_checkpoint, is_legacy, verify_checkpoint
         from pytrain.train.checkpoint_hold import held_for_reading
 
         self.require()
         with held_for_reading(lambda: find_checkpoint(self.path, step), "this command") as path:
-            problems = verify_checkpoint(path)
-            if problems:
-                raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
-                                   "lists the intact checkpoints (pass one with --step)")
+            self._refuse_if_damaged(path, verify_checkpoint(path))
             if is_legacy(path):
                 print(f"note: {path} has no checksums.json (saved by an earlier pytrain): loaded without an integrity "
                       "check", file=sys.stderr)
             yield path
+
+    def _refuse_if_damaged(self, path: Path, problems: list[str]) -> None:
+        from pytrain.train.checkpoint import summarize
+
+        if problems:
+            raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
+                               "lists the intact checkpoints (pass one with --step)")
 
     def load_model(self, step: int | None = None, device="cpu"):
         """(model, model_config): the trained model from a verified checkpoint, unsharded, in eval mode.
@@ -232,16 +236,13 @@ class RunDir:
         one device is evaluated with. Every rank checks its share of the checkpoint's checksums."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-        from pytrain.train.checkpoint import find_checkpoint, load_state, summarize, verify_checkpoint_everywhere
+        from pytrain.train.checkpoint import find_checkpoint, load_state, verify_checkpoint_everywhere
         from pytrain.train.checkpoint_hold import held_for_reading
         from pytrain.train.parallelize import build_model
 
         self.require()
         with held_for_reading(lambda: find_checkpoint(self.path, step), "this command") as path:
-            problems = verify_checkpoint_everywhere(path, d)
-            if problems:
-                raise PytrainError(f"refusing checkpoint {path}: {summarize(problems)}; `pytrain verify {self.path}` "
-                                   "lists the intact checkpoints (pass one with --step)")
+            self._refuse_if_damaged(path, verify_checkpoint_everywhere(path, d))
             model_config = self._model_config_of(path)
             model = build_model(model_config, d, dtype=dtype)
             state = get_model_state_dict(model)
