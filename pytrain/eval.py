@@ -17,11 +17,15 @@ switches the Hugging Face libraries offline, as `pytrain eval` runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from pytrain.errors import PytrainError
+from pytrain.fsutil import output_lock
+from pytrain.safe_read import read_json
 
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -41,42 +45,45 @@ def run_eval(run_dir: str, *, tasks: list[str], out: str | None, step: int | Non
             raise PytrainError(f"{option} must be >= {least}, got {value}")
     if dtype not in DTYPES:
         raise PytrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out is not None:
-        check_replaceable(Path(out), overwrite)
-    run = RunDir(run_dir)
-    step = resolve_step(run, step)
-    require_harness()
-    task_set = TaskSet(tasks, include_path)
-    task_set.check()
-    import torch.distributed as dist
+    with contextlib.ExitStack() as writing:
+        if out is not None and os.environ.get("RANK", "0") == "0":  # the rank that writes it: the only writer
+            writing.enter_context(output_lock(out, "eval"))     # of --out from the check to the rename
+        if out is not None:
+            check_replaceable(Path(out), overwrite)
+        run = RunDir(run_dir)
+        step = resolve_step(run, step)
+        require_harness()
+        task_set = TaskSet(tasks, include_path)
+        task_set.check()
+        import torch.distributed as dist
 
-    owns_process_group = not dist.is_initialized()  # else the caller's, left as it is
-    try:
-        from pytrain.harness.tasks import results_table, run_tasks
+        owns_process_group = not dist.is_initialized()  # else the caller's, left as it is
+        try:
+            from pytrain.harness.tasks import results_table, run_tasks
 
-        lm, checkpoint = load_lm(run, step, batch_size=batch_size, dtype=dtype, device=device, shard=shard)
-        description = f"run={run.path},step={step}"
-        results = run_tasks(lm, task_set, num_fewshot=num_fewshot, limit=limit, bootstrap_iters=bootstrap_iters,
-                            description=description)
-    finally:
-        from pytrain.train.distributed import shutdown
+            lm, checkpoint = load_lm(run, step, batch_size=batch_size, dtype=dtype, device=device, shard=shard)
+            description = f"run={run.path},step={step}"
+            results = run_tasks(lm, task_set, num_fewshot=num_fewshot, limit=limit, bootstrap_iters=bootstrap_iters,
+                                description=description)
+        finally:
+            from pytrain.train.distributed import shutdown
 
-        if owns_process_group:
-            shutdown()
-    if results is None:
-        return None
-    from pytrain import __version__
+            if owns_process_group:
+                shutdown()
+        if results is None:
+            return None
+        from pytrain import __version__
 
-    results["pytrain"] = {"command": "eval", "run": str(run.path), "step": step, "checkpoint": str(checkpoint),
-                          "dtype": dtype, "pytrain_version": __version__}
-    if out is not None:
-        _write_results(Path(out), results)
-    print(f"pytrain ({description}), gen_kwargs: (None), limit: {limit}, num_fewshot: {num_fewshot}, "
-          f"batch_size: {batch_size}")
-    print(results_table(results))
-    if out is not None:
-        print(f"wrote {out}", file=sys.stderr)
-    return results
+        results["pytrain"] = {"command": "eval", "run": str(run.path), "step": step, "checkpoint": str(checkpoint),
+                              "dtype": dtype, "pytrain_version": __version__}
+        if out is not None:
+            _write_results(Path(out), results)
+        print(f"pytrain ({description}), gen_kwargs: (None), limit: {limit}, num_fewshot: {num_fewshot}, "
+              f"batch_size: {batch_size}")
+        print(results_table(results))
+        if out is not None:
+            print(f"wrote {out}", file=sys.stderr)
+        return results
 
 
 def resolve_step(run, step: int | None) -> int:
@@ -127,7 +134,7 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise PytrainError(f"--out {out}: already exists; choose another --out or pass --overwrite")
     try:
-        ours = not out.is_symlink() and json.loads(out.read_text(encoding="utf-8"))["pytrain"]["command"] == "eval"
+        ours = not out.is_symlink() and read_json(out)["pytrain"]["command"] == "eval"
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
     if not ours:

@@ -448,3 +448,15 @@ def test_overwrite_replaces_a_results_file_of_pytrain_eval(eval_run, tasks_dir, 
     first = json.loads(out.read_text())
     assert _eval(eval_run, tasks_dir, out, "--limit", "3", "--overwrite") == 0
     assert json.loads(out.read_text())["config"]["limit"] == 3 and first["config"]["limit"] == 2
+
+
+def test_a_second_eval_writing_the_same_out_is_refused(eval_run, tasks_dir, tmp_path):
+    """Two `pytrain eval --out` of one file at once: the second is refused in one line, before it evaluates
+    anything, and changes nothing; the first writes its results as if alone."""
+    from conftest import check_second_writer_refused
+
+    out = tmp_path / "out" / "results.json"
+    args = ["eval", eval_run, "--tasks", ",".join(TASKS), "--include-path", tasks_dir, "--out", out,
+            "--batch-size", "4", "--bootstrap-iters", "0", "--limit", "2"]
+    check_second_writer_refused(args, out, out, tmp_path / "out")
+    assert json.loads(out.read_text())["pytrain"]["command"] == "eval"
