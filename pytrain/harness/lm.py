@@ -230,9 +230,13 @@ class PytrainLM(TemplateLM):
                 add_special = not (bos_text and context.startswith(bos_text))
                 prompts[i] = self.tok_encode(context, add_special_tokens=add_special) or [self.prefix_token_id]
             order = sorted(indices, key=lambda i: -len(prompts[i]))
+
+            def stopped(row: int, tokens: list[int], until=until) -> bool:
+                text = self.tok_decode(tokens)  # once per row and step, whatever the number of stop strings
+                return any(stop and stop in text for stop in until)
+
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                stopped = lambda row, tokens: any(stop and stop in self.tok_decode(tokens) for stop in until)  # noqa: E731
                 generated = generate_batch(self.model, [prompts[i] for i in chunk], max_new_tokens=max_new,
                                            max_len=self.max_length, sampling=sampling, eos_id=self.eot_token_id,
                                            generator=generator, stop=stopped)
