@@ -99,11 +99,6 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes
     return data
 
 
-def read_text(path: str | os.PathLike, limit: int = MAX_JSON_BYTES, what: str = "file") -> str:
-    """A regular file's text (UTF-8), bounded as read_bytes."""
-    return decode_utf8(read_bytes(path, limit, what), str(path))
-
-
 def decode_utf8(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")

@@ -117,7 +117,7 @@ class _PlainLinearCrossEntropy(torch.autograd.Function):
         return dlogits.mm(weight), dlogits.t().mm(hidden), None, None, None
 
 
-def _plain(hidden, weight, labels, reduction, label_smoothing, z_loss, softcap, return_z_loss) -> bool:
+def _plain(hidden, weight, reduction, label_smoothing, z_loss, softcap, return_z_loss) -> bool:
     """Whether _PlainLinearCrossEntropy computes this call (else the reference, through autograd)."""
     return (reduction in ("mean", "sum") and not (label_smoothing or z_loss or softcap or return_z_loss)
             and hidden.dtype == weight.dtype == torch.float32 and hidden.is_contiguous() and weight.is_contiguous()
@@ -138,7 +138,7 @@ def linear_cross_entropy(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, r
     the module: that raises an error.
     """
     if not use_triton(hidden, backend):
-        if _plain(hidden, weight, labels, reduction, label_smoothing, z_loss, softcap, return_z_loss):
+        if _plain(hidden, weight, reduction, label_smoothing, z_loss, softcap, return_z_loss):
             _check(hidden, weight, labels, reduction, label_smoothing, softcap)
             _check_labels(labels, weight, ignore_index)
             return _PlainLinearCrossEntropy.apply(hidden, weight, labels, ignore_index, reduction)

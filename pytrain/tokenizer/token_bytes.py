@@ -31,7 +31,7 @@ _SENTENCEPIECE_STEPS = ("Replace", "ByteFallback", "Fuse", "Strip", "Metaspace")
 
 @dataclass(frozen=True)
 class TokenBytes:
-    lengths: np.ndarray    # int64 [size]: UTF-8 bytes each id decodes to (0: special tokens, ids past the vocabulary)
+    lengths: np.ndarray    # int64 [size]: UTF-8 bytes each id decodes to (0: special tokens)
     start_cut: np.ndarray  # int64 [size]: bytes the decoder strips when the id opens a document (its leading spaces)
 
     def document_bytes(self, ids) -> int:
@@ -70,9 +70,9 @@ def _sentencepiece_strip(steps: list[dict]) -> int | None:
     return strip
 
 
-def token_bytes(tokenizer, size: int | None = None) -> TokenBytes | None:
-    """Bytes per token id for `tokenizer` (a tokenizers.Tokenizer), over ids [0, size) (default: the
-    tokenizer's vocabulary, added tokens included); None for a decoder this module does not know."""
+def token_bytes(tokenizer) -> TokenBytes | None:
+    """Bytes per token id for `tokenizer` (a tokenizers.Tokenizer), over its vocabulary, added tokens included;
+    None for a decoder this module does not know."""
     steps = _decoder_steps(json.loads(tokenizer.to_str()).get("decoder"))
     kinds = {step.get("type") for step in steps}
     if kinds == {"ByteLevel"}:
@@ -82,7 +82,7 @@ def token_bytes(tokenizer, size: int | None = None) -> TokenBytes | None:
         if strip is None or "ByteFallback" not in kinds and "Metaspace" not in kinds:
             return None
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    lengths = np.zeros(max(size or vocab_size, vocab_size), dtype=np.int64)
+    lengths = np.zeros(vocab_size, dtype=np.int64)
     start_cut = np.zeros_like(lengths)
     added = tokenizer.get_added_tokens_decoder()
     for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
@@ -97,5 +97,4 @@ def token_bytes(tokenizer, size: int | None = None) -> TokenBytes | None:
             text = token.replace(META, " ")
         lengths[token_id] = len(text.encode("utf-8"))
         start_cut[token_id] = min(strip, len(text) - len(text.lstrip(" ")))
-    keep = slice(None, size)
-    return TokenBytes(lengths[keep], start_cut[keep])
+    return TokenBytes(lengths, start_cut)
