@@ -2,7 +2,7 @@
 #include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level and SentencePiece-style BPE encoders";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level and SentencePiece-style BPE encoders, fused CPU kernels for SwiGLU and RMSNorm";
     pytrain::bind_line_index(m);
     pytrain::bind_json_extract(m);
     pytrain::bind_tokens(m);
@@ -11,4 +11,5 @@ PYBIND11_MODULE(_native, m) {
     pytrain::bind_sentencepiece_bpe(m);
     pytrain::bind_ready_ids(m);
     pytrain::bind_writeback(m);
+    pytrain::bind_cpu_ops(m);
 }

@@ -13,5 +13,6 @@ void bind_bpe(pybind11::module_& m);
 void bind_sentencepiece_bpe(pybind11::module_& m);
 void bind_ready_ids(pybind11::module_& m);
 void bind_writeback(pybind11::module_& m);
+void bind_cpu_ops(pybind11::module_& m);
 
 }  // namespace pytrain

@@ -155,7 +155,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(ops.swiglu(x, self.gate_proj.weight, self.up_proj.weight))
 
 
 class GeluMLP(nn.Module):

@@ -1,7 +1,8 @@
 """Backend selection shared by the public ops.
 
-"auto" runs the Triton kernel for CUDA tensors and the PyTorch reference otherwise; "triton" and
-"torch" force one. A per-call `backend=` overrides the process-wide choice made with `set_backend`
+"auto" runs the Triton kernel for CUDA tensors, pytrain's fused CPU kernel (pytrain.ops.cpu_kernels)
+for fp32 CPU tensors of the ops that have one, and the PyTorch reference otherwise; "triton" and "torch"
+force one. A per-call `backend=` overrides the process-wide choice made with `set_backend`
 (which is what the training config's switch calls). Triton on CPU tensors is only possible through
 the interpreter (`TRITON_INTERPRET=1`, how the kernels are tested without a GPU).
 """
@@ -50,3 +51,9 @@ def use_triton(x: torch.Tensor, backend: str | None) -> bool:
         raise PytrainError(f"backend \"triton\" needs CUDA tensors (got {x.device.type}); on CPU set "
                            "TRITON_INTERPRET=1 (slow, for tests) or use backend \"torch\"")
     return True
+
+
+def use_cpu_kernel(x: torch.Tensor, backend: str | None) -> bool:
+    """Whether an op called on `x` with `backend` may run pytrain's fused CPU kernel: "auto" on a CPU tensor
+    (the op checks the rest: dtype, layout, not compiling; see pytrain.ops.cpu_kernels.usable)."""
+    return _check(backend if backend is not None else _default) == "auto" and x.device.type == "cpu"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from pytrain.errors import PytrainError
-from pytrain.ops._backend import use_triton
+from pytrain.ops import cpu_kernels
+from pytrain.ops._backend import use_cpu_kernel, use_triton
 
 MODES = ("llama", "gemma")
 
@@ -27,7 +28,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
 
 
 def rms_norm_reference(x, weight, eps=1e-6, *, residual=None, mode="llama"):
-    """Pure-PyTorch RMSNorm (the CPU path and the kernels' reference); same contract as `rms_norm`."""
+    """Pure-PyTorch RMSNorm (the definition the kernels are tested against); same contract as `rms_norm`."""
     _check(x, weight, residual, mode)
     if residual is not None:
         x = x + residual
@@ -49,6 +50,9 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, mode="llama", backend=None):
     residual. `backend`: None (process-wide choice, see `set_backend`), "auto", "triton" or "torch".
     """
     if not use_triton(x, backend):
+        if use_cpu_kernel(x, backend) and cpu_kernels.usable(x, weight, *([] if residual is None else [residual])):
+            _check(x, weight, residual, mode)
+            return cpu_kernels.RMSNorm.apply(x, weight, residual, eps, mode)
         return rms_norm_reference(x, weight, eps, residual=residual, mode=mode)
     _check(x, weight, residual, mode)
     from pytrain.kernels.rms_norm import rms_norm as rms_norm_triton

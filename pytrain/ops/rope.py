@@ -15,7 +15,8 @@ import math
 import torch
 
 from pytrain.errors import PytrainError
-from pytrain.ops._backend import use_triton
+from pytrain.ops import cpu_kernels
+from pytrain.ops._backend import use_cpu_kernel, use_triton
 from pytrain.ops._checks import check_range
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -86,15 +87,19 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
-def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None):
-    """Pure-PyTorch RoPE (the CPU path and the kernels' reference); same contract as `apply_rope`."""
+def _positioned_tables(q, k, position_ids, theta, max_position, scaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked inputs' (cos, sin) of each token: [seq, head_dim/2], or [batch, seq, head_dim/2] with positions."""
     _check(q, k, position_ids)
     cos, sin = _tables_for(q, theta, max_position, scaling)
     _check_positions(position_ids, cos.shape[0])
     if position_ids is None:
-        cos, sin = cos[: q.shape[1]], sin[: q.shape[1]]
-    else:
-        cos, sin = cos[position_ids], sin[position_ids]  # [batch, seq, head_dim/2]
+        return cos[: q.shape[1]], sin[: q.shape[1]]
+    return cos[position_ids], sin[position_ids]
+
+
+def apply_rope_reference(q, k, position_ids=None, *, theta=10000.0, max_position=None, scaling=None):
+    """Pure-PyTorch RoPE (the definition the kernels are tested against); same contract as `apply_rope`."""
+    cos, sin = _positioned_tables(q, k, position_ids, theta, max_position, scaling)
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
@@ -119,6 +124,8 @@ def apply_rope(q, k, position_ids=None, *, theta=10000.0, max_position=None, sca
                                             max_position=max_position, scaling=scaling)
         return torch.cat((q_rot, q[..., rotary_dim:]), dim=-1), torch.cat((k_rot, k[..., rotary_dim:]), dim=-1)
     if not use_triton(q, backend):
+        if use_cpu_kernel(q, backend) and cpu_kernels.usable(q, k):
+            return cpu_kernels.Rope.apply(q, k, *_positioned_tables(q, k, position_ids, theta, max_position, scaling))
         return apply_rope_reference(q, k, position_ids, theta=theta, max_position=max_position, scaling=scaling)
     _check(q, k, position_ids)
     from pytrain.kernels.rope import rope as rope_triton

@@ -1,0 +1,295 @@
+// Fused CPU kernels for the model's elementwise work, fp32: SwiGLU (silu(gate) * up), RMSNorm (with the
+// pre-norm block's residual add) and RoPE, forward and backward, each one pass over its rows.
+//
+// Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 10 per
+// tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather than cache, those passes cost
+// as much as the block's matmuls (bench_train.py --vs-minimal). These loops read each input once and write
+// each output once. pytrain/ops calls them through torch tensors' data pointers after checking shapes,
+// dtypes and contiguity (pytrain/ops/cpu_kernels.py); nothing here sees a Python object while it runs.
+//
+// Every result is independent of the thread count: elementwise outputs trivially, RMSNorm's weight
+// gradient because rows are summed in fixed blocks of kRowsPerBlock, then the blocks in order.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "modules.h"
+#include "parallel.h"
+
+// Round as PyTorch's reference ops do: no multiply-add contracted into one rounding (a pragma rather than a
+// flag, since a link-time-optimised build would drop the flag).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace pytrain {
+namespace {
+
+namespace py = pybind11;
+
+constexpr int64_t kElementsPerWorker = 1 << 16;  // below this a thread's start-up costs more than it saves
+constexpr int64_t kRowsPerBlock = 32;
+constexpr int kLanes = 16;  // independent partial sums, so that a row's reduction vectorises without -ffast-math
+
+// Multiversioned for the vector widths x86-64 CPUs have (the default build targets SSE2 only); elsewhere
+// the compiler's default target.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define PYTRAIN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYTRAIN_VECTOR_CLONES
+#endif
+
+// exp(x) for x in [-87, 88] (clamped there), within 2 ulp: Cody-Waite reduction by ln 2 and Cephes' degree-6
+// polynomial, written so the compiler vectorises it (no libm call, rounding by the 1.5 * 2^23 trick).
+inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float n = (x * 1.44269504088896341f + magic) - magic;
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n: n is in [-126, 127] after the clamp
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+// One row: gate_up holds the row's gate then its up values (cols each), out the cols products.
+PYTRAIN_VECTOR_CLONES
+void swiglu_forward_row(const float* gate_up, float* out, int64_t cols) {
+    const float* up = gate_up + cols;
+    for (int64_t j = 0; j < cols; ++j) {
+        const float g = gate_up[j];
+        out[j] = g * up[j] / (1.0f + exp_approx(-g));
+    }
+}
+
+// d(gate) = grad * up * silu'(gate), d(up) = grad * silu(gate), with silu' = sig * (1 + gate * (1 - sig)).
+PYTRAIN_VECTOR_CLONES
+void swiglu_backward_row(const float* grad, const float* gate_up, float* dgate_up, int64_t cols) {
+    const float* up = gate_up + cols;
+    for (int64_t j = 0; j < cols; ++j) {
+        const float g = gate_up[j];
+        const float sig = 1.0f / (1.0f + exp_approx(-g));
+        const float d = grad[j];
+        dgate_up[j] = d * up[j] * (sig * (1.0f + g * (1.0f - sig)));
+        dgate_up[cols + j] = d * (g * sig);
+    }
+}
+
+// fn(begin, end) over [0, items), split evenly among as many workers as torch's thread count allows, one per
+// kElementsPerWorker elements of work (elements_per_item each) and at most one per item.
+template <class Fn>
+void for_ranges(int64_t items, int64_t elements_per_item, int threads, Fn&& fn) {
+    const int64_t useful = std::min(items, items * elements_per_item / kElementsPerWorker);
+    const int workers = resolve_threads(threads, static_cast<size_t>(useful));
+    py::gil_scoped_release nogil;
+    run_parallel(workers, [&](int w) {
+        fn(static_cast<int64_t>(split_point(items, workers, w)), static_cast<int64_t>(split_point(items, workers, w + 1)));
+    });
+}
+
+// out [rows, cols] = silu(gate) * up of gate_up [rows, 2 * cols] (each row: cols gate values, then cols up values).
+void swiglu_forward(uintptr_t gate_up, uintptr_t out, int64_t rows, int64_t cols, int threads) {
+    const float* in = reinterpret_cast<const float*>(gate_up);
+    float* outs = reinterpret_cast<float*>(out);
+    for_ranges(rows, cols, threads, [&](int64_t first, int64_t last) {
+        for (int64_t i = first; i < last; ++i) swiglu_forward_row(in + i * 2 * cols, outs + i * cols, cols);
+    });
+}
+
+void swiglu_backward(uintptr_t grad, uintptr_t gate_up, uintptr_t dgate_up, int64_t rows, int64_t cols, int threads) {
+    const float* grads = reinterpret_cast<const float*>(grad);
+    const float* in = reinterpret_cast<const float*>(gate_up);
+    float* dins = reinterpret_cast<float*>(dgate_up);
+    for_ranges(rows, cols, threads, [&](int64_t first, int64_t last) {
+        for (int64_t i = first; i < last; ++i) {
+            swiglu_backward_row(grads + i * cols, in + i * 2 * cols, dins + i * 2 * cols, cols);
+        }
+    });
+}
+
+PYTRAIN_VECTOR_CLONES
+float sum_of_products(const float* a, const float* b, int64_t cols) {
+    float lanes[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= cols; j += kLanes) {
+        for (int k = 0; k < kLanes; ++k) lanes[k] += a[j + k] * b[j + k];
+    }
+    for (; j < cols; ++j) lanes[j % kLanes] += a[j] * b[j];
+    float total = 0.0f;
+    for (int k = 0; k < kLanes; ++k) total += lanes[k];
+    return total;
+}
+
+// The weight as the norm applies it: w (Llama) or 1 + w (Gemma).
+std::vector<float> effective_weight(const float* weight, int64_t cols, bool gemma) {
+    std::vector<float> scale(weight, weight + cols);
+    if (gemma) {
+        for (float& s : scale) s += 1.0f;
+    }
+    return scale;
+}
+
+// fn(block, first row, end row) for each block of kRowsPerBlock rows.
+template <class Fn>
+void for_row_blocks(int64_t rows, int64_t cols, int threads, Fn&& fn) {
+    const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    for_ranges(blocks, kRowsPerBlock * cols, threads, [&](int64_t first, int64_t last) {
+        for (int64_t b = first; b < last; ++b) fn(b, b * kRowsPerBlock, std::min(rows, (b + 1) * kRowsPerBlock));
+    });
+}
+
+PYTRAIN_VECTOR_CLONES
+void rms_norm_forward_row(const float* x, const float* residual, const float* scale, float* y, float* h_out,
+                          float* rstd, int64_t cols, float eps) {
+    const float* h = x;
+    if (residual != nullptr) {
+        for (int64_t j = 0; j < cols; ++j) h_out[j] = x[j] + residual[j];
+        h = h_out;
+    }
+    const float r = 1.0f / std::sqrt(sum_of_products(h, h, cols) / static_cast<float>(cols) + eps);
+    *rstd = r;
+    for (int64_t j = 0; j < cols; ++j) y[j] = h[j] * r * scale[j];
+}
+
+// y = norm(x [+ residual]) * scale per row; with a residual, h_out = x + residual. rstd: one float per row,
+// for the backward.
+void rms_norm_forward(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr_t y, uintptr_t h_out,
+                      uintptr_t rstd, int64_t rows, int64_t cols, float eps, bool gemma, int threads) {
+    const std::vector<float> scale = effective_weight(reinterpret_cast<const float*>(weight), cols, gemma);
+    const float* xs = reinterpret_cast<const float*>(x);
+    const float* rs = reinterpret_cast<const float*>(residual);
+    float* ys = reinterpret_cast<float*>(y);
+    float* hs = reinterpret_cast<float*>(h_out);
+    float* rstds = reinterpret_cast<float*>(rstd);
+    for_row_blocks(rows, cols, threads, [&](int64_t, int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            rms_norm_forward_row(xs + i * cols, rs == nullptr ? nullptr : rs + i * cols, scale.data(), ys + i * cols,
+                                 hs == nullptr ? nullptr : hs + i * cols, rstds + i, cols, eps);
+        }
+    });
+}
+
+// One row of the backward: with n = h * rstd and g = dy * scale, dh = rstd * (g - n * mean(g * n)) (+ dh_out);
+// dweight_block += dy * n.
+PYTRAIN_VECTOR_CLONES
+void rms_norm_backward_row(const float* dy, const float* dh_out, const float* h, float rstd, const float* scale,
+                           float* dh, float* dweight_block, int64_t cols) {
+    float lanes[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= cols; j += kLanes) {
+        for (int k = 0; k < kLanes; ++k) lanes[k] += dy[j + k] * scale[j + k] * (h[j + k] * rstd);
+    }
+    for (; j < cols; ++j) lanes[j % kLanes] += dy[j] * scale[j] * (h[j] * rstd);
+    float dot = 0.0f;
+    for (int k = 0; k < kLanes; ++k) dot += lanes[k];
+    const float mean = dot / static_cast<float>(cols);
+    for (j = 0; j < cols; ++j) {
+        const float n = h[j] * rstd;
+        float d = rstd * (dy[j] * scale[j] - n * mean);
+        if (dh_out != nullptr) d += dh_out[j];
+        dh[j] = d;
+        dweight_block[j] += dy[j] * n;
+    }
+}
+
+void rms_norm_backward(uintptr_t dy, uintptr_t dh_out, uintptr_t h, uintptr_t rstd, uintptr_t weight, uintptr_t dh,
+                       uintptr_t dweight, int64_t rows, int64_t cols, bool gemma, int threads) {
+    const std::vector<float> scale = effective_weight(reinterpret_cast<const float*>(weight), cols, gemma);
+    const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    std::vector<float> partial(static_cast<size_t>(blocks * cols), 0.0f);
+    const float* dys = reinterpret_cast<const float*>(dy);
+    const float* outs = reinterpret_cast<const float*>(dh_out);
+    const float* hs = reinterpret_cast<const float*>(h);
+    const float* rstds = reinterpret_cast<const float*>(rstd);
+    float* dhs = reinterpret_cast<float*>(dh);
+    for_row_blocks(rows, cols, threads, [&](int64_t block, int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            rms_norm_backward_row(dys + i * cols, outs == nullptr ? nullptr : outs + i * cols, hs + i * cols, rstds[i],
+                                  scale.data(), dhs + i * cols, partial.data() + block * cols, cols);
+        }
+    });
+    float* dw = reinterpret_cast<float*>(dweight);
+    std::fill(dw, dw + cols, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t j = 0; j < cols; ++j) dw[j] += partial[b * cols + j];
+    }
+}
+
+// One token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), or by the negated
+// angles (`inverse`, the backward). No fused multiply-add (ISO C++ builds do not contract), so the values are
+// the PyTorch reference's bit for bit.
+PYTRAIN_VECTOR_CLONES
+void rope_token(const float* x, float* out, const float* cos, const float* sin, int64_t heads, int64_t half,
+                bool inverse) {
+    for (int64_t h = 0; h < heads; ++h) {
+        const float* x1 = x + h * 2 * half;
+        const float* x2 = x1 + half;
+        float* out1 = out + h * 2 * half;
+        float* out2 = out1 + half;
+        if (inverse) {
+            for (int64_t j = 0; j < half; ++j) {
+                out1[j] = x1[j] * cos[j] + x2[j] * sin[j];
+                out2[j] = x2[j] * cos[j] - x1[j] * sin[j];
+            }
+        } else {
+            for (int64_t j = 0; j < half; ++j) {
+                out1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+                out2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+            }
+        }
+    }
+}
+
+// x, out: [batch, seq, heads, 2 * half]; cos, sin: row (b, s) at b * table_batch_stride + s * half (a stride of
+// 0 shares one [seq, half] table across the batch).
+void rope(uintptr_t x, uintptr_t out, uintptr_t cos, uintptr_t sin, int64_t batch, int64_t seq, int64_t heads,
+          int64_t half, int64_t table_batch_stride, bool inverse, int threads) {
+    const float* xs = reinterpret_cast<const float*>(x);
+    float* outs = reinterpret_cast<float*>(out);
+    const float* coss = reinterpret_cast<const float*>(cos);
+    const float* sins = reinterpret_cast<const float*>(sin);
+    const int64_t tokens = batch * seq, width = heads * 2 * half;
+    for_ranges(tokens, width, threads, [&](int64_t first, int64_t last) {
+        for (int64_t t = first; t < last; ++t) {
+            const int64_t table = t / seq * table_batch_stride + t % seq * half;
+            rope_token(xs + t * width, outs + t * width, coss + table, sins + table, heads, half, inverse);
+        }
+    });
+}
+
+}  // namespace
+
+void bind_cpu_ops(py::module_& m) {
+    m.def("swiglu_forward", &swiglu_forward, py::arg("gate_up"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+          py::arg("threads"), "out [rows, cols] = silu(gate) * up of contiguous fp32 gate_up [rows, 2 * cols] "
+          "(data pointers).");
+    m.def("swiglu_backward", &swiglu_backward, py::arg("grad"), py::arg("gate_up"), py::arg("dgate_up"),
+          py::arg("rows"), py::arg("cols"), py::arg("threads"),
+          "dgate_up [rows, 2 * cols] of silu(gate) * up for the output gradient grad [rows, cols].");
+    m.def("rms_norm_forward", &rms_norm_forward, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("y"),
+          py::arg("h_out"), py::arg("rstd"), py::arg("rows"), py::arg("cols"), py::arg("eps"), py::arg("gemma"),
+          py::arg("threads"),
+          "RMSNorm of [rows, cols] fp32 rows (residual and h_out 0 when there is no residual add).");
+    m.def("rms_norm_backward", &rms_norm_backward, py::arg("dy"), py::arg("dh_out"), py::arg("h"), py::arg("rstd"),
+          py::arg("weight"), py::arg("dh"), py::arg("dweight"), py::arg("rows"), py::arg("cols"), py::arg("gemma"),
+          py::arg("threads"), "RMSNorm's backward: dh (of the normalised rows h) and dweight.");
+    m.def("rope", &rope, py::arg("x"), py::arg("out"), py::arg("cos"), py::arg("sin"), py::arg("batch"), py::arg("seq"),
+          py::arg("heads"), py::arg("half"), py::arg("table_batch_stride"), py::arg("inverse"), py::arg("threads"),
+          "Rotary embedding of contiguous fp32 [batch, seq, heads, 2 * half] (half-split layout) into out.");
+}
+
+}  // namespace pytrain

@@ -1,0 +1,116 @@
+"""pytrain's fused CPU kernels (csrc/cpu_ops.cpp) for fp32 SwiGLU, RMSNorm and RoPE, as autograd Functions.
+
+Eager PyTorch runs SwiGLU's gating as 2 passes forward and 3 backward, RMSNorm as about 5 and 12, RoPE
+as about 8 and 14 per tensor; on a CPU,
+where a training step's activations come from memory rather than cache, those passes cost as much as the
+block's matmuls (benchmarks/bench_train.py --vs-minimal, docs/performance.md). Each kernel here reads its
+inputs once and writes each output once. `pytrain.ops` runs them under backend "auto" for fp32 CPU tensors
+outside `torch.compile` (which traces the reference and fuses it itself); the Triton kernels stay the
+CUDA path and the PyTorch references stay the definition every test holds these against.
+
+The native code trusts the pointers it is given: everything it reads and writes is checked or made here
+(contiguous fp32 CPU tensors of the stated sizes, outputs allocated here).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pytrain import _native
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors can go to the kernels: plain strided fp32 CPU tensors, outside torch.compile."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
+               and t.layout == torch.strided for t in tensors)
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up of gate_up [..., 2 * inner] (gate then up in each row: the output of one matmul with the
+    two projections' weights stacked), [..., inner]. Saves gate_up (autograd would save silu(gate) as well)
+    and recomputes the sigmoid; the backward writes d(gate_up) in the same layout, for that one matmul."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate_up = gate_up.contiguous()
+        inner = gate_up.shape[-1] // 2
+        out = gate_up.new_empty((*gate_up.shape[:-1], inner))
+        _native.swiglu_forward(gate_up.data_ptr(), out.data_ptr(), out.numel() // max(inner, 1), inner,
+                               torch.get_num_threads())
+        ctx.save_for_backward(gate_up)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gate_up,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        inner = gate_up.shape[-1] // 2
+        dgate_up = torch.empty_like(gate_up)
+        _native.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), dgate_up.data_ptr(), grad.numel() // max(inner, 1),
+                                inner, torch.get_num_threads())
+        return dgate_up
+
+
+class RMSNorm(torch.autograd.Function):
+    """RMSNorm over the last dimension, with the optional residual add before it (then returns (y, x + residual)).
+    Saves the normalised input h and one rstd per row; the backward recomputes h * rstd."""
+
+    @staticmethod
+    def forward(ctx, x, weight, residual, eps: float, mode: str):
+        cols = x.shape[-1]
+        x, weight = x.contiguous(), weight.contiguous()
+        residual = None if residual is None else residual.contiguous()
+        rows = x.numel() // cols if cols else 0
+        y = torch.empty_like(x)
+        h = x if residual is None else torch.empty_like(x)
+        rstd = torch.empty(rows, dtype=torch.float32)
+        _native.rms_norm_forward(x.data_ptr(), _ptr(residual), weight.data_ptr(), y.data_ptr(),
+                                 _ptr(None if residual is None else h), rstd.data_ptr(), rows, cols, eps,
+                                 mode == "gemma", torch.get_num_threads())
+        ctx.save_for_backward(h, rstd, weight)
+        ctx.gemma, ctx.has_residual = mode == "gemma", residual is not None
+        return y if residual is None else (y, h)
+
+    @staticmethod
+    def backward(ctx, dy, dh_out=None):
+        h, rstd, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dh_out = None if dh_out is None else dh_out.contiguous()
+        dh, dweight = torch.empty_like(h), torch.empty_like(weight)
+        _native.rms_norm_backward(dy.data_ptr(), _ptr(dh_out), h.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
+                                  dh.data_ptr(), dweight.data_ptr(), rstd.numel(), h.shape[-1], ctx.gemma,
+                                  torch.get_num_threads())
+        return dh, dweight, dh if ctx.has_residual else None, None, None
+
+
+def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    batch, seq, heads, head_dim = x.shape
+    _native.rope(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), batch, seq, heads, head_dim // 2,
+                 seq * (head_dim // 2) if cos.dim() == 3 else 0, inverse, torch.get_num_threads())
+    return out
+
+
+class Rope(torch.autograd.Function):
+    """RoPE of q and k [batch, seq, heads, head_dim] by each token's (cos, sin) rows, [seq, head_dim / 2] or
+    [batch, seq, head_dim / 2] fp32 (pytrain.ops.rope); the backward is the rotation by the negated angles.
+    The reference's arithmetic in the same order, so the same bits (tests/ops/test_cpu_kernels.py)."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        cos, sin = cos.contiguous(), sin.contiguous()
+        ctx.save_for_backward(cos, sin)
+        return _rotated(q, cos, sin, False), _rotated(k, cos, sin, False)
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        cos, sin = ctx.saved_tensors
+        return (None if dq is None else _rotated(dq, cos, sin, True),
+                None if dk is None else _rotated(dk, cos, sin, True), None, None)
