@@ -13,9 +13,9 @@ Parameter names are the ones Hugging Face's Llama uses without its `model.` pref
 layers.N.self_attn.q_proj, ..., norm, lm_head); each family's adapter (families/<name>/hf.py) renames
 them to its own checkpoint names. Nothing here knows about distribution, compilation or kernel choice:
 FSDP2, activation checkpointing and `torch.compile` are applied from outside (pytrain.train.parallelize),
-and `pytrain.ops` picks the Triton kernel or the PyTorch reference. When labels are given, `forward`
-returns the loss from the fused linear cross-entropy, called in the root module because it owns the
-LM head weight, which FSDP2 has unsharded by the time its forward runs.
+and `pytrain.ops` picks the Triton kernel, the CPU kernel or the PyTorch reference. When labels are given,
+`forward` returns the loss from the fused linear cross-entropy, called in the root module because it owns
+the LM head weight, which FSDP2 has unsharded by the time its forward runs.
 """
 
 from __future__ import annotations
