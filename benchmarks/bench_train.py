@@ -176,7 +176,8 @@ def _timed(command: list[str], env: dict) -> tuple[float, float, str]:
 
 def model_steps() -> dict:
     """CPU seconds (this thread) of one forward + backward of each model alone, 12 x 64 random tokens, at
-    each model's initial weights."""
+    each model's initial weights, interleaved; pytrain's also with every op on the PyTorch reference (backend
+    "torch": what the CPU kernels save)."""
     import statistics
 
     import torch
@@ -184,6 +185,7 @@ def model_steps() -> dict:
     sys.path.insert(0, str(HERE))
     from minimal_gpt import GPT
 
+    from pytrain import ops
     from pytrain.model import preset
     from pytrain.model.families import build_model
 
@@ -193,7 +195,15 @@ def model_steps() -> dict:
     gpt = GPT(512, 64, 4, 128, 4)
     tokens = torch.randint(0, 512, (12, 65))
     inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    steps = {"pytrain": lambda: llama(inputs, labels, reduction="sum").backward(),
+
+    def with_backend(name: str) -> None:
+        ops.set_backend(name)
+        try:
+            llama(inputs, labels, reduction="sum").backward()
+        finally:
+            ops.set_backend("auto")
+
+    steps = {"pytrain": lambda: with_backend("auto"), "pytrain_reference_ops": lambda: with_backend("torch"),
              "minimal": lambda: gpt(inputs, labels).backward()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(33):
@@ -253,6 +263,9 @@ def vs_minimal(args) -> int:
         print(f"| {who} | {median[who + '_wall_s']:.1f} s | {median[who + '_cpu_s']:.1f} s | {per_step * 1e3:.1f} ms | "
               f"{model_step * 1e3:.1f} ms | {(per_step - model_step) * 1e3:.1f} ms | "
               f"{fixed[who + '_fixed_cpu_s']:.1f} s | {median[who + '_val_loss']:.3f} |")
+    print(f"model forward + backward alone: pytrain {model['pytrain_model_step_s'] * 1e3:.1f} ms (with the PyTorch "
+          f"reference ops: {model['pytrain_reference_ops_model_step_s'] * 1e3:.1f} ms), minimal "
+          f"{model['minimal_model_step_s'] * 1e3:.1f} ms")
     verdict = "PASS" if wall_ratio <= 1.0 else "FAIL"
     goal = f"goal: pytrain wall <= minimal: x{wall_ratio:.2f} (CPU x{cpu_ratio:.2f}) {verdict}"
     print(goal)
