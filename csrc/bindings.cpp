@@ -2,7 +2,7 @@
 #include "modules.h"
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level and SentencePiece-style BPE encoders, fused CPU kernels for SwiGLU and RMSNorm";
+    m.doc() = "pytrain native core: JSONL line indexer, JSON field extractor, token writer, blending index and keyed permutation, byte-level and SentencePiece-style BPE encoders, fused CPU kernels for SwiGLU, RMSNorm and RoPE";
     pytrain::bind_line_index(m);
     pytrain::bind_json_extract(m);
     pytrain::bind_tokens(m);

@@ -1,7 +1,7 @@
 // Fused CPU kernels for the model's elementwise work, fp32: SwiGLU (silu(gate) * up), RMSNorm (with the
 // pre-norm block's residual add) and RoPE, forward and backward, each one pass over its rows.
 //
-// Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 10 per
+// Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 14 per
 // tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather than cache, those passes cost
 // as much as the block's matmuls (bench_train.py --vs-minimal). These loops read each input once and write
 // each output once. pytrain/ops calls them through torch tensors' data pointers after checking shapes,
@@ -60,7 +60,8 @@ inline float exp_approx(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n: n is in [-126, 127] after the clamp
+    // 2^n: n is in [-126, 127] after the clamp; a NaN input (kept NaN by p) converts 0 instead (UB otherwise)
+    const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;

@@ -1,5 +1,5 @@
 """The fused ops' public entry points: each runs the Triton kernel (`pytrain.kernels`) on CUDA tensors,
-pytrain's fused CPU kernel on fp32 CPU tensors where the op has one (rms_norm, swiglu:
+pytrain's fused CPU kernel on fp32 CPU tensors where the op has one (rms_norm, apply_rope, swiglu:
 pytrain.ops.cpu_kernels), and the PyTorch reference elsewhere (grouped_mm: PyTorch's own grouped GEMM
 where the GPU has it);
 `set_backend` or a per-call `backend=` forces either. `set_checks`

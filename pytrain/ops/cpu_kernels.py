@@ -9,14 +9,19 @@ outside `torch.compile` (which traces the reference and fuses it itself); the Tr
 CUDA path and the PyTorch references stay the definition every test holds these against.
 
 The native code trusts the pointers it is given: everything it reads and writes is checked or made here
-(contiguous fp32 CPU tensors of the stated sizes, outputs allocated here).
+(contiguous fp32 CPU tensors of the stated sizes, outputs allocated here). The backwards are written
+through those pointers, so they are once-differentiable: a double backward (create_graph=True through
+them) is refused in one line rather than silently missing its second-order terms.
 """
 
 from __future__ import annotations
 
 import torch
 
+from torch.autograd.function import once_differentiable
+
 from pytrain import _native
+from pytrain.errors import PytrainError
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -47,6 +52,7 @@ class SwiGLU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (gate_up,) = ctx.saved_tensors
         grad = grad.contiguous()
@@ -78,6 +84,7 @@ class RMSNorm(torch.autograd.Function):
         return y if residual is None else (y, h)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dh_out=None):
         h, rstd, weight = ctx.saved_tensors
         dy = dy.contiguous()
@@ -93,6 +100,9 @@ def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: boo
     x = x.contiguous()
     out = torch.empty_like(x)
     batch, seq, heads, head_dim = x.shape
+    if tuple(cos.shape) not in ((seq, head_dim // 2), (batch, seq, head_dim // 2)) or sin.shape != cos.shape:
+        raise PytrainError(f"RoPE tables of shape {list(cos.shape)} for q or k of {list(x.shape)}: expected "
+                           f"[seq, head_dim / 2] or [batch, seq, head_dim / 2]")
     _native.rope(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), batch, seq, heads, head_dim // 2,
                  seq * (head_dim // 2) if cos.dim() == 3 else 0, inverse, torch.get_num_threads())
     return out
@@ -101,7 +111,7 @@ def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: boo
 class Rope(torch.autograd.Function):
     """RoPE of q and k [batch, seq, heads, head_dim] by each token's (cos, sin) rows, [seq, head_dim / 2] or
     [batch, seq, head_dim / 2] fp32 (pytrain.ops.rope); the backward is the rotation by the negated angles.
-    The reference's arithmetic in the same order, so the same bits (tests/ops/test_cpu_kernels.py)."""
+    The reference's arithmetic in the same order, so the same bits (tests/ops/test_rope_cpu_kernel.py)."""
 
     @staticmethod
     def forward(ctx, q, k, cos, sin):
@@ -110,6 +120,7 @@ class Rope(torch.autograd.Function):
         return _rotated(q, cos, sin, False), _rotated(k, cos, sin, False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
         return (None if dq is None else _rotated(dq, cos, sin, True),

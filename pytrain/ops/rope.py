@@ -69,6 +69,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, position_ids) -> None:
     if position_ids is not None and tuple(position_ids.shape) != tuple(q.shape[:2]):
         raise PytrainError(f"apply_rope: position_ids must be [batch, seq] = {list(q.shape[:2])}, "
                            f"got {list(position_ids.shape)}")
+    if position_ids is not None and (position_ids.dtype == torch.bool or position_ids.is_floating_point()
+                                     or position_ids.is_complex()):
+        raise PytrainError(f"apply_rope: position_ids must hold integers, got {position_ids.dtype}")
 
 
 def _check_positions(position_ids, table_len: int) -> None:

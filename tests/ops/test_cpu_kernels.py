@@ -153,3 +153,12 @@ def test_compiled_callers_trace_the_reference():
 def test_swiglu_refuses_mismatched_inputs():
     with pytest.raises(PytrainError, match="must be \\[inner, hidden\\] alike"):
         ops.swiglu(torch.randn(2, 3), torch.randn(4, 3), torch.randn(3, 4))
+
+
+def test_a_double_backward_is_refused_not_wrong():
+    """The backwards are written through data pointers: differentiating them again must fail loudly."""
+    x, weight = torch.randn(4, 8, requires_grad=True), torch.rand(8, requires_grad=True)
+    y = ops.rms_norm(x, weight)
+    (gx,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        gx.pow(2).sum().backward()

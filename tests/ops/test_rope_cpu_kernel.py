@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pytrain.errors import PytrainError
 from pytrain.ops import apply_rope, apply_rope_reference
 
 
@@ -33,3 +34,19 @@ def test_the_cpu_kernel_is_the_reference_bit_for_bit(packed):
     assert "Rope" in type(grad_fn).__name__  # the kernel ran
     for got, expected in zip(fast, reference):
         assert torch.equal(got, expected)
+
+
+def test_positions_must_be_integers():
+    """A bool mask as positions would index the tables as a mask (a short table the kernel would overrun)."""
+    q = torch.randn(4, 4, 2, 8)
+    with pytest.raises(PytrainError, match="must hold integers"):
+        apply_rope(q, q, torch.tensor([[True, False, False, False]] * 4))
+
+
+def test_the_kernel_refuses_tables_of_another_shape():
+    """Its last line of defence: tables the native loop would overrun are refused before it runs."""
+    from pytrain.ops import cpu_kernels
+
+    q, short = torch.randn(2, 4, 2, 8), torch.ones(3)
+    with pytest.raises(PytrainError, match="RoPE tables of shape"):
+        cpu_kernels.Rope.apply(q, q, short, short)
