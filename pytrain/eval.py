@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from pytrain.errors import PytrainError
+from pytrain.errors import PytrainError, shown
 from pytrain.fsutil import output_lock
 from pytrain.safe_read import read_json
 
@@ -150,6 +150,19 @@ def _write_results(out: Path, results: dict) -> None:
     atomic_write_text(out, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
 
 
+def _model_arg_int(options: dict, key: str, least: int) -> int | None:
+    """model_args' `key` as an int >= least (the harness hands over ints, or strings it could not convert)."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise PytrainError(f'model_args of model "pytrain": {key} must be an integer >= {least}, '
+                           f"got {shown(value)}")
+    return value
+
+
 def _register() -> None:
     """The harness's "pytrain" model: a run directory's checkpoint, from model_args run=DIR[,step=N,...]."""
     import importlib.util
@@ -172,11 +185,15 @@ def _register() -> None:
             options = {**{k: v for k, v in (additional_config or {}).items() if v is not None}, **arg_dict}
             if "run" not in options:
                 raise PytrainError('model_args of model "pytrain" need run=RUN_DIR (and optionally step=N)')
+            step, batch_size = _model_arg_int(options, "step", 0), _model_arg_int(options, "batch_size", 1)
+            dtype = options.get("dtype", "fp32")
+            if dtype not in DTYPES:
+                raise PytrainError(f'model_args of model "pytrain": dtype must be one of {", ".join(DTYPES)}, '
+                                   f"got {shown(dtype)}")
             run = RunDir(options["run"])
-            step = resolve_step(run, int(options["step"]) if options.get("step") is not None else None)
-            lm, _ = load_lm(run, step, batch_size=int(options.get("batch_size") or 8),
-                          dtype=options.get("dtype", "fp32"), device=options.get("device") or "auto",
-                          shard=str(options.get("shard", True)).lower() != "false")
+            lm, _ = load_lm(run, resolve_step(run, step), batch_size=batch_size or 8, dtype=dtype,
+                            device=options.get("device") or "auto",
+                            shard=str(options.get("shard", True)).lower() != "false")
             return lm
 
         @classmethod

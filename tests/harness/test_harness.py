@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ pytest.importorskip("accelerate")  # lm-eval's hf backend, the reference
 from _train_fixtures import BASE, ENV, train  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from pytrain.cli import main  # noqa: E402
+from pytrain.errors import PytrainError  # noqa: E402
 
 TASKS = ["mini_mc", "mini_roll", "mini_gen"]
 LIMIT_IN_LOOP = 6
@@ -460,3 +462,17 @@ def test_a_second_eval_writing_the_same_out_is_refused(eval_run, tasks_dir, tmp_
             "--batch-size", "4", "--bootstrap-iters", "0", "--limit", "2"]
     check_second_writer_refused(args, out, out, tmp_path / "out")
     assert json.loads(out.read_text())["pytrain"]["command"] == "eval"
+
+
+@pytest.mark.parametrize("arg, message", [("step=abc", "step must be an integer >= 0, got 'abc'"),
+                                          ("step=-1", "step must be an integer >= 0"),
+                                          ("batch_size=0", "batch_size must be an integer >= 1"),
+                                          ("dtype=int8", "dtype must be one of fp32, bf16, fp16")])
+def test_the_registered_model_checks_its_model_args(arg, message):
+    """`simple_evaluate(model="pytrain", model_args=...)`: a bad value is named before anything is loaded."""
+    pytest.importorskip("lm_eval")
+    import pytrain.eval  # noqa: F401  (registers "pytrain")
+    from lm_eval.api.registry import get_model
+
+    with pytest.raises(PytrainError, match=re.escape(message)):
+        get_model("pytrain").create_from_arg_string(f"run=/nonexistent-run,{arg}")
