@@ -1,9 +1,9 @@
 """pytrain's fused CPU kernels (csrc/cpu_ops.cpp) for fp32 SwiGLU, RMSNorm and RoPE, as autograd Functions.
 
 Eager PyTorch runs SwiGLU's gating as 2 passes forward and 3 backward, RMSNorm as about 5 and 12, RoPE
-as about 8 and 14 per tensor; on a CPU,
-where a training step's activations come from memory rather than cache, those passes cost as much as the
-block's matmuls (benchmarks/bench_train.py --vs-minimal, docs/performance.md). Each kernel here reads its
+as about 8 and 14 per tensor; on a CPU, where a training step's activations come from memory rather than
+cache, those passes cost as much as the block's matmuls (benchmarks/bench_train.py --vs-minimal,
+docs/benchmarks.md). Each kernel here reads its
 inputs once and writes each output once. `pytrain.ops` runs them under backend "auto" for fp32 CPU tensors
 outside `torch.compile` (which traces the reference and fuses it itself); the Triton kernels stay the
 CUDA path and the PyTorch references stay the definition every test holds these against.
@@ -17,7 +17,6 @@ them) is refused in one line rather than silently missing its second-order terms
 from __future__ import annotations
 
 import torch
-
 from torch.autograd.function import once_differentiable
 
 from pytrain import _native
