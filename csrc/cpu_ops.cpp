@@ -2,10 +2,11 @@
 // pre-norm block's residual add) and RoPE, forward and backward, each one pass over its rows.
 //
 // Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 14 per
-// tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather than cache, those passes cost
-// as much as the block's matmuls (bench_train.py --vs-minimal). These loops read each input once and write
-// each output once. pytrain/ops calls them through torch tensors' data pointers after checking shapes,
-// dtypes and contiguity (pytrain/ops/cpu_kernels.py); nothing here sees a Python object while it runs.
+// tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather
+// than cache, those passes cost as much as the block's matmuls (bench_train.py --vs-minimal). These loops
+// read each input once and write each output once. pytrain/ops calls them through torch tensors' data
+// pointers after checking shapes, dtypes and contiguity (pytrain/ops/cpu_kernels.py); nothing here sees a
+// Python object while it runs.
 //
 // Every result is independent of the thread count: elementwise outputs trivially, RMSNorm's weight
 // gradient because rows are summed in fixed blocks of kRowsPerBlock, then the blocks in order.
@@ -98,7 +99,8 @@ void for_ranges(int64_t items, int64_t elements_per_item, int threads, Fn&& fn) 
     const int workers = resolve_threads(threads, static_cast<size_t>(useful));
     py::gil_scoped_release nogil;
     run_parallel(workers, [&](int w) {
-        fn(static_cast<int64_t>(split_point(items, workers, w)), static_cast<int64_t>(split_point(items, workers, w + 1)));
+        fn(static_cast<int64_t>(split_point(items, workers, w)),
+           static_cast<int64_t>(split_point(items, workers, w + 1)));
     });
 }
 
@@ -122,14 +124,15 @@ void swiglu_backward(uintptr_t grad, uintptr_t gate_up, uintptr_t dgate_up, int6
     });
 }
 
-PYTRAIN_VECTOR_CLONES
-float sum_of_products(const float* a, const float* b, int64_t cols) {
+// term(0) + ... + term(cols - 1), summed in kLanes interleaved partial sums (inlined into vectorised callers).
+template <class Term>
+inline float lane_sum(int64_t cols, Term&& term) {
     float lanes[kLanes] = {};
     int64_t j = 0;
     for (; j + kLanes <= cols; j += kLanes) {
-        for (int k = 0; k < kLanes; ++k) lanes[k] += a[j + k] * b[j + k];
+        for (int k = 0; k < kLanes; ++k) lanes[k] += term(j + k);
     }
-    for (; j < cols; ++j) lanes[j % kLanes] += a[j] * b[j];
+    for (; j < cols; ++j) lanes[j % kLanes] += term(j);
     float total = 0.0f;
     for (int k = 0; k < kLanes; ++k) total += lanes[k];
     return total;
@@ -161,7 +164,8 @@ void rms_norm_forward_row(const float* x, const float* residual, const float* sc
         for (int64_t j = 0; j < cols; ++j) h_out[j] = x[j] + residual[j];
         h = h_out;
     }
-    const float r = 1.0f / std::sqrt(sum_of_products(h, h, cols) / static_cast<float>(cols) + eps);
+    const float sum_of_squares = lane_sum(cols, [&](int64_t j) { return h[j] * h[j]; });
+    const float r = 1.0f / std::sqrt(sum_of_squares / static_cast<float>(cols) + eps);
     *rstd = r;
     for (int64_t j = 0; j < cols; ++j) y[j] = h[j] * r * scale[j];
 }
@@ -189,16 +193,9 @@ void rms_norm_forward(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr
 PYTRAIN_VECTOR_CLONES
 void rms_norm_backward_row(const float* dy, const float* dh_out, const float* h, float rstd, const float* scale,
                            float* dh, float* dweight_block, int64_t cols) {
-    float lanes[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= cols; j += kLanes) {
-        for (int k = 0; k < kLanes; ++k) lanes[k] += dy[j + k] * scale[j + k] * (h[j + k] * rstd);
-    }
-    for (; j < cols; ++j) lanes[j % kLanes] += dy[j] * scale[j] * (h[j] * rstd);
-    float dot = 0.0f;
-    for (int k = 0; k < kLanes; ++k) dot += lanes[k];
+    const float dot = lane_sum(cols, [&](int64_t j) { return dy[j] * scale[j] * (h[j] * rstd); });
     const float mean = dot / static_cast<float>(cols);
-    for (j = 0; j < cols; ++j) {
+    for (int64_t j = 0; j < cols; ++j) {
         const float n = h[j] * rstd;
         float d = rstd * (dy[j] * scale[j] - n * mean);
         if (dh_out != nullptr) d += dh_out[j];
@@ -231,8 +228,8 @@ void rms_norm_backward(uintptr_t dy, uintptr_t dh_out, uintptr_t h, uintptr_t rs
 }
 
 // One token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), or by the negated
-// angles (`inverse`, the backward). No fused multiply-add (ISO C++ builds do not contract), so the values are
-// the PyTorch reference's bit for bit.
+// angles (`inverse`, the backward). No fused multiply-add (the pragma at the top), so the values are the
+// PyTorch reference's bit for bit.
 PYTRAIN_VECTOR_CLONES
 void rope_token(const float* x, float* out, const float* cos, const float* sin, int64_t heads, int64_t half,
                 bool inverse) {
