@@ -1,8 +1,7 @@
-"""pytrain's fused CPU kernels (csrc/cpu_ops.cpp through pytrain.ops.cpu_kernels): SwiGLU and RMSNorm
-(RoPE: test_rope_cpu_kernel.py),
-forward and every gradient, against the PyTorch formulas run through autograd in float64, on odd shapes,
-non-contiguous inputs and extreme values; the same bits whatever the thread count; and which calls take them
-(fp32 CPU tensors under backend "auto", never bf16, never under torch.compile)."""
+"""pytrain's fused CPU kernels (csrc/cpu_ops.cpp through pytrain.ops.cpu_kernels): SwiGLU and RMSNorm (RoPE:
+test_rope_cpu_kernel.py), forward and every gradient, against the formulas run through autograd in float64,
+on odd shapes, non-contiguous inputs and extreme values; the same bits whatever the thread count; and which
+calls take them (fp32 CPU tensors under backend "auto", never bf16, never under torch.compile)."""
 
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ import pytest
 import torch
 
 from pytrain import ops
-from pytrain.ops import cpu_kernels
 from pytrain.errors import PytrainError
+from pytrain.ops import cpu_kernels
 
 
 def _fp64_grads(fn, inputs, grads, dtype=torch.float64):
