@@ -1,5 +1,6 @@
 // Fused CPU kernels for the model's elementwise work, fp32: SwiGLU (silu(gate) * up), RMSNorm (with the
-// pre-norm block's residual add) and RoPE, forward and backward, each one pass over its rows.
+// pre-norm block's residual add), RoPE and the cross-entropy of the LM head's logits, forward and backward,
+// each one pass over its rows.
 //
 // Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 14 per
 // tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather
@@ -46,10 +47,10 @@ constexpr int kLanes = 16;  // independent partial sums, so that a row's reducti
 #define PYTRAIN_VECTOR_CLONES
 #endif
 
-// exp(x) for x in [-87, 88] (clamped there), within 2 ulp: Cody-Waite reduction by ln 2 and Cephes' degree-6
+// exp(x) within 2 ulp for x in [-87, 88] (exp(88) above, 0 below): Cody-Waite reduction by ln 2 and Cephes' degree-6
 // polynomial, written so the compiler vectorises it (no libm call, rounding by the 1.5 * 2^23 trick).
-inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : x;
+inline float exp_approx(float x_in) {
+    float x = x_in < -87.0f ? -87.0f : x_in;
     x = x > 88.0f ? 88.0f : x;
     const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
     const float n = (x * 1.44269504088896341f + magic) - magic;
@@ -65,7 +66,7 @@ inline float exp_approx(float x) {
     const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x_in < -87.0f ? 0.0f : p * scale;  // below -87 the result is under 1.7e-38: flushed to 0
 }
 
 // One row: gate_up holds the row's gate then its up values (cols each), out the cols products.
@@ -227,6 +228,77 @@ void rms_norm_backward(uintptr_t dy, uintptr_t dh_out, uintptr_t h, uintptr_t rs
     }
 }
 
+PYTRAIN_VECTOR_CLONES
+float row_max(const float* z, int64_t cols) {
+    float lanes[kLanes];
+    std::fill(lanes, lanes + kLanes, -INFINITY);
+    int64_t j = 0;
+    for (; j + kLanes <= cols; j += kLanes) {
+        for (int k = 0; k < kLanes; ++k) lanes[k] = z[j + k] > lanes[k] ? z[j + k] : lanes[k];
+    }
+    for (; j < cols; ++j) lanes[j % kLanes] = z[j] > lanes[j % kLanes] ? z[j] : lanes[j % kLanes];
+    return *std::max_element(lanes, lanes + kLanes);
+}
+
+// The row's value when its largest logit is infinite: the limit (-inf when every logit is -inf, +inf when
+// one is +inf) or NaN when any logit is NaN (the reference's results; the vectorised max skips NaNs).
+float infinite_logsumexp(const float* z, int64_t cols, float top) {
+    return std::any_of(z, z + cols, [](float v) { return v != v; }) ? NAN : top;
+}
+
+// One row's log(sum(exp(z))), as max + log(sum(exp(z - max))); a NaN logit makes the sum NaN.
+PYTRAIN_VECTOR_CLONES
+float row_logsumexp(const float* z, int64_t cols) {
+    const float top = row_max(z, cols);
+    if (std::isinf(top)) return infinite_logsumexp(z, cols, top);
+    return top + std::log(lane_sum(cols, [&](int64_t j) { return exp_approx(z[j] - top); }));
+}
+
+// Per row of logits [rows, vocab]: lse = logsumexp, loss = lse - z[label]; an ignored row's loss is 0, a
+// label outside [0, vocab) makes it NaN (the Triton kernel's contract; PYTRAIN_CHECK_INPUTS names it).
+void cross_entropy_forward(uintptr_t logits, uintptr_t labels, uintptr_t lse, uintptr_t loss, int64_t rows,
+                           int64_t vocab, int64_t ignore_index, int threads) {
+    const float* zs = reinterpret_cast<const float*>(logits);
+    const int64_t* ys = reinterpret_cast<const int64_t*>(labels);
+    float* lses = reinterpret_cast<float*>(lse);
+    float* losses = reinterpret_cast<float*>(loss);
+    for_ranges(rows, vocab, threads, [&](int64_t first, int64_t last) {
+        for (int64_t i = first; i < last; ++i) {
+            const float* z = zs + i * vocab;
+            lses[i] = row_logsumexp(z, vocab);
+            const int64_t y = ys[i];
+            losses[i] = y == ignore_index ? 0.0f : (y >= 0 && y < vocab ? lses[i] - z[y] : NAN);
+        }
+    });
+}
+
+PYTRAIN_VECTOR_CLONES
+void softmax_scaled_row(float* z, float lse, float scale, int64_t cols) {
+    for (int64_t j = 0; j < cols; ++j) z[j] = exp_approx(z[j] - lse) * scale;
+}
+
+// The logits' gradient, written over the logits: (softmax(z) - onehot(label)) * grad[i] per row; ignored
+// rows get 0, rows with a label outside [0, vocab) NaN.
+void cross_entropy_backward(uintptr_t logits, uintptr_t labels, uintptr_t lse, uintptr_t grad, int64_t rows,
+                            int64_t vocab, int64_t ignore_index, int threads) {
+    float* zs = reinterpret_cast<float*>(logits);
+    const int64_t* ys = reinterpret_cast<const int64_t*>(labels);
+    const float* lses = reinterpret_cast<const float*>(lse);
+    const float* grads = reinterpret_cast<const float*>(grad);
+    for_ranges(rows, vocab, threads, [&](int64_t first, int64_t last) {
+        for (int64_t i = first; i < last; ++i) {
+            float* z = zs + i * vocab;
+            const int64_t y = ys[i];
+            if (y == ignore_index || y < 0 || y >= vocab) {
+                std::fill(z, z + vocab, y == ignore_index ? 0.0f : NAN);
+                continue;
+            }
+            softmax_scaled_row(z, lses[i], grads[i], vocab);
+            z[y] -= grads[i];
+        }
+    });
+}
+
 // One token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), or by the negated
 // angles (`inverse`, the backward). No fused multiply-add (the pragma at the top), so the values are the
 // PyTorch reference's bit for bit.
@@ -285,6 +357,12 @@ void bind_cpu_ops(py::module_& m) {
     m.def("rms_norm_backward", &rms_norm_backward, py::arg("dy"), py::arg("dh_out"), py::arg("h"), py::arg("rstd"),
           py::arg("weight"), py::arg("dh"), py::arg("dweight"), py::arg("rows"), py::arg("cols"), py::arg("gemma"),
           py::arg("threads"), "RMSNorm's backward: dh (of the normalised rows h) and dweight.");
+    m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("logits"), py::arg("labels"), py::arg("lse"),
+          py::arg("loss"), py::arg("rows"), py::arg("vocab"), py::arg("ignore_index"), py::arg("threads"),
+          "Per-row logsumexp and cross-entropy of contiguous fp32 logits [rows, vocab], int64 labels [rows].");
+    m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("logits"), py::arg("labels"), py::arg("lse"),
+          py::arg("grad"), py::arg("rows"), py::arg("vocab"), py::arg("ignore_index"), py::arg("threads"),
+          "Writes the logits' gradient over the logits, for per-row loss gradients grad [rows].");
     m.def("rope", &rope, py::arg("x"), py::arg("out"), py::arg("cos"), py::arg("sin"), py::arg("batch"), py::arg("seq"),
           py::arg("heads"), py::arg("half"), py::arg("table_batch_stride"), py::arg("inverse"), py::arg("threads"),
           "Rotary embedding of contiguous fp32 [batch, seq, heads, 2 * half] (half-split layout) into out.");

@@ -1,7 +1,8 @@
-"""pytrain's fused CPU kernels (csrc/cpu_ops.cpp) for fp32 SwiGLU, RMSNorm and RoPE, as autograd Functions.
+"""pytrain's fused CPU kernels (csrc/cpu_ops.cpp) for fp32 SwiGLU, RMSNorm, RoPE and the LM head's
+cross-entropy, as autograd Functions.
 
 Eager PyTorch runs SwiGLU's gating as 2 passes forward and 3 backward, RMSNorm as about 5 and 12, RoPE
-as about 8 and 14 per tensor; on a CPU, where a training step's activations come from memory rather than
+as about 8 and 14 per tensor, logsumexp as 5; on a CPU, where a training step's activations come from memory rather than
 cache, those passes cost as much as the block's matmuls (benchmarks/bench_train.py --vs-minimal,
 docs/benchmarks.md). Each kernel here reads its
 inputs once and writes each output once. `pytrain.ops` runs them under backend "auto" for fp32 CPU tensors
@@ -124,3 +125,35 @@ class Rope(torch.autograd.Function):
         cos, sin = ctx.saved_tensors
         return (None if dq is None else _rotated(dq, cos, sin, True),
                 None if dk is None else _rotated(dk, cos, sin, True), None, None)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of hidden @ weight.T against labels (0 on ignored rows, NaN for a label outside
+    the vocabulary), pytrain.ops.linear_cross_entropy's plain case. Saves the logits and one logsumexp per
+    row; the backward writes the logits' gradient over the saved logits (no [N, V] allocation), so it can
+    run only once: a second backward through the same graph (retain_graph=True) is refused."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, ignore_index: int):
+        logits = (hidden @ weight.T).contiguous()
+        labels = labels.contiguous()
+        rows, vocab = logits.shape
+        lse, loss = torch.empty(rows), torch.empty(rows)
+        _native.cross_entropy_forward(logits.data_ptr(), labels.data_ptr(), lse.data_ptr(), loss.data_ptr(), rows,
+                                      vocab, ignore_index, torch.get_num_threads())
+        ctx.save_for_backward(hidden, weight, logits, labels, lse)
+        ctx.ignore_index, ctx.spent = ignore_index, False
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        if ctx.spent:
+            raise PytrainError("linear_cross_entropy's CPU kernel runs its backward once (it reuses the logits' "
+                               "memory); for a second backward through the same graph use backend \"torch\"")
+        ctx.spent = True
+        hidden, weight, dlogits, labels, lse = ctx.saved_tensors
+        grad = grad.contiguous()
+        _native.cross_entropy_backward(dlogits.data_ptr(), labels.data_ptr(), lse.data_ptr(), grad.data_ptr(),
+                                       dlogits.shape[0], dlogits.shape[1], ctx.ignore_index, torch.get_num_threads())
+        return dlogits.mm(weight), dlogits.t().mm(hidden), None, None

@@ -20,7 +20,8 @@ import torch
 
 from pytrain.errors import PytrainError
 from pytrain.labels import IGNORE_INDEX
-from pytrain.ops._backend import use_triton
+from pytrain.ops import cpu_kernels
+from pytrain.ops._backend import use_cpu_kernel, use_triton
 from pytrain.ops._checks import check_range
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -87,41 +88,12 @@ def linear_cross_entropy_reference(hidden, weight, labels, *, ignore_index=IGNOR
     return (loss, reduce_rows(z_rows, valid, reduction).detach()) if return_z_loss else loss
 
 
-class _PlainLinearCrossEntropy(torch.autograd.Function):
-    """The reference without smoothing, z-loss or softcap, on contiguous fp32 tensors, with its backward
-    written out: the same operations on the same values as autograd runs on the reference, so every
-    result is bit for bit the reference's (tests/ops/test_linear_ce_plain.py), but the [N, V]
-    gradient of the logits is made in place in the saved logits (4 passes, no allocation) instead of
-    from 5 new tensors. On the CPU that is about a third of the demo's step."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index: int, reduction: str):
-        logits = hidden @ weight.T
-        lse = torch.logsumexp(logits, dim=-1)
-        valid = labels != ignore_index
-        index = torch.where(valid, labels, 0)[:, None]
-        rows = torch.where(valid, lse - logits.gather(1, index).squeeze(1), 0.0)
-        ctx.save_for_backward(hidden, weight, logits, lse, valid, index)
-        ctx.reduction = reduction
-        return reduce_rows(rows, valid, reduction)
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight, logits, lse, valid, index = ctx.saved_tensors
-        if ctx.reduction == "mean":
-            grad = grad / valid.sum().clamp(min=1)
-        per_row = torch.where(valid, grad, 0.0)  # d loss / d lse; d loss / d z_y is its negative
-        dlogits = logits.sub_(lse[:, None]).exp_().mul_(per_row[:, None])  # logsumexp's backward, in place
-        dlogits.scatter_add_(1, index, -per_row[:, None])  # gather's backward, added
-        # mm's backward as autograd runs it for `hidden @ weight.T` (weight.T is column-major)
-        return dlogits.mm(weight), dlogits.t().mm(hidden), None, None, None
-
-
-def _plain(hidden, weight, reduction, label_smoothing, z_loss, softcap, return_z_loss) -> bool:
-    """Whether _PlainLinearCrossEntropy computes this call (else the reference, through autograd)."""
-    return (reduction in ("mean", "sum") and not (label_smoothing or z_loss or softcap or return_z_loss)
-            and hidden.dtype == weight.dtype == torch.float32 and hidden.is_contiguous() and weight.is_contiguous()
-            and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad))
+def _kernel_handles(hidden, weight, labels, backend, label_smoothing, z_loss, softcap, return_z_loss) -> bool:
+    """Whether pytrain's CPU kernel (cpu_kernels.LinearCrossEntropy) computes this call: the plain loss on fp32
+    CPU tensors under backend "auto" (else the reference, through autograd)."""
+    return (use_cpu_kernel(hidden, backend) and cpu_kernels.usable(hidden, weight)
+            and type(labels) is torch.Tensor and labels.device.type == "cpu"
+            and not (label_smoothing or z_loss or softcap or return_z_loss))
 
 
 def linear_cross_entropy(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, reduction="mean", label_smoothing=0.0,
@@ -138,10 +110,11 @@ def linear_cross_entropy(hidden, weight, labels, *, ignore_index=IGNORE_INDEX, r
     the module: that raises an error.
     """
     if not use_triton(hidden, backend):
-        if _plain(hidden, weight, reduction, label_smoothing, z_loss, softcap, return_z_loss):
+        if _kernel_handles(hidden, weight, labels, backend, label_smoothing, z_loss, softcap, return_z_loss):
             _check(hidden, weight, labels, reduction, label_smoothing, softcap)
             _check_labels(labels, weight, ignore_index)
-            return _PlainLinearCrossEntropy.apply(hidden, weight, labels, ignore_index, reduction)
+            rows = cpu_kernels.LinearCrossEntropy.apply(hidden, weight, labels, ignore_index)
+            return reduce_rows(rows, labels != ignore_index, reduction)
         return linear_cross_entropy_reference(
             hidden, weight, labels, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, return_z_loss=return_z_loss)
