@@ -79,16 +79,18 @@ void swiglu_forward_row(const float* gate_up, float* out, int64_t cols) {
     }
 }
 
-// d(gate) = grad * up * silu'(gate), d(up) = grad * silu(gate), with silu' = sig * (1 + gate * (1 - sig)).
+// d(gate) = grad * up * silu'(gate), d(up) = grad * silu(gate), with silu' = sig * (1 + gate * (1 - sig)),
+// written over the row's gate and up values (each pair is read before it is written).
 PYTRAIN_VECTOR_CLONES
-void swiglu_backward_row(const float* grad, const float* gate_up, float* dgate_up, int64_t cols) {
-    const float* up = gate_up + cols;
+void swiglu_backward_row(const float* grad, float* gate_up, int64_t cols) {
+    float* up = gate_up + cols;
     for (int64_t j = 0; j < cols; ++j) {
         const float g = gate_up[j];
+        const float u = up[j];
         const float sig = 1.0f / (1.0f + exp_approx(-g));
         const float d = grad[j];
-        dgate_up[j] = d * up[j] * (sig * (1.0f + g * (1.0f - sig)));
-        dgate_up[cols + j] = d * (g * sig);
+        gate_up[j] = d * u * (sig * (1.0f + g * (1.0f - sig)));
+        up[j] = d * (g * sig);
     }
 }
 
@@ -114,14 +116,12 @@ void swiglu_forward(uintptr_t gate_up, uintptr_t out, int64_t rows, int64_t cols
     });
 }
 
-void swiglu_backward(uintptr_t grad, uintptr_t gate_up, uintptr_t dgate_up, int64_t rows, int64_t cols, int threads) {
+// gate_up [rows, 2 * cols] becomes its own gradient, for the output gradient grad [rows, cols].
+void swiglu_backward(uintptr_t grad, uintptr_t gate_up, int64_t rows, int64_t cols, int threads) {
     const float* grads = reinterpret_cast<const float*>(grad);
-    const float* in = reinterpret_cast<const float*>(gate_up);
-    float* dins = reinterpret_cast<float*>(dgate_up);
+    float* values = reinterpret_cast<float*>(gate_up);
     for_ranges(rows, cols, threads, [&](int64_t first, int64_t last) {
-        for (int64_t i = first; i < last; ++i) {
-            swiglu_backward_row(grads + i * cols, in + i * 2 * cols, dins + i * 2 * cols, cols);
-        }
+        for (int64_t i = first; i < last; ++i) swiglu_backward_row(grads + i * cols, values + i * 2 * cols, cols);
     });
 }
 
@@ -347,9 +347,9 @@ void bind_cpu_ops(py::module_& m) {
     m.def("swiglu_forward", &swiglu_forward, py::arg("gate_up"), py::arg("out"), py::arg("rows"), py::arg("cols"),
           py::arg("threads"), "out [rows, cols] = silu(gate) * up of contiguous fp32 gate_up [rows, 2 * cols] "
           "(data pointers).");
-    m.def("swiglu_backward", &swiglu_backward, py::arg("grad"), py::arg("gate_up"), py::arg("dgate_up"),
-          py::arg("rows"), py::arg("cols"), py::arg("threads"),
-          "dgate_up [rows, 2 * cols] of silu(gate) * up for the output gradient grad [rows, cols].");
+    m.def("swiglu_backward", &swiglu_backward, py::arg("grad"), py::arg("gate_up"), py::arg("rows"), py::arg("cols"),
+          py::arg("threads"), "Writes the gradient of silu(gate) * up over gate_up [rows, 2 * cols], for the output "
+          "gradient grad [rows, cols].");
     m.def("rms_norm_forward", &rms_norm_forward, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("y"),
           py::arg("h_out"), py::arg("rstd"), py::arg("rows"), py::arg("cols"), py::arg("eps"), py::arg("gemma"),
           py::arg("threads"),

@@ -36,10 +36,19 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _spend(ctx, op: str) -> None:
+    """Mark a backward that writes its gradient over a saved tensor as run; refuse it a second time."""
+    if ctx.spent:
+        raise PytrainError(f"{op}'s CPU kernel runs its backward once (it writes the gradient over saved "
+                           "values); for a second backward through the same graph use backend \"torch\"")
+    ctx.spent = True
+
+
 class SwiGLU(torch.autograd.Function):
     """silu(gate) * up of gate_up [..., 2 * inner] (gate then up in each row: the output of one matmul with the
     two projections' weights stacked), [..., inner]. Saves gate_up (autograd would save silu(gate) as well)
-    and recomputes the sigmoid; the backward writes d(gate_up) in the same layout, for that one matmul."""
+    and recomputes the sigmoid; the backward writes d(gate_up) over the saved gate_up, in the layout the one
+    backward matmul needs, so it can run once (gate_up is this op's own matmul output, seen by nothing else)."""
 
     @staticmethod
     def forward(ctx, gate_up):
@@ -49,17 +58,18 @@ class SwiGLU(torch.autograd.Function):
         _native.swiglu_forward(gate_up.data_ptr(), out.data_ptr(), out.numel() // max(inner, 1), inner,
                                torch.get_num_threads())
         ctx.save_for_backward(gate_up)
+        ctx.spent = False
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (gate_up,) = ctx.saved_tensors
+        _spend(ctx, "swiglu")
+        (dgate_up,) = ctx.saved_tensors
         grad = grad.contiguous()
-        inner = gate_up.shape[-1] // 2
-        dgate_up = torch.empty_like(gate_up)
-        _native.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), dgate_up.data_ptr(), grad.numel() // max(inner, 1),
-                                inner, torch.get_num_threads())
+        inner = dgate_up.shape[-1] // 2
+        _native.swiglu_backward(grad.data_ptr(), dgate_up.data_ptr(), grad.numel() // max(inner, 1), inner,
+                                torch.get_num_threads())
         return dgate_up
 
 
@@ -148,10 +158,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        if ctx.spent:
-            raise PytrainError("linear_cross_entropy's CPU kernel runs its backward once (it reuses the logits' "
-                               "memory); for a second backward through the same graph use backend \"torch\"")
-        ctx.spent = True
+        _spend(ctx, "linear_cross_entropy")
         hidden, weight, dlogits, labels, lse = ctx.saved_tensors
         grad = grad.contiguous()
         _native.cross_entropy_backward(dlogits.data_ptr(), labels.data_ptr(), lse.data_ptr(), grad.data_ptr(),

@@ -161,3 +161,12 @@ def test_a_double_backward_is_refused_not_wrong():
     (gx,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         gx.pow(2).sum().backward()
+
+
+def test_a_second_swiglu_backward_is_refused_not_wrong():
+    """The backward writes its gradient over the saved projections' output: running it twice must fail loudly."""
+    x, gate_weight = torch.randn(4, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    out = ops.swiglu(x, gate_weight, gate_weight).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(PytrainError, match="runs its backward once"):
+        out.backward()
