@@ -299,26 +299,34 @@ void cross_entropy_backward(uintptr_t logits, uintptr_t labels, uintptr_t lse, u
     });
 }
 
-// One token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), or by the negated
-// angles (`inverse`, the backward). No fused multiply-add (the pragma at the top), so the values are the
-// PyTorch reference's bit for bit.
+// Tokens [first, last) of x, each token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin,
+// x2 cos + x1 sin), or by the negated angles (`inverse`, the backward). No fused multiply-add (the pragma at
+// the top), so the values are the PyTorch reference's bit for bit. The token loop is in here so that the
+// vector clone is chosen once per range, not once per token.
 PYTRAIN_VECTOR_CLONES
-void rope_token(const float* x, float* out, const float* cos, const float* sin, int64_t heads, int64_t half,
-                bool inverse) {
-    for (int64_t h = 0; h < heads; ++h) {
-        const float* x1 = x + h * 2 * half;
-        const float* x2 = x1 + half;
-        float* out1 = out + h * 2 * half;
-        float* out2 = out1 + half;
-        if (inverse) {
-            for (int64_t j = 0; j < half; ++j) {
-                out1[j] = x1[j] * cos[j] + x2[j] * sin[j];
-                out2[j] = x2[j] * cos[j] - x1[j] * sin[j];
-            }
-        } else {
-            for (int64_t j = 0; j < half; ++j) {
-                out1[j] = x1[j] * cos[j] - x2[j] * sin[j];
-                out2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+void rope_tokens(const float* __restrict xs, float* __restrict outs, const float* __restrict coss,
+                 const float* __restrict sins, int64_t first, int64_t last, int64_t seq, int64_t table_batch_stride,
+                 int64_t heads, int64_t half, bool inverse) {
+    const int64_t width = heads * 2 * half;
+    for (int64_t t = first; t < last; ++t) {
+        const int64_t table = t / seq * table_batch_stride + t % seq * half;
+        const float* cos = coss + table;
+        const float* sin = sins + table;
+        for (int64_t h = 0; h < heads; ++h) {
+            const float* x1 = xs + t * width + h * 2 * half;
+            const float* x2 = x1 + half;
+            float* out1 = outs + t * width + h * 2 * half;
+            float* out2 = out1 + half;
+            if (inverse) {
+                for (int64_t j = 0; j < half; ++j) {
+                    out1[j] = x1[j] * cos[j] + x2[j] * sin[j];
+                    out2[j] = x2[j] * cos[j] - x1[j] * sin[j];
+                }
+            } else {
+                for (int64_t j = 0; j < half; ++j) {
+                    out1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+                    out2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+                }
             }
         }
     }
@@ -328,16 +336,10 @@ void rope_token(const float* x, float* out, const float* cos, const float* sin, 
 // 0 shares one [seq, half] table across the batch).
 void rope(uintptr_t x, uintptr_t out, uintptr_t cos, uintptr_t sin, int64_t batch, int64_t seq, int64_t heads,
           int64_t half, int64_t table_batch_stride, bool inverse, int threads) {
-    const float* xs = reinterpret_cast<const float*>(x);
-    float* outs = reinterpret_cast<float*>(out);
-    const float* coss = reinterpret_cast<const float*>(cos);
-    const float* sins = reinterpret_cast<const float*>(sin);
-    const int64_t tokens = batch * seq, width = heads * 2 * half;
-    for_ranges(tokens, width, threads, [&](int64_t first, int64_t last) {
-        for (int64_t t = first; t < last; ++t) {
-            const int64_t table = t / seq * table_batch_stride + t % seq * half;
-            rope_token(xs + t * width, outs + t * width, coss + table, sins + table, heads, half, inverse);
-        }
+    for_ranges(batch * seq, heads * 2 * half, threads, [&](int64_t first, int64_t last) {
+        rope_tokens(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(out),
+                    reinterpret_cast<const float*>(cos), reinterpret_cast<const float*>(sin), first, last, seq,
+                    table_batch_stride, heads, half, inverse);
     });
 }
 
