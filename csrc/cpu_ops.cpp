@@ -71,7 +71,7 @@ inline float exp_approx(float x_in) {
 
 // One row: gate_up holds the row's gate then its up values (cols each), out the cols products.
 PYTRAIN_VECTOR_CLONES
-void swiglu_forward_row(const float* gate_up, float* out, int64_t cols) {
+void swiglu_forward_row(const float* __restrict gate_up, float* __restrict out, int64_t cols) {
     const float* up = gate_up + cols;
     for (int64_t j = 0; j < cols; ++j) {
         const float g = gate_up[j];
@@ -82,7 +82,7 @@ void swiglu_forward_row(const float* gate_up, float* out, int64_t cols) {
 // d(gate) = grad * up * silu'(gate), d(up) = grad * silu(gate), with silu' = sig * (1 + gate * (1 - sig)),
 // written over the row's gate and up values (each pair is read before it is written).
 PYTRAIN_VECTOR_CLONES
-void swiglu_backward_row(const float* grad, float* gate_up, int64_t cols) {
+void swiglu_backward_row(const float* __restrict grad, float* __restrict gate_up, int64_t cols) {
     float* up = gate_up + cols;
     for (int64_t j = 0; j < cols; ++j) {
         const float g = gate_up[j];
@@ -158,8 +158,8 @@ void for_row_blocks(int64_t rows, int64_t cols, int threads, Fn&& fn) {
 }
 
 PYTRAIN_VECTOR_CLONES
-void rms_norm_forward_row(const float* x, const float* residual, const float* scale, float* y, float* h_out,
-                          float* rstd, int64_t cols, float eps) {
+void rms_norm_forward_row(const float* __restrict x, const float* __restrict residual, const float* __restrict scale,
+                          float* __restrict y, float* __restrict h_out, float* rstd, int64_t cols, float eps) {
     const float* h = x;
     if (residual != nullptr) {
         for (int64_t j = 0; j < cols; ++j) h_out[j] = x[j] + residual[j];
@@ -192,8 +192,9 @@ void rms_norm_forward(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr
 // One row of the backward: with n = h * rstd and g = dy * scale, dh = rstd * (g - n * mean(g * n)) (+ dh_out);
 // dweight_block += dy * n.
 PYTRAIN_VECTOR_CLONES
-void rms_norm_backward_row(const float* dy, const float* dh_out, const float* h, float rstd, const float* scale,
-                           float* dh, float* dweight_block, int64_t cols) {
+void rms_norm_backward_row(const float* __restrict dy, const float* __restrict dh_out, const float* __restrict h,
+                           float rstd, const float* __restrict scale, float* __restrict dh,
+                           float* __restrict dweight_block, int64_t cols) {
     const float dot = lane_sum(cols, [&](int64_t j) { return dy[j] * scale[j] * (h[j] * rstd); });
     const float mean = dot / static_cast<float>(cols);
     for (int64_t j = 0; j < cols; ++j) {
