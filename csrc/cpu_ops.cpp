@@ -1,6 +1,6 @@
 // Fused CPU kernels for the model's elementwise work, fp32: SwiGLU (silu(gate) * up), RMSNorm (with the
 // pre-norm block's residual add), RoPE and the cross-entropy of the LM head's logits, forward and backward,
-// each one pass over its rows.
+// each reading its rows once from memory.
 //
 // Eager PyTorch runs SwiGLU's backward as 3 operations, RMSNorm's as about 12 and RoPE's as about 14 per
 // tensor, each a pass over memory with a fresh output; on a CPU, where these tensors come from memory rather
@@ -242,7 +242,7 @@ float row_max(const float* z, int64_t cols) {
 }
 
 // The row's value when its largest logit is infinite: the limit (-inf when every logit is -inf, +inf when
-// one is +inf) or NaN when any logit is NaN (the reference's results; the vectorised max skips NaNs).
+// one is +inf) or NaN when any logit is NaN (as torch.logsumexp; the vectorised max skips NaNs).
 float infinite_logsumexp(const float* z, int64_t cols, float top) {
     return std::any_of(z, z + cols, [](float v) { return v != v; }) ? NAN : top;
 }

@@ -2,17 +2,21 @@
 cross-entropy, as autograd Functions.
 
 Eager PyTorch runs SwiGLU's gating as 2 passes forward and 3 backward, RMSNorm as about 5 and 12, RoPE
-as about 8 and 14 per tensor, logsumexp as 5; on a CPU, where a training step's activations come from memory rather than
-cache, those passes cost as much as the block's matmuls (benchmarks/bench_train.py --vs-minimal,
-docs/benchmarks.md). Each kernel here reads its
-inputs once and writes each output once. `pytrain.ops` runs them under backend "auto" for fp32 CPU tensors
-outside `torch.compile` (which traces the reference and fuses it itself); the Triton kernels stay the
-CUDA path and the PyTorch references stay the definition every test holds these against.
+as about 8 and 14 per tensor, logsumexp as 5, each over memory with a fresh output; on a CPU, where a
+training step's activations come from memory rather than cache, those passes cost as much as the block's
+matmuls (benchmarks/bench_train.py --vs-minimal, docs/benchmarks.md). Each kernel here reads its inputs
+once from memory (a row at a time, in cache) and writes each output once. `pytrain.ops` runs them under
+backend "auto" for fp32 CPU tensors outside `torch.compile` (which traces the reference and fuses it
+itself) and outside CPU autocast (whose matmuls would hand them bf16); the Triton kernels stay the CUDA
+path and the PyTorch references stay the definition every test holds these against.
 
 The native code trusts the pointers it is given: everything it reads and writes is checked or made here
-(contiguous fp32 CPU tensors of the stated sizes, outputs allocated here). The backwards are written
-through those pointers, so they are once-differentiable: a double backward (create_graph=True through
-them) is refused in one line rather than silently missing its second-order terms.
+(contiguous fp32 CPU tensors of the stated sizes, outputs allocated here like their inputs). The
+backwards are written through those pointers, so they are once-differentiable: a double backward
+(create_graph=True through them) is refused in one line rather than silently missing its second-order
+terms. Two backwards write their gradient over a tensor they saved: the cross-entropy over the logits it
+computed itself, SwiGLU over its input, which must be a tensor nothing else reads (pytrain.ops.swiglu
+passes the output of its own matmul); a second backward through either is refused.
 """
 
 from __future__ import annotations
@@ -25,11 +29,21 @@ from pytrain.errors import PytrainError
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether these tensors can go to the kernels: plain strided fp32 CPU tensors, outside torch.compile."""
-    if torch.compiler.is_compiling():
+    """Whether these tensors can go to the kernels: plain strided fp32 CPU tensors, outside torch.compile and
+    CPU autocast (under which the matmuls feeding SwiGLU and the cross-entropy would make bf16)."""
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
                and t.layout == torch.strided for t in tensors)
+
+
+def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """t, contiguous, for the native code; refused when it is not a CPU tensor of `dtype` (a caller that
+    skipped `usable`, or a matmul that made another dtype), which the native code would misread."""
+    if not (type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == dtype):
+        raise PytrainError(f"pytrain's CPU kernels take {dtype} CPU tensors, got {t.dtype} on {t.device} "
+                           '(use backend "torch")')
+    return t.contiguous()
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -48,11 +62,12 @@ class SwiGLU(torch.autograd.Function):
     """silu(gate) * up of gate_up [..., 2 * inner] (gate then up in each row: the output of one matmul with the
     two projections' weights stacked), [..., inner]. Saves gate_up (autograd would save silu(gate) as well)
     and recomputes the sigmoid; the backward writes d(gate_up) over the saved gate_up, in the layout the one
-    backward matmul needs, so it can run once (gate_up is this op's own matmul output, seen by nothing else)."""
+    backward matmul needs, so it runs once, and gate_up must be a tensor nothing else reads
+    (pytrain.ops.swiglu passes its own matmul's output)."""
 
     @staticmethod
     def forward(ctx, gate_up):
-        gate_up = gate_up.contiguous()
+        gate_up = _checked(gate_up)
         inner = gate_up.shape[-1] // 2
         out = gate_up.new_empty((*gate_up.shape[:-1], inner))
         _native.swiglu_forward(gate_up.data_ptr(), out.data_ptr(), out.numel() // max(inner, 1), inner,
@@ -65,12 +80,12 @@ class SwiGLU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         _spend(ctx, "swiglu")
-        (dgate_up,) = ctx.saved_tensors
+        (gate_up,) = ctx.saved_tensors
         grad = grad.contiguous()
-        inner = dgate_up.shape[-1] // 2
-        _native.swiglu_backward(grad.data_ptr(), dgate_up.data_ptr(), grad.numel() // max(inner, 1), inner,
+        inner = gate_up.shape[-1] // 2
+        _native.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), grad.numel() // max(inner, 1), inner,
                                 torch.get_num_threads())
-        return dgate_up
+        return gate_up  # now its own gradient
 
 
 class RMSNorm(torch.autograd.Function):
@@ -80,12 +95,12 @@ class RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, residual, eps: float, mode: str):
         cols = x.shape[-1]
-        x, weight = x.contiguous(), weight.contiguous()
-        residual = None if residual is None else residual.contiguous()
+        x, weight = _checked(x), _checked(weight)
+        residual = None if residual is None else _checked(residual)
         rows = x.numel() // cols if cols else 0
         y = torch.empty_like(x)
         h = x if residual is None else torch.empty_like(x)
-        rstd = torch.empty(rows, dtype=torch.float32)
+        rstd = x.new_empty(rows)
         _native.rms_norm_forward(x.data_ptr(), _ptr(residual), weight.data_ptr(), y.data_ptr(),
                                  _ptr(None if residual is None else h), rstd.data_ptr(), rows, cols, eps,
                                  mode == "gemma", torch.get_num_threads())
@@ -107,7 +122,7 @@ class RMSNorm(torch.autograd.Function):
 
 
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
-    x = x.contiguous()
+    x = _checked(x)
     out = torch.empty_like(x)
     batch, seq, heads, head_dim = x.shape
     if tuple(cos.shape) not in ((seq, head_dim // 2), (batch, seq, head_dim // 2)) or sin.shape != cos.shape:
@@ -125,7 +140,7 @@ class Rope(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, cos, sin):
-        cos, sin = cos.contiguous(), sin.contiguous()
+        cos, sin = _checked(cos), _checked(sin)
         ctx.save_for_backward(cos, sin)
         return _rotated(q, cos, sin, False), _rotated(k, cos, sin, False)
 
@@ -145,10 +160,12 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index: int):
-        logits = (hidden @ weight.T).contiguous()
-        labels = labels.contiguous()
+        logits = _checked(hidden @ weight.T)
+        labels = _checked(labels, torch.int64)
         rows, vocab = logits.shape
-        lse, loss = torch.empty(rows), torch.empty(rows)
+        if labels.shape != (rows,):
+            raise PytrainError(f"linear_cross_entropy: labels {list(labels.shape)} for {rows} rows")
+        lse, loss = logits.new_empty(rows), logits.new_empty(rows)
         _native.cross_entropy_forward(logits.data_ptr(), labels.data_ptr(), lse.data_ptr(), loss.data_ptr(), rows,
                                       vocab, ignore_index, torch.get_num_threads())
         ctx.save_for_backward(hidden, weight, logits, labels, lse)

@@ -170,3 +170,20 @@ def test_a_second_swiglu_backward_is_refused_not_wrong():
     out.backward(retain_graph=True)
     with pytest.raises(PytrainError, match="runs its backward once"):
         out.backward()
+
+
+def test_the_kernels_refuse_what_they_would_misread():
+    """Called directly (not through pytrain.ops, which checks first), a kernel refuses a tensor of another dtype."""
+    with pytest.raises(PytrainError, match="take torch.float32 CPU tensors"):
+        cpu_kernels.SwiGLU.apply(torch.randn(4, 8, dtype=torch.bfloat16))
+    with pytest.raises(PytrainError, match="take torch.float32 CPU tensors"):
+        cpu_kernels.RMSNorm.apply(torch.randn(4, 8, dtype=torch.float64), torch.ones(8), None, 1e-5, "llama")
+
+
+def test_autocast_takes_the_reference():
+    x, gate_weight = torch.randn(4, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.swiglu(x, gate_weight, gate_weight)
+        expected = ops.swiglu_reference(x, gate_weight, gate_weight)
+    assert "SwiGLU" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, expected)

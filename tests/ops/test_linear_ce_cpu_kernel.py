@@ -1,7 +1,8 @@
 """The CPU kernel of linear_cross_entropy (csrc/cpu_ops.cpp through cpu_kernels.LinearCrossEntropy; fp32, no
 smoothing, z-loss or softcap): its loss and both gradients against the formula run through autograd in float64,
-on odd shapes, ignored rows and logits in the hundreds; NaN for a label outside the vocabulary and for NaN
-logits, as the reference; which calls take it; a second backward refused, never wrong."""
+on odd shapes, ignored rows (any ignore_index), non-contiguous inputs and logits in the hundreds; NaN for a label
+outside the vocabulary (the Triton kernel's contract) and for NaN logits (as the reference), forward and
+backward; which calls take it (not under autocast, whatever the default dtype); a second backward refused."""
 
 from __future__ import annotations
 
@@ -72,6 +73,19 @@ def test_the_kernel_matches_the_formula_in_float64(rows, vocab, width, scale, re
             assert (g.double() - e).abs().max().item() <= 4 * fp32_error + 2e-7 * max(1.0, e.abs().max().item())
 
 
+def test_any_ignore_index_and_non_contiguous_inputs():
+    hidden, weight, labels = _inputs(40, 30, 16, seed=3)
+    labels[labels == IGNORE_INDEX] = 7
+    hidden, labels = hidden.t().contiguous().t(), torch.stack((labels, labels), 1)[:, 0]  # strided both
+    assert not hidden.is_contiguous() and not labels.is_contiguous()
+    got = _loss_and_grads(lambda *a, **k: linear_cross_entropy(*a, ignore_index=7, **k), hidden, weight, labels, "sum")
+    expected = _loss_and_grads(lambda *a, **k: linear_cross_entropy_reference(*a, ignore_index=7, **k), hidden, weight,
+                               labels, "sum")
+    assert _through_the_kernel(got[3]) and (labels == 7).any()
+    for g, e in zip(got[:3], expected[:3]):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
 def test_every_label_ignored_gives_zero_and_no_gradient():
     hidden, weight = torch.randn(4, 8), torch.randn(16, 8)
     labels = torch.full((4,), IGNORE_INDEX)
@@ -90,13 +104,15 @@ def test_a_label_outside_the_vocabulary_makes_its_row_nan_and_only_its_row():
 @pytest.mark.parametrize("logits, label", [([0.0, float("nan"), 1.0, 2.0], 0), ([float("-inf")] * 4, 0),
                                            ([float("nan")] * 4, 0), ([1.0, float("inf"), float("nan"), 0.0], 0),
                                            ([float("-inf"), 3.0, 0.0, 0.0], 1)])
-def test_nan_and_infinite_logits_give_the_references_loss(logits, label):
+def test_nan_and_infinite_logits_give_the_references_loss_and_gradient(logits, label):
     """A NaN logit anywhere in a row makes the row's loss NaN (the vectorised max alone would skip it). The
     logits go in exactly as one hidden value 1 times a weight column of them."""
     hidden, weight, labels = torch.ones(1, 1), torch.tensor(logits)[:, None], torch.tensor([label])
-    got = linear_cross_entropy(hidden, weight, labels, reduction="none")
-    expected = linear_cross_entropy_reference(hidden, weight, labels, reduction="none")
-    torch.testing.assert_close(got, expected, equal_nan=True)
+    got = _loss_and_grads(linear_cross_entropy, hidden, weight, labels, "none")
+    expected = _loss_and_grads(linear_cross_entropy_reference, hidden, weight, labels, "none")
+    assert _through_the_kernel(got[3])
+    for g, e in zip(got[:3], expected[:3]):
+        torch.testing.assert_close(g, e, equal_nan=True)
 
 
 def test_which_calls_take_the_kernel():
@@ -110,6 +126,30 @@ def test_which_calls_take_the_kernel():
     assert not kernel(backend="torch")  # the reference, asked for
     assert not (kernel(label_smoothing=0.1) or kernel(z_loss=1e-4) or kernel(softcap=30.0))
     assert not _through_the_kernel(linear_cross_entropy(hidden.double(), weight.double(), labels).grad_fn)
+
+
+def test_autocast_takes_the_reference():
+    """Under CPU autocast the matmul would make bf16 logits, which the fp32 kernel must never read."""
+    hidden, weight, labels = _inputs(16, 40, 8)
+    hidden.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(hidden, weight, labels)
+        expected = linear_cross_entropy_reference(hidden, weight, labels)
+    assert not _through_the_kernel(got.grad_fn)
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_default_dtype_does_not_reach_the_kernel():
+    hidden, weight, labels = _inputs(16, 40, 8)
+    expected = linear_cross_entropy_reference(hidden, weight, labels, reduction="none")
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = linear_cross_entropy(hidden, weight, labels, reduction="none")
+    finally:
+        torch.set_default_dtype(default)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
 
 
 def test_a_second_backward_is_refused_not_wrong():
