@@ -255,6 +255,8 @@ float row_logsumexp(const float* z, int64_t cols) {
     return top + std::log(lane_sum(cols, [&](int64_t j) { return exp_approx(z[j] - top); }));
 }
 
+inline bool in_vocab(int64_t label, int64_t vocab) { return label >= 0 && label < vocab; }
+
 // Per row of logits [rows, vocab]: lse = logsumexp, loss = lse - z[label]; an ignored row's loss is 0, a
 // label outside [0, vocab) makes it NaN (the Triton kernel's contract; PYTRAIN_CHECK_INPUTS names it).
 void cross_entropy_forward(uintptr_t logits, uintptr_t labels, uintptr_t lse, uintptr_t loss, int64_t rows,
@@ -268,7 +270,7 @@ void cross_entropy_forward(uintptr_t logits, uintptr_t labels, uintptr_t lse, ui
             const float* z = zs + i * vocab;
             lses[i] = row_logsumexp(z, vocab);
             const int64_t y = ys[i];
-            losses[i] = y == ignore_index ? 0.0f : (y >= 0 && y < vocab ? lses[i] - z[y] : NAN);
+            losses[i] = y == ignore_index ? 0.0f : (in_vocab(y, vocab) ? lses[i] - z[y] : NAN);
         }
     });
 }
@@ -290,7 +292,7 @@ void cross_entropy_backward(uintptr_t logits, uintptr_t labels, uintptr_t lse, u
         for (int64_t i = first; i < last; ++i) {
             float* z = zs + i * vocab;
             const int64_t y = ys[i];
-            if (y == ignore_index || y < 0 || y >= vocab) {
+            if (y == ignore_index || !in_vocab(y, vocab)) {
                 std::fill(z, z + vocab, y == ignore_index ? 0.0f : NAN);
                 continue;
             }

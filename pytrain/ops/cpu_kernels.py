@@ -28,19 +28,24 @@ from pytrain import _native
 from pytrain.errors import PytrainError
 
 
+def plain_cpu(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether t is a plain (no subclass), strided CPU tensor of `dtype`: memory the native code can read."""
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == dtype
+            and t.layout == torch.strided)
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether these tensors can go to the kernels: plain strided fp32 CPU tensors, outside torch.compile and
     CPU autocast (under which the matmuls feeding SwiGLU and the cross-entropy would make bf16)."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
-               and t.layout == torch.strided for t in tensors)
+    return all(plain_cpu(t) for t in tensors)
 
 
 def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t, contiguous, for the native code; refused when it is not a CPU tensor of `dtype` (a caller that
     skipped `usable`, or a matmul that made another dtype), which the native code would misread."""
-    if not (type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == dtype):
+    if not plain_cpu(t, dtype):
         raise PytrainError(f"pytrain's CPU kernels take {dtype} CPU tensors, got {t.dtype} on {t.device} "
                            '(use backend "torch")')
     return t.contiguous()

@@ -92,7 +92,7 @@ def _kernel_handles(hidden, weight, labels, backend, label_smoothing, z_loss, so
     """Whether pytrain's CPU kernel (cpu_kernels.LinearCrossEntropy) computes this call: the plain loss on fp32
     CPU tensors under backend "auto" (else the reference, through autograd)."""
     return (use_cpu_kernel(hidden, backend) and cpu_kernels.usable(hidden, weight)
-            and type(labels) is torch.Tensor and labels.device.type == "cpu"
+            and cpu_kernels.plain_cpu(labels, torch.int64)
             and not (label_smoothing or z_loss or softcap or return_z_loss))
 
 
