@@ -112,6 +112,17 @@ def start_run(command: list[str], run_dir: Path, after_step: int, **env) -> tupl
     return proc, max(logged_steps(run_dir))
 
 
+def wait_for_file(proc: subprocess.Popen, path: Path, timeout: float = 180) -> None:
+    """Wait until `path` exists while `proc` (of start_run or Popen) still runs; fail the test if it ends or
+    `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            end_run(proc, timeout=1)
+            raise AssertionError(f"{path} never appeared:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+
+
 def end_run(proc: subprocess.Popen, timeout: float) -> str:
     """Wait for a run of start_run to end; its stderr. One that is still running after `timeout` seconds is
     killed with its descendants (torchrun's workers) and fails the test."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from _train_fixtures import (SLOWED, base_config, base_run, end_run, losses, packed_data, start_run,  # noqa: F401
-                             train, train_command)
+                             train, train_command, wait_for_file)
 
 from pytrain.train.checkpoint import read_checksums, verify_checkpoint
 
@@ -67,7 +67,8 @@ def test_kill_during_an_async_save_keeps_the_last_checkpoint(base_config, base_r
                             script=SLOWED)
     proc, _ = start_run(command, run_dir, after_step=6, STALL_STEP="4")  # trained on past the stalled save
     checkpoints = run_dir / "checkpoints"
-    assert (checkpoints / ".tmp-step_4" / ".metadata").exists() and not (checkpoints / "step_4").exists()
+    wait_for_file(proc, checkpoints / ".tmp-step_4" / ".metadata")  # the background write may still be running
+    assert not (checkpoints / "step_4").exists()
     proc.send_signal(signal.SIGKILL)
     end_run(proc, timeout=60)
     assert (checkpoints / "latest").read_text() == "step_2"

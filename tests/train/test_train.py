@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 
 from conftest import run_cli
 from _train_fixtures import (ENV, SLOWED, base_config, base_run, losses, packed_data, train,  # noqa: F401
-                             train_command, val_losses)
+                             train_command, val_losses, wait_for_file)
 
 
 def test_loss_falls_and_run_dir_is_complete(base_run):
@@ -98,12 +97,7 @@ def test_kill_during_save_keeps_the_last_checkpoint_and_resumes_exactly(base_con
     command = train_command(base_config, f"train.run_dir={run_dir}", script=SLOWED)
     proc = subprocess.Popen(command, env={**ENV, "STALL_STEP": "8"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    partial = run_dir / "checkpoints" / ".tmp-step_8"
-    deadline = time.monotonic() + 180
-    while not (partial / ".metadata").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "the save of step 8 never started"
-        time.sleep(0.05)
+    wait_for_file(proc, run_dir / "checkpoints" / ".tmp-step_8" / ".metadata")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     checkpoints = run_dir / "checkpoints"
