@@ -33,7 +33,7 @@ import numpy as np
 
 from pytrain.data import format as fmt
 from pytrain.data.shard import SHARD_DIR, mixed_sharding
-from pytrain.sampling.samples import SampleStream
+from pytrain.sampling.samples import SampleStream, sample_rows
 from pytrain.sampling import source_stream
 from pytrain.sampling.source_stream import ReadCache, SourceStream
 from pytrain.errors import PytrainError
@@ -215,12 +215,26 @@ class BlendedDataset(SampleStream):
         return before + np.bincount(sources[:g - start], minlength=len(self.streams))
 
     # ------------------------------------------------------------------ samples
-    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Global sample g: its seq_len+1 tokens, the length of each document piece in it, and (chat data) the
-        loss mask of those tokens."""
-        s, i = self.locate(g)
-        stream = self.streams[s]
-        return stream.window(*divmod(i, stream.samples_per_epoch))
+    def rows(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """Global samples `indices` (pytrain.sampling.samples.sample_rows). Runs of them that are consecutive
+        samples of one source in one epoch (a whole batch of `data.path`) are read as one window."""
+        runs: list[list] = []  # [stream, epoch, first sample, count]
+        for g in indices:
+            s, i = self.locate(g)
+            stream = self.streams[s]
+            epoch, j = divmod(i, stream.samples_per_epoch)
+            last = runs[-1] if runs else None
+            if last and last[0] is stream and last[1] == epoch and last[2] + last[3] == j:
+                last[3] += 1
+            else:
+                runs.append([stream, epoch, j, 1])
+        parts = [stream.windows(epoch, j, count) for stream, epoch, j, count in runs]
+        columns = [np.concatenate(column) for column in zip(*(part[:3] for part in parts))]
+        masks = [part[3] for part in parts]
+        if all(mask is None for mask in masks):
+            return sample_rows(*columns, None)
+        return sample_rows(*columns, np.concatenate([np.ones_like(part[0], np.uint8) if mask is None else mask
+                                                     for part, mask in zip(parts, masks)]))
 
     # ------------------------------------------------------------------ progress and resume
     def progress(self) -> dict:

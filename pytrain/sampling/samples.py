@@ -10,21 +10,24 @@ from pytrain.labels import IGNORE_INDEX
 class SampleStream:
     """One global stream of fixed-length samples, read by every rank: step k's global batch is samples
     [consumed, consumed + batch x world) and rank r takes its r-th slice, so `consumed` alone resumes the
-    stream on any number of ranks. Subclasses say what sample g is (`sample_tokens`)."""
+    stream on any number of ranks. Subclasses say what samples `indices` are (`rows`)."""
 
     consumed: int
     rank: int
     world_size: int
 
-    def sample_tokens(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def rows(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """Global samples `indices` as int64 arrays [len(indices), seq_len] (`sample_rows`)."""
         raise NotImplementedError
 
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
-        return sample_arrays(*self.sample_tokens(int(g)))
+        return {key: row[0] for key, row in self.rows([int(g)]).items()}
 
     def get_batch(self, indices) -> dict:
-        """Global samples `indices`, stacked into torch.LongTensors [len(indices), seq_len]."""
-        return stack_samples([self[int(g)] for g in indices])
+        """Global samples `indices`, as torch.LongTensors [len(indices), seq_len]."""
+        import torch
+
+        return {key: torch.from_numpy(rows) for key, rows in self.rows([int(g) for g in indices]).items()}
 
     def next_batch(self, batch_size: int) -> dict:
         """This rank's `batch_size` samples of the next global batch; advances the shared cursor."""
@@ -33,19 +36,13 @@ class SampleStream:
         return self.get_batch(range(first, first + batch_size))
 
 
-def sample_arrays(buf: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
-    """One training sample from its seq_len+1 tokens, the lengths of the document pieces in them and (chat
-    data) their loss mask: input_ids, labels, position_ids and segment_ids, each of length seq_len."""
-    seq_len = len(buf) - 1
-    segment = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:-1]
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    position = np.arange(seq_len, dtype=np.int64) - np.repeat(starts, lengths)[:-1]
-    labels = buf[1:] if mask is None else np.where(mask[1:] == 1, buf[1:], IGNORE_INDEX)
-    return {"input_ids": buf[:-1], "labels": labels, "position_ids": position, "segment_ids": segment}
-
-
-def stack_samples(samples: list[dict]) -> dict:
-    """Samples stacked into torch.LongTensors [len(samples), seq_len]."""
-    import torch
-
-    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+def sample_rows(tokens: np.ndarray, pieces: np.ndarray, offsets: np.ndarray, mask: np.ndarray | None) -> dict:
+    """Training samples from rows of seq_len+1 stream tokens, the document piece of each token (numbered along the
+    stream), its offset in its document and (chat data) its loss mask, all [rows, seq_len + 1]: input_ids, labels,
+    position_ids (restarting at 0 at the row's start and at every document start inside it) and segment_ids (0, 1,
+    2, ... per document piece inside the row), each a contiguous int64 array [rows, seq_len]."""
+    segment = pieces[:, :-1] - pieces[:, :1]
+    position = np.where(segment == 0, np.arange(tokens.shape[1] - 1), offsets[:, :-1])
+    labels = tokens[:, 1:] if mask is None else np.where(mask[:, 1:] == 1, tokens[:, 1:], IGNORE_INDEX)
+    return {"input_ids": np.ascontiguousarray(tokens[:, :-1]), "labels": np.ascontiguousarray(labels),
+            "position_ids": position, "segment_ids": np.ascontiguousarray(segment)}

@@ -210,15 +210,17 @@ class SourceStream:
         return tuple(np.concatenate(column) for column in zip(*parts))
 
     # ------------------------------------------------------------------ samples
-    def window(self, epoch: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Sample j of the epoch: its seq_len + 1 stream tokens, the lengths of the document pieces in them, and
-        their loss mask when any shard has one."""
-        first, end = j * self.seq_len, (j + 1) * self.seq_len + 1
+    def windows(self, epoch: int, j: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Samples j .. j + count - 1 of the epoch (count >= 1, all in the epoch), read at once: each one's
+        seq_len + 1 stream tokens, for each token the document piece it is in (numbered along the stream, empty
+        documents skipped) and its offset in that document, and their loss mask when any shard has one; each
+        [count, seq_len + 1]."""
+        first, end = j * self.seq_len, (j + count) * self.seq_len + 1
         docs, starts, ends = self._documents_between(epoch, first, end)
         lo, hi = np.maximum(starts, first), np.minimum(ends, end)
         kept = hi > lo  # empty documents hold no piece
-        docs, skip, take = docs[kept], (lo - starts)[kept], (hi - lo)[kept]
-        place = np.cumsum(take) - take  # where each piece goes in the sample
+        docs, starts, skip, take = docs[kept], starts[kept], (lo - starts)[kept], (hi - lo)[kept]
+        place = np.cumsum(take) - take  # where each piece goes in the range
         tokens = np.empty(end - first, dtype=np.int64)
         mask = np.empty(end - first, dtype=np.uint8) if self.has_mask else None
         for k, chosen, local in self._by_shard(docs):
@@ -227,7 +229,10 @@ class SourceStream:
             tokens[target] = data.tokens[source]
             if mask is not None:
                 mask[target] = 1 if data.mask is None else data.mask[source]
-        return tokens, take, mask
+        piece = np.repeat(np.arange(len(take)), take)
+        offset = np.arange(first, end) - starts[piece]
+        rows = np.arange(count)[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+        return tokens[rows], piece[rows], offset[rows], None if mask is None else mask[rows]
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from conftest import run_cli
 from pytrain.data import format as fmt
 from pytrain.sampling.dataset import PackedDataset
+from pytrain.sampling.mixture import Mixture
 from pytrain.labels import IGNORE_INDEX
 
 CONVERSATIONS = [
@@ -74,6 +75,9 @@ def test_dataset_labels_ignore_masked_tokens(chat_inputs, tokenizer_path):
         expected = np.where(mask[g * 8 + 1: g * 8 + 9] == 1, next_tokens, IGNORE_INDEX)
         np.testing.assert_array_equal(sample["labels"], expected)
     assert (np.concatenate([ds[g]["labels"] for g in range(len(ds))]) == IGNORE_INDEX).any()
+    batch = ds.get_batch(range(len(ds)))  # read as one window
+    expected = np.where(mask[1:len(ds) * 8 + 1] == 1, stream[1:len(ds) * 8 + 1], IGNORE_INDEX)
+    np.testing.assert_array_equal(batch["labels"].numpy().ravel(), expected)
 
 
 def test_inspect_shows_masked_spans_and_verify_checks_the_mask(chat_inputs, tokenizer_path):
@@ -104,3 +108,19 @@ def test_bad_conversations_are_rejected_with_reasons(tmp_path, tokenizer_path):
     manifest = fmt.read_manifest(tmp_path / "o")
     assert manifest["rejected"] == {"bad_conversation": 3, "missing_field": 1}
     assert manifest["splits"]["train"]["documents"] == 1
+
+
+def test_a_mixture_of_chat_and_plain_data_masks_only_the_chat_rows(chat_inputs, tokenizer_path):
+    """A batch mixing rows of a chat pack and of a plain pack: the plain rows train on every next token."""
+    chat, plain = chat_inputs / "chat", chat_inputs / "plain"
+    run_cli("pack", chat_inputs / "messages.jsonl", "--format", "chat", "--tokenizer", tokenizer_path, "--out", chat)
+    run_cli("pack", chat_inputs / "textform.jsonl", "--field", "text", "--tokenizer", tokenizer_path, "--out", plain)
+    ds = Mixture([{"name": "chat", "path": str(chat), "weight": 1.0},
+                  {"name": "plain", "path": str(plain), "weight": 1.0}]).train_dataset(8, shuffle=False)
+    batch = ds.get_batch(range(20))
+    sources = [ds.names[ds.locate(g)[0]] for g in range(20)]
+    assert set(sources) == {"chat", "plain"}
+    ignored = (batch["labels"] == IGNORE_INDEX).numpy()
+    plain_rows = [row for row, name in enumerate(sources) if name == "plain"]
+    assert not ignored[plain_rows].any() and ignored[[r for r in range(20) if r not in plain_rows]].any()
+    assert (batch["labels"][plain_rows, :-1] == batch["input_ids"][plain_rows, 1:]).all()

@@ -57,6 +57,29 @@ def test_samples_are_windows_of_the_epochs_document_order(packed, shuffle):
             check_sample(ds[epoch * len(ds) + s], windows[s], starts, s, seq_len)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_batch_is_read_at_once_and_each_row_is_its_sample(packed, shuffle):
+    """get_batch reads consecutive samples as one window: every row is still its own sample (positions and
+    segments restart per row), also for batches across an epoch's end and across walk blocks."""
+    seq_len, seed = 37, 3
+    docs = pack_documents(packed)
+    ds = PackedDataset(packed, seq_len, seed=seed, shuffle=shuffle)
+    references = {}
+    for epoch in (0, 1):
+        order = document_order(len(docs), seed, PATH_SOURCE, epoch, shuffle)
+        references[epoch] = (epoch_windows(docs, order, seq_len),
+                             np.concatenate([[0], np.cumsum([len(docs[d]) for d in order])]))
+    n = len(ds)
+    for indices in (range(1), range(7), range(3, 19), range(n - 5, n + 4), range(2 * n - 4, 2 * n),
+                    [4, n + 5, 6, 7, n + 8]):  # any samples: neighbours in the stream, not in the epoch, are not a run
+        batch = ds.get_batch(indices)
+        assert all(rows.shape == (len(indices), seq_len) and rows.is_contiguous() for rows in batch.values())
+        for row, g in enumerate(indices):
+            windows, starts = references[g // len(ds)]
+            check_sample({key: rows[row].numpy() for key, rows in batch.items()}, windows[g % len(ds)], starts,
+                         g % len(ds), seq_len)
+
+
 def id_pack(root, lengths) -> list[np.ndarray]:
     """A pack whose document d is len(d) copies of token d + 1, so every token names its document."""
     docs = [np.full(n, d + 1) for d, n in enumerate(lengths)]
@@ -98,6 +121,11 @@ def test_walk_across_small_blocks_and_a_tiny_cache(tmp_path, monkeypatch):
         windows = epoch_windows(docs, document_order(len(docs), 4, PATH_SOURCE, epoch), seq_len)
         for s in [*range(len(windows)), *reversed(range(len(windows)))]:
             assert ds[epoch * len(ds) + s]["input_ids"].tolist() == windows[s][:-1].tolist()
+        stream = np.concatenate([w[:-1] for w in windows] + [windows[-1][-1:]])  # a whole epoch as one batch:
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(stream)) + 1])  # its documents (tokens name them)
+        batch = ds.get_batch(range(epoch * len(ds), (epoch + 1) * len(ds)))  # one window over many blocks
+        for row, window in enumerate(windows):
+            check_sample({key: rows[row].numpy() for key, rows in batch.items()}, window, starts, row, seq_len)
 
 
 @pytest.mark.parametrize("world_size, batch_size", [(1, 4), (2, 3), (3, 5)])

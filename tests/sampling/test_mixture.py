@@ -172,7 +172,7 @@ def test_shares_follow_weights_and_a_tiny_source_repeats(sources):
     ds.consumed = 1000
     assert ds.progress()["epoch_by_source"]["tiny"] == pytest.approx(200 / tiny.samples_per_epoch, abs=1e-3)
     # Each epoch of the tiny source is one pass over its documents, in an order that changes per epoch.
-    slots = [tuple(ds.sample_tokens(g)[0]) for g in range(1000) if ds.locate(g)[0] == 2]
+    slots = [tuple(ds[g]["input_ids"]) for g in range(1000) if ds.locate(g)[0] == 2]
     per_epoch = [tuple(slots[e * tiny.samples_per_epoch:(e + 1) * tiny.samples_per_epoch]) for e in range(3)]
     assert len(set(per_epoch)) == 3
 
