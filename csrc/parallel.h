@@ -25,7 +25,8 @@ inline int resolve_threads(int requested, size_t useful) {
         throw std::invalid_argument("threads must be >= 0 (0 means one per CPU core), got " +
                                     std::to_string(requested));
     }
-    const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+    // asked once: glibc answers by reading /sys on every call, which the per-layer kernels would pay per call
+    static const size_t cores = std::max(1u, std::thread::hardware_concurrency());
     const size_t n = requested > 0 ? std::min(static_cast<size_t>(requested), kOversubscription * cores) : cores;
     return static_cast<int>(std::min(n, std::max<size_t>(useful, 1)));
 }

@@ -28,10 +28,12 @@ from pytrain import _native
 from pytrain.errors import PytrainError
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def plain_cpu(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
     """Whether t is a plain (no subclass), strided CPU tensor of `dtype`: memory the native code can read."""
-    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == dtype
-            and t.layout == torch.strided)
+    return type(t) in _PLAIN and t.is_cpu and t.dtype is dtype and t.layout is torch.strided
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -39,7 +41,10 @@ def usable(*tensors: torch.Tensor) -> bool:
     CPU autocast (under which the matmuls feeding SwiGLU and the cross-entropy would make bf16)."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    return all(plain_cpu(t) for t in tensors)
+    for t in tensors:
+        if not plain_cpu(t):
+            return False
+    return True
 
 
 def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytrain import _native
 from pytrain.data import format as fmt
 from pytrain.data.shard import SHARD_DIR, mixed_sharding
 from pytrain.sampling.samples import SampleStream, sample_rows
@@ -177,16 +178,12 @@ class BlendedDataset(SampleStream):
     # ------------------------------------------------------------------ the blending index
     def _chunk_start(self, c: int) -> int:
         """Global position of chunk c's first sample."""
-        from pytrain import _native
-
         if c not in self._starts:
             self._starts[c] = int(_native.blend_quotas(self.units, c * CHUNK).sum())
         return self._starts[c]
 
     def _chunk(self, c: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """(first global position, samples of each source before it, source of each sample, index in its source)."""
-        from pytrain import _native
-
         if c not in self._chunks:
             before, sources, indices = _native.blend_chunk(self.units, c * CHUNK, (c + 1) * CHUNK)
             self._chunks[c] = (int(before.sum()), before, sources, indices)
