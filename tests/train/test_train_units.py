@@ -80,6 +80,28 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
         torch.testing.assert_close(mine, other, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.parametrize("max_norm, scale", [(1.0, 0.02), (1.0, 1e-3), (0.0, 0.02)])
+def test_gradient_clipping_is_torchs(max_norm, scale):
+    """The step's norm and clipping of one process's gradients equal torch.nn.utils.clip_grad_norm_ bit for
+    bit: clipped (norm above max_norm), unclipped (below it), max_norm 0 (the norm only)."""
+    import copy
+
+    from pytrain.train.step import clip_gradients
+
+    ours = Llama(preset("tiny", vocab_size=64))
+    ours.init_weights(seed=0)
+    theirs = copy.deepcopy(ours)
+    generator = torch.Generator().manual_seed(2)
+    for mine, other in zip(ours.parameters(), theirs.parameters()):
+        mine.grad = torch.randn(mine.shape, generator=generator) * scale
+        other.grad = mine.grad.clone()
+    expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm if max_norm > 0 else float("inf"))
+    norm = clip_gradients(ours, max_norm)
+    assert torch.equal(norm, expected) and (norm > 1.0) == (scale > 1e-3)
+    for (name, mine), other in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(mine.grad, other.grad), name
+
+
 def test_throughput_counts_training_time_only():
     """tokens_per_s (and MFU) is tokens over the steps' own time: evaluation, samples and saves in between add
     wall time (the ETA's), not training time."""
