@@ -21,8 +21,9 @@ passes the output of its own matmul); a second backward through either is refuse
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from pytrain import _native
 from pytrain.errors import PytrainError
@@ -50,7 +51,7 @@ def usable(*tensors: torch.Tensor) -> bool:
 def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t, contiguous, for the native code; refused when it is not a CPU tensor of `dtype` (a caller that
     skipped `usable`, or a matmul that made another dtype), which the native code would misread."""
-    if not plain_cpu(t, dtype):
+    if not (type(t) in _PLAIN and t.is_cpu and t.dtype is dtype and t.layout is torch.strided):  # plain_cpu
         raise PytrainError(f"pytrain's CPU kernels take {dtype} CPU tensors, got {t.dtype} on {t.device} "
                            '(use backend "torch")')
     return t.contiguous()
@@ -58,6 +59,18 @@ def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tenso
 
 def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def once_differentiable(backward):
+    """torch's once_differentiable, without its no_grad context in the usual backward (grad mode off, no
+    create_graph), where that context changes nothing: one backward per kernel per step costs less Python."""
+    guarded = torch.autograd.function.once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        return guarded(ctx, *grads) if torch.is_grad_enabled() else backward(ctx, *grads)
+
+    return run
 
 
 def _spend(ctx, op: str) -> None:

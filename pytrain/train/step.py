@@ -30,8 +30,8 @@ from pytrain.train.precision import LossScaler
 
 def forward_backward(model: nn.Module, batches: list[dict], *, document_masking: bool, grad_clip: float,
                      device: torch.device, loss_scale: float = 1.0,
-                     router: RouterTraining | None = None,
-                     shared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                     router: RouterTraining | None = None, shared: torch.Tensor | None = None,
+                     parameters: list[nn.Parameter] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Accumulate the gradients of `batches` (this rank's micro-batches) and clip them.
 
     The backward runs on the loss times `loss_scale` (fp16; a power of two, so exact) and the gradients
@@ -40,7 +40,7 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
     caller's, after it has checked the two values. A mixture of experts' `router` adds each forward's
     router losses (pytrain.train.moe); the returned loss is the LM loss alone. `shared`: a host int64
     tensor of the caller's counts (e.g. a stop request), summed over ranks in place by the all-reduce the
-    token count needs anyway.
+    token count needs anyway. `parameters`: the model's, when the caller has listed them already.
     """
     # Counted on the host (a CPU collective: gloo, even beside NCCL), so the GPU queue never waits.
     local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
@@ -60,22 +60,23 @@ def forward_backward(model: nn.Module, batches: list[dict], *, document_masking:
         if router:
             router.after_backward()
         loss_sum += loss.detach()
+    parameters = list(model.parameters()) if parameters is None else parameters
     if loss_scale != 1.0:
-        _unscale(model, loss_scale)
-    grad_norm = clip_gradients(model, grad_clip)
+        _unscale(parameters, loss_scale)
+    grad_norm = clip_gradients(parameters, grad_clip)
     return all_reduce_sum(loss_sum) / global_tokens, grad_norm.to(device), global_tokens
 
 
 @torch.no_grad()
-def _unscale(model: nn.Module, loss_scale: float) -> None:
+def _unscale(parameters: list[nn.Parameter], loss_scale: float) -> None:
     """Divide this rank's gradient shards by the loss scale (an inf or NaN stays one)."""
     grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-             for p in model.parameters() if p.grad is not None]
+             for p in parameters if p.grad is not None]
     torch._foreach_mul_(grads, 1.0 / loss_scale)
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (before clipping), clipping to `max_norm` when it is > 0.
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The global gradient norm of a model's `parameters` (before clipping), clipping to `max_norm` when it is > 0.
 
     Sharded gradients are grouped by device mesh (FSDP2's, and expert parallelism's for the experts):
     torch's norm and clipping take one mesh at a time; the groups' norms are combined here. Plain gradients
@@ -83,7 +84,7 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     the tensors by device and dtype on every call, which costs as much as the arithmetic on a small model's
     CPU step (tests/train/test_train_units.py holds the two equal bit for bit)."""
     groups: dict = {}
-    for p in model.parameters():
+    for p in parameters:
         if p.grad is not None:
             groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
     norms = []
@@ -168,6 +169,7 @@ class TrainStep:
         self.grad_clip, self.document_masking, self.device = grad_clip, document_masking, device
         self.scaler = LossScaler(loss_scale_init, loss_scale_growth_interval) if dtype == "fp16" else None
         self.router = RouterTraining.of(model)
+        self.parameters = list(model.parameters())  # fixed from here on (listing them walks every module)
         _create_optimizer_state(optimizer)
 
     def __call__(self, batches: list[dict], lr: float, shared: torch.Tensor | None = None) -> StepResult:
@@ -177,7 +179,7 @@ class TrainStep:
         loss, grad_norm, tokens = forward_backward(self.model, batches, grad_clip=self.grad_clip,
                                                    document_masking=self.document_masking, device=self.device,
                                                    loss_scale=self.scaler.scale if self.scaler else 1.0,
-                                                   router=self.router, shared=shared)
+                                                   router=self.router, shared=shared, parameters=self.parameters)
         router = self.router.step_values() if self.router else {}
         values = torch.stack([loss, grad_norm, *router.values()]).tolist()  # the step's one host sync
         loss_value, norm_value, router_values = values[0], values[1], values[2:]

@@ -55,9 +55,10 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 
 def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
-    """Two updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
+    """Three updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
     betas, eps and weight_decay given explicitly (decay on the matmul weights only, as documented), on the
-    same gradients."""
+    same gradients: the first makes the state, the later ones call the fused kernel directly; then both load
+    the state saved after the first and update again."""
     import copy
 
     optim = OptimSection(lr=0.05, betas=[0.8, 0.9], eps=1e-3, weight_decay=0.3)
@@ -70,12 +71,17 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
                                   lr=0.05, betas=(0.8, 0.9), eps=1e-3, fused=True)
     optimizer = build_optimizer(ours, optim, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
-    for _ in range(2):
+    for update in range(5):
+        if update == 4:  # a resume: the state replaced by a saved one
+            optimizer.load_state_dict(saved[0])
+            reference.load_state_dict(saved[1])
         for (_, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
             mine.grad = torch.randn(mine.shape, generator=generator) * 1e-3  # small: eps matters
             other.grad = mine.grad.clone()
         optimizer.step()
         reference.step()
+        if update == 0:
+            saved = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(reference.state_dict())
     for (name, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
         torch.testing.assert_close(mine, other, rtol=0, atol=0, msg=name)
 
@@ -96,7 +102,7 @@ def test_gradient_clipping_is_torchs(max_norm, scale):
         mine.grad = torch.randn(mine.shape, generator=generator) * scale
         other.grad = mine.grad.clone()
     expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm if max_norm > 0 else float("inf"))
-    norm = clip_gradients(ours, max_norm)
+    norm = clip_gradients(list(ours.parameters()), max_norm)
     assert torch.equal(norm, expected) and (norm > 1.0) == (scale > 1e-3)
     for (name, mine), other in zip(ours.named_parameters(), theirs.parameters()):
         assert torch.equal(mine.grad, other.grad), name

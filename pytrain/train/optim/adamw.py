@@ -25,13 +25,71 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
     return [group for group in groups if group["params"]]
 
 
+class AdamW(torch.optim.AdamW):
+    """torch.optim.AdamW whose fused step on one process's plain tensors makes its fused kernel call itself.
+
+    torch's step collects, checks and groups every parameter of every group in Python on each call: about 500
+    Python calls a step for the 38 tensors of benchmarks/bench_train.py --vs-minimal's model, a third of
+    the kernel's own time on that CPU step. Here the tensor lists are made once and the same kernel gets the
+    same tensors and arguments, so the update, the state and state_dict are torch's bit for bit
+    (tests/train/test_train_units.py). Anything else takes torch's step: a closure, a GradScaler's scale (it
+    sets grad_scale and found_inf), DTensors (FSDP2), a parameter without a gradient or a state yet, tensors of
+    several devices or dtypes, other options.
+    """
+
+    _SETTINGS = {"fused": True, "amsgrad": False, "maximize": False, "capturable": False, "differentiable": False,
+                 "decoupled_weight_decay": True}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        scaler_set = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+        lists = None if closure is not None or scaler_set else self._kernel_lists()
+        if lists is None:
+            return super().step(closure)
+        for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads) or isinstance(group["lr"], torch.Tensor):
+                return super().step()  # before any update: this step is torch's throughout
+        for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        return None
+
+    def _kernel_lists(self) -> list[tuple[list, list, list, list]] | None:
+        """Per group (parameters, exp_avgs, exp_avg_sqs, steps) for the kernel, made again whenever the state
+        is replaced (load_state_dict) or grows (torch's first step makes it); None when torch's step must run."""
+        key = (id(self.state), len(self.state), len(self.param_groups))
+        if getattr(self, "_lists_key", None) != key:
+            self._lists, self._lists_key = self._make_lists(), key
+        return self._lists
+
+    def _make_lists(self) -> list[tuple[list, list, list, list]] | None:
+        lists, kinds = [], set()
+        for group in self.param_groups:
+            if any(group.get(name, value) != value for name, value in self._SETTINGS.items()):
+                return None
+            params = group["params"]
+            states = [self.state.get(p, {}) for p in params]
+            if not all(type(p) in (torch.Tensor, nn.Parameter) and not p.is_complex() and "exp_avg" in state
+                       and torch.is_tensor(state.get("step")) for p, state in zip(params, states)):
+                return None
+            kinds |= {(p.device, p.dtype) for p in params}
+            lists.append((params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                          [s["step"] for s in states]))
+        return lists if len(kinds) == 1 else None
+
+
 def adamw(named: Iterable[tuple[str, nn.Parameter]], optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
-    """torch.optim.AdamW over `named` with the config's settings (fused unless optim.fused says)."""
+    """pytrain's AdamW (torch.optim.AdamW's update) over `named` with the config's settings (fused unless optim.fused
+    says)."""
     # One fused kernel per step on CUDA and on the CPU (CPU: 1.0 ms instead of 4.6 ms per step for a 0.86M model;
     # its rounding differs from the per-parameter loop's in the last bit)
     fused = device.type in ("cuda", "cpu") if optim.fused is None else optim.fused
-    return torch.optim.AdamW(param_groups(named, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas),
-                             eps=optim.eps, fused=fused)
+    return AdamW(param_groups(named, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                 fused=fused)
 
 
 def build(model: nn.Module, optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
