@@ -42,7 +42,7 @@ def interpreter_enabled() -> bool:
 
 def use_triton(x: torch.Tensor, backend: str | None) -> bool:
     """Whether an op called on `x` with `backend` (None = the process-wide one) runs the Triton kernel."""
-    name = _check(backend if backend is not None else _default)
+    name = _default if backend is None else _check(backend)  # _default was checked when it was set
     if name == "torch":
         return False
     if name == "auto":

@@ -42,8 +42,9 @@ def usable(*tensors: torch.Tensor) -> bool:
     CPU autocast (under which the matmuls feeding SwiGLU and the cross-entropy would make bf16)."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    for t in tensors:
-        if not plain_cpu(t):
+    strided, fp32 = torch.strided, torch.float32
+    for t in tensors:  # plain_cpu, inlined: the ops ask this of every tensor on every call
+        if not (type(t) in _PLAIN and t.is_cpu and t.dtype is fp32 and t.layout is strided):
             return False
     return True
 

@@ -174,6 +174,7 @@ class BlendedDataset(SampleStream):
         self.consumed = 0
         self._chunks: OrderedDict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._starts: dict[int, int] = {}
+        self._counted: tuple[int, int, np.ndarray | None] = (-1, 0, None)  # samples_by_source's last answer
 
     # ------------------------------------------------------------------ the blending index
     def _chunk_start(self, c: int) -> int:
@@ -207,9 +208,17 @@ class BlendedDataset(SampleStream):
         return int(sources[g - start]), int(indices[g - start])
 
     def samples_by_source(self, g: int) -> np.ndarray:
-        """How many samples of each source the first g global samples hold."""
+        """How many samples of each source the first g global samples hold. Counted on from the last answer
+        when it is in the same chunk and not after g (training asks at every logged step, and a chunk holds
+        2^20 samples)."""
         start, before, sources, _ = self._chunk(self._chunk_of(g))
-        return before + np.bincount(sources[:g - start], minlength=len(self.streams))
+        last_start, last_g, last_counts = self._counted
+        if last_start == start and last_g <= g:
+            counts = last_counts + np.bincount(sources[last_g - start:g - start], minlength=len(self.streams))
+        else:
+            counts = before + np.bincount(sources[:g - start], minlength=len(self.streams))
+        self._counted = (start, g, counts)
+        return counts.copy()
 
     # ------------------------------------------------------------------ samples
     def rows(self, indices: list[int]) -> dict[str, np.ndarray]:
