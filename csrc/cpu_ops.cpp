@@ -22,19 +22,12 @@
 #include "modules.h"
 #include "parallel.h"
 
-// RoPE rounds as PyTorch's reference does (no multiply-add contracted into one rounding), so that it gives the
-// reference's bits: PYTRAIN_EXACT_ROUNDING opens its body (an attribute or a pragma rather than a flag, since a
-// link-time-optimised build would drop the flag). The other kernels are within rounding of their references
-// anyway and let the compiler contract: exp_approx's polynomial costs half as many instructions with FMA.
+// Round as PyTorch's reference ops do: no multiply-add contracted into one rounding (a pragma rather than a
+// flag, since a link-time-optimised build would drop the flag).
 #if defined(__clang__)
-#define PYTRAIN_EXACT_ROUNDING_ATTRIBUTE
-#define PYTRAIN_EXACT_ROUNDING _Pragma("clang fp contract(off)")
+#pragma clang fp contract(off)
 #elif defined(__GNUC__)
-#define PYTRAIN_EXACT_ROUNDING_ATTRIBUTE __attribute__((optimize("fp-contract=off")))
-#define PYTRAIN_EXACT_ROUNDING
-#else
-#define PYTRAIN_EXACT_ROUNDING_ATTRIBUTE
-#define PYTRAIN_EXACT_ROUNDING
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 namespace pytrain {
@@ -310,14 +303,13 @@ void cross_entropy_backward(uintptr_t logits, uintptr_t labels, uintptr_t lse, u
 }
 
 // Tokens [first, last) of x, each token's heads rotated by its angles: (x1, x2) -> (x1 cos - x2 sin,
-// x2 cos + x1 sin), or by the negated angles (`inverse`, the backward). No fused multiply-add (see the top),
-// so the values are the PyTorch reference's bit for bit. The token loop is in here so that the vector clone is
-// chosen once per range, not once per token.
-PYTRAIN_VECTOR_CLONES PYTRAIN_EXACT_ROUNDING_ATTRIBUTE
+// x2 cos + x1 sin), or by the negated angles (`inverse`, the backward). No fused multiply-add (the pragma at
+// the top), so the values are the PyTorch reference's bit for bit. The token loop is in here so that the
+// vector clone is chosen once per range, not once per token.
+PYTRAIN_VECTOR_CLONES
 void rope_tokens(const float* __restrict xs, float* __restrict outs, const float* __restrict coss,
                  const float* __restrict sins, int64_t first, int64_t last, int64_t seq, int64_t table_batch_stride,
                  int64_t heads, int64_t half, bool inverse) {
-    PYTRAIN_EXACT_ROUNDING
     const int64_t width = heads * 2 * half;
     for (int64_t t = first; t < last; ++t) {
         const int64_t table = t / seq * table_batch_stride + t % seq * half;
