@@ -56,4 +56,4 @@ def use_triton(x: torch.Tensor, backend: str | None) -> bool:
 def use_cpu_kernel(x: torch.Tensor, backend: str | None) -> bool:
     """Whether an op called on `x` with `backend` may run pytrain's fused CPU kernel: "auto" on a CPU tensor
     (the op checks the rest: dtype, layout, not compiling; see pytrain.ops.cpu_kernels.usable)."""
-    return x.is_cpu and (backend is None and _default == "auto" or backend is not None and _check(backend) == "auto")
+    return (_default if backend is None else _check(backend)) == "auto" and x.is_cpu

@@ -101,16 +101,26 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Ten
     return norm
 
 
+def _one_kind(grads: list[torch.Tensor]) -> bool:
+    """Whether torch would treat `grads` as one group (one device and dtype), as pytrain's one process makes them."""
+    return len({(g.get_device(), g.dtype) for g in grads}) == 1
+
+
 def _plain_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """torch.nn.utils.get_total_norm of plain gradients on one device: the 2-norm of the tensors' 2-norms."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params], 2.0)), 2.0)
+    """torch.nn.utils.get_total_norm of plain gradients: the 2-norm of the tensors' 2-norms."""
+    grads = [p.grad for p in params]
+    if not _one_kind(grads):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
 
 @torch.no_grad()
 def _plain_clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
-    """torch.nn.utils.clip_grads_with_norm_ of plain gradients on one device: each times min(max_norm /
-    (norm + 1e-6), 1)."""
+    """torch.nn.utils.clip_grads_with_norm_ of plain gradients: each times min(max_norm / (norm + 1e-6), 1)."""
     grads = [p.grad for p in params]
+    if not _one_kind(grads):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return
     torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (norm + 1e-6), max=1.0).to(grads[0].device))
 
 

@@ -146,3 +146,7 @@ def test_backend_switch(monkeypatch):
     finally:
         ops.set_backend("auto")
     assert torch.equal(ops.rms_norm(x, w), rms_norm_reference(x, w))  # auto on CPU: the reference
+    for tensor in (x, x.to("meta")):  # a misspelled per-call backend is refused on every device
+        with pytest.raises(PytrainError, match='did you mean "triton"'):
+            ops.swiglu(tensor, torch.ones(3, 8, device=tensor.device), torch.ones(3, 8, device=tensor.device),
+                       backend="tirton")

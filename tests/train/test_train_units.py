@@ -71,10 +71,20 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
                                   lr=0.05, betas=(0.8, 0.9), eps=1e-3, fused=True)
     optimizer = build_optimizer(ours, optim, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
+    hooks_run = []
+    optimizer.register_step_pre_hook(lambda *_: hooks_run.append(1))
     for update in range(5):
-        if update == 4:  # a resume: the state replaced by a saved one
-            optimizer.load_state_dict(saved[0])
-            reference.load_state_dict(saved[1])
+        if update == 2:  # an option changed between steps (torch's own step then runs it)
+            for opt in (optimizer, reference):
+                opt.param_groups[1]["maximize"] = True
+        if update == 3:  # a moment replaced in the state by hand
+            for opt in (optimizer, reference):
+                state = opt.state[opt.param_groups[0]["params"][0]]
+                state["exp_avg"] = torch.zeros_like(state["exp_avg"])
+        if update == 4:  # a resume: the state replaced by a saved one (twice: a new state may reuse an old id)
+            for _ in range(2):
+                optimizer.load_state_dict(copy.deepcopy(saved[0]))
+                reference.load_state_dict(copy.deepcopy(saved[1]))
         for (_, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
             mine.grad = torch.randn(mine.shape, generator=generator) * 1e-3  # small: eps matters
             other.grad = mine.grad.clone()
@@ -84,6 +94,7 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
             saved = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(reference.state_dict())
     for (name, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
         torch.testing.assert_close(mine, other, rtol=0, atol=0, msg=name)
+    assert len(hooks_run) == 5  # once per step, also when torch's own step ran
 
 
 @pytest.mark.parametrize("max_norm, scale", [(1.0, 0.02), (1.0, 1e-3), (0.0, 0.02)])
@@ -106,6 +117,22 @@ def test_gradient_clipping_is_torchs(max_norm, scale):
     assert torch.equal(norm, expected) and (norm > 1.0) == (scale > 1e-3)
     for (name, mine), other in zip(ours.named_parameters(), theirs.parameters()):
         assert torch.equal(mine.grad, other.grad), name
+
+
+def test_gradient_clipping_of_mixed_dtypes_is_torchs():
+    """fp32 and bf16 gradients in one process: torch groups their norms by dtype, and so does the step."""
+    from pytrain.train.step import clip_gradients
+
+    generator = torch.Generator().manual_seed(3)
+    for case in range(40):
+        ours = [torch.nn.Parameter(torch.zeros(int(n), dtype=torch.bfloat16 if k % 3 == 1 else torch.float32))
+                for k, n in enumerate(torch.randint(1, 300, (12,), generator=generator))]
+        theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        for mine, other in zip(ours, theirs):
+            mine.grad = torch.randn(mine.shape, generator=generator).to(mine.dtype)
+            other.grad = mine.grad.clone()
+        assert torch.equal(clip_gradients(ours, 1.0), torch.nn.utils.clip_grad_norm_(theirs, 1.0)), case
+        assert all(torch.equal(mine.grad, other.grad) for mine, other in zip(ours, theirs)), case
 
 
 def test_throughput_counts_training_time_only():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable
 
 import torch
@@ -30,54 +31,78 @@ class AdamW(torch.optim.AdamW):
 
     torch's step collects, checks and groups every parameter of every group in Python on each call: about 500
     Python calls a step for the 38 tensors of benchmarks/bench_train.py --vs-minimal's model, a third of
-    the kernel's own time on that CPU step. Here the tensor lists are made once and the same kernel gets the
-    same tensors and arguments, so the update, the state and state_dict are torch's bit for bit
-    (tests/train/test_train_units.py). Anything else takes torch's step: a closure, a GradScaler's scale (it
-    sets grad_scale and found_inf), DTensors (FSDP2), a parameter without a gradient or a state yet, tensors of
-    several devices or dtypes, other options.
+    the kernel's own time on that CPU step. Here the tensor lists are kept between steps (checked, by
+    identity, against the state they came from) and the same kernel gets the same tensors and arguments, so
+    the update, the state and state_dict are torch's bit for bit (tests/train/test_train_units.py). Anything
+    else takes torch's step: a closure, a GradScaler's scale (it sets grad_scale and found_inf), DTensors
+    (FSDP2), a parameter without a gradient or a state yet, tensors of several devices or dtypes, a tensor lr,
+    other options.
     """
 
     _SETTINGS = {"fused": True, "amsgrad": False, "maximize": False, "capturable": False, "differentiable": False,
                  "decoupled_weight_decay": True}
+    _lists: list | None = None
 
-    @torch.no_grad()
     def step(self, closure=None):
-        scaler_set = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
-        lists = None if closure is not None or scaler_set else self._kernel_lists()
+        scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+        lists = None if closure is not None or scaled else self._kernel_lists()
         if lists is None:
-            return super().step(closure)
-        for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads) or isinstance(group["lr"], torch.Tensor):
-                return super().step()  # before any update: this step is torch's throughout
-        for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+            return self._torch_step(closure)
+        with torch.no_grad():
+            for group, (params, _, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+                beta1, beta2 = group["betas"]
+                torch._foreach_add_(steps, 1)
+                torch._fused_adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
+                                    amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                                    grad_scale=None, found_inf=None)
         return None
 
-    def _kernel_lists(self) -> list[tuple[list, list, list, list]] | None:
-        """Per group (parameters, exp_avgs, exp_avg_sqs, steps) for the kernel, made again whenever the state
-        is replaced (load_state_dict) or grows (torch's first step makes it); None when torch's step must run."""
-        key = (id(self.state), len(self.state), len(self.param_groups))
-        if getattr(self, "_lists_key", None) != key:
-            self._lists, self._lists_key = self._make_lists(), key
+    def _torch_step(self, closure):
+        """torch's step, without running the step hooks a second time: once any torch.optim.AdamW exists,
+        torch.optim.AdamW.step is wrapped by the same hook runner that already wraps this class's step."""
+        step = torch.optim.AdamW.step
+        return (step.__wrapped__ if getattr(step, "hooked", False) else step)(self, closure)
+
+    def _kernel_lists(self) -> list[tuple] | None:
+        """Per group (parameters, their states, exp_avgs, exp_avg_sqs, steps) for the kernel, or None when this
+        step is torch's. Made again unless every list still holds what the state holds now."""
+        if not (self._lists is not None and self._current(self._lists)):
+            self._lists = self._make_lists()
+        if self._lists is None or not self._ready(self._lists):
+            return None
         return self._lists
 
-    def _make_lists(self) -> list[tuple[list, list, list, list]] | None:
+    def _current(self, lists: list[tuple]) -> bool:
+        if len(lists) != len(self.param_groups):
+            return False
+        for group, (params, states, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+            if (any(group.get(k, v) != v for k, v in self._SETTINGS.items())
+                    or not all(map(operator.is_, map(self.state.get, params), states))):
+                return False
+            for key, held in (("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs), ("step", steps)):
+                if not all(map(operator.is_, map(operator.itemgetter(key), states), held)):
+                    return False
+        return True
+
+    def _ready(self, lists: list[tuple]) -> bool:
+        """Whether this step's gradients and learning rates are the kernel's to take."""
+        return all(not isinstance(group["lr"], torch.Tensor) and all(p.grad is not None for p in params)
+                   for group, (params, *_) in zip(self.param_groups, lists))
+
+    def _make_lists(self) -> list[tuple] | None:
         lists, kinds = [], set()
         for group in self.param_groups:
             if any(group.get(name, value) != value for name, value in self._SETTINGS.items()):
                 return None
             params = group["params"]
-            states = [self.state.get(p, {}) for p in params]
-            if not all(type(p) in (torch.Tensor, nn.Parameter) and not p.is_complex() and "exp_avg" in state
-                       and torch.is_tensor(state.get("step")) for p, state in zip(params, states)):
+            states = [self.state.get(p) for p in params]
+            if not all(type(p) in (torch.Tensor, nn.Parameter) and not p.is_complex() and state is not None
+                       and "exp_avg" in state and torch.is_tensor(state.get("step"))
+                       for p, state in zip(params, states)):
                 return None
             kinds |= {(p.device, p.dtype) for p in params}
-            lists.append((params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            lists.append((params, states, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                           [s["step"] for s in states]))
         return lists if len(kinds) == 1 else None
 
