@@ -40,9 +40,14 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _chosen(backend: str | None) -> str:
+    """The backend an op runs under: `backend`, checked, or the process-wide one (checked when it was set)."""
+    return _default if backend is None else _check(backend)
+
+
 def use_triton(x: torch.Tensor, backend: str | None) -> bool:
     """Whether an op called on `x` with `backend` (None = the process-wide one) runs the Triton kernel."""
-    name = _default if backend is None else _check(backend)  # _default was checked when it was set
+    name = _chosen(backend)
     if name == "torch":
         return False
     if name == "auto":
@@ -56,4 +61,4 @@ def use_triton(x: torch.Tensor, backend: str | None) -> bool:
 def use_cpu_kernel(x: torch.Tensor, backend: str | None) -> bool:
     """Whether an op called on `x` with `backend` may run pytrain's fused CPU kernel: "auto" on a CPU tensor
     (the op checks the rest: dtype, layout, not compiling; see pytrain.ops.cpu_kernels.usable)."""
-    return (_default if backend is None else _check(backend)) == "auto" and x.is_cpu
+    return _chosen(backend) == "auto" and x.is_cpu

@@ -42,17 +42,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     CPU autocast (under which the matmuls feeding SwiGLU and the cross-entropy would make bf16)."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    strided, fp32 = torch.strided, torch.float32
-    for t in tensors:  # plain_cpu, inlined: the ops ask this of every tensor on every call
-        if not (type(t) in _PLAIN and t.is_cpu and t.dtype is fp32 and t.layout is strided):
-            return False
-    return True
+    return all(map(plain_cpu, tensors))
 
 
 def _checked(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t, contiguous, for the native code; refused when it is not a CPU tensor of `dtype` (a caller that
     skipped `usable`, or a matmul that made another dtype), which the native code would misread."""
-    if not (type(t) in _PLAIN and t.is_cpu and t.dtype is dtype and t.layout is torch.strided):  # plain_cpu
+    if not plain_cpu(t, dtype):
         raise PytrainError(f"pytrain's CPU kernels take {dtype} CPU tensors, got {t.dtype} on {t.device} "
                            '(use backend "torch")')
     return t.contiguous()

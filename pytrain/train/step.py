@@ -80,22 +80,24 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Ten
 
     Sharded gradients are grouped by device mesh (FSDP2's, and expert parallelism's for the experts):
     torch's norm and clipping take one mesh at a time; the groups' norms are combined here. Plain gradients
-    (one process) take torch's arithmetic as one foreach call each, without torch.nn.utils' regrouping of
-    the tensors by device and dtype on every call, which costs as much as the arithmetic on a small model's
-    CPU step (tests/train/test_train_units.py holds the two equal bit for bit)."""
+    of one device and dtype (one process) take torch's arithmetic as one foreach call each, without
+    torch.nn.utils' regrouping of the tensors by device and dtype on every call, which costs as much as the
+    arithmetic on a small model's CPU step (tests/train/test_train_units.py holds the two equal bit for bit)."""
     groups: dict = {}
     for p in parameters:
         if p.grad is not None:
             groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    grads = {mesh: [p.grad for p in params] for mesh, params in groups.items()}
+    direct = {mesh: mesh is None and _one_kind(mesh_grads) for mesh, mesh_grads in grads.items()}
     norms = []
-    for mesh, params in groups.items():
-        norm = _plain_norm(params) if mesh is None else torch.nn.utils.get_total_norm([p.grad for p in params])
+    for mesh, mesh_grads in grads.items():
+        norm = _foreach_total_norm(mesh_grads) if direct[mesh] else torch.nn.utils.get_total_norm(mesh_grads)
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # local norms combined over ranks
     norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     if max_norm > 0:
         for mesh, params in groups.items():
-            if mesh is None:
-                _plain_clip(params, max_norm, norm)
+            if direct[mesh]:
+                _foreach_clip(grads[mesh], max_norm, norm)
             else:
                 torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
@@ -106,21 +108,15 @@ def _one_kind(grads: list[torch.Tensor]) -> bool:
     return len({(g.get_device(), g.dtype) for g in grads}) == 1
 
 
-def _plain_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """torch.nn.utils.get_total_norm of plain gradients: the 2-norm of the tensors' 2-norms."""
-    grads = [p.grad for p in params]
-    if not _one_kind(grads):
-        return torch.nn.utils.get_total_norm(grads)
+def _foreach_total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """torch.nn.utils.get_total_norm of plain gradients of one kind: the 2-norm of the tensors' 2-norms."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
 
 @torch.no_grad()
-def _plain_clip(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
-    """torch.nn.utils.clip_grads_with_norm_ of plain gradients: each times min(max_norm / (norm + 1e-6), 1)."""
-    grads = [p.grad for p in params]
-    if not _one_kind(grads):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-        return
+def _foreach_clip(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """torch.nn.utils.clip_grads_with_norm_ of plain gradients of one kind: each times
+    min(max_norm / (norm + 1e-6), 1)."""
     torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (norm + 1e-6), max=1.0).to(grads[0].device))
 
 

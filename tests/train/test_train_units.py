@@ -55,10 +55,11 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 
 def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
-    """Three updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
+    """Six updates of pytrain's optimizer equal torch.optim.AdamW's (fused: pytrain's default) with optim.lr,
     betas, eps and weight_decay given explicitly (decay on the matmul weights only, as documented), on the
-    same gradients: the first makes the state, the later ones call the fused kernel directly; then both load
-    the state saved after the first and update again."""
+    same gradients: the first makes the state and the others call the fused kernel directly, except one with
+    an option changed (torch's step); then a moment replaced by hand, then a state saved after the first
+    loaded (twice) before the last."""
     import copy
 
     optim = OptimSection(lr=0.05, betas=[0.8, 0.9], eps=1e-3, weight_decay=0.3)
@@ -71,17 +72,17 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
                                   lr=0.05, betas=(0.8, 0.9), eps=1e-3, fused=True)
     optimizer = build_optimizer(ours, optim, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
-    hooks_run = []
+    hooks_run, saved = [], []
     optimizer.register_step_pre_hook(lambda *_: hooks_run.append(1))
-    for update in range(5):
-        if update == 2:  # an option changed between steps (torch's own step then runs it)
+    for update in range(6):
+        if update in (2, 3):  # an option changed for one step (torch's own step runs that one), then back
             for opt in (optimizer, reference):
-                opt.param_groups[1]["maximize"] = True
-        if update == 3:  # a moment replaced in the state by hand
+                opt.param_groups[1]["maximize"] = update == 2
+        if update == 4:  # a moment replaced in the state by hand
             for opt in (optimizer, reference):
                 state = opt.state[opt.param_groups[0]["params"][0]]
                 state["exp_avg"] = torch.zeros_like(state["exp_avg"])
-        if update == 4:  # a resume: the state replaced by a saved one (twice: a new state may reuse an old id)
+        if update == 5:  # a resume: the state replaced by a saved one (twice: a new state may reuse an old id)
             for _ in range(2):
                 optimizer.load_state_dict(copy.deepcopy(saved[0]))
                 reference.load_state_dict(copy.deepcopy(saved[1]))
@@ -91,10 +92,10 @@ def test_the_optimizer_is_torch_adamw_with_the_configs_hyperparameters():
         optimizer.step()
         reference.step()
         if update == 0:
-            saved = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(reference.state_dict())
+            saved += [copy.deepcopy(optimizer.state_dict()), copy.deepcopy(reference.state_dict())]
     for (name, mine), (_, other) in zip(ours.named_parameters(), theirs.named_parameters()):
         torch.testing.assert_close(mine, other, rtol=0, atol=0, msg=name)
-    assert len(hooks_run) == 5  # once per step, also when torch's own step ran
+    assert len(hooks_run) == 6  # once per step, also when torch's own step ran
 
 
 @pytest.mark.parametrize("max_norm, scale", [(1.0, 0.02), (1.0, 1e-3), (0.0, 0.02)])

@@ -31,8 +31,8 @@ class AdamW(torch.optim.AdamW):
 
     torch's step collects, checks and groups every parameter of every group in Python on each call: about 500
     Python calls a step for the 38 tensors of benchmarks/bench_train.py --vs-minimal's model, a third of
-    the kernel's own time on that CPU step. Here the tensor lists are kept between steps (checked, by
-    identity, against the state they came from) and the same kernel gets the same tensors and arguments, so
+    the kernel's own time on that CPU step. Here each group's parameters and state dicts are kept between steps
+    (checked, by identity, against the state) and the same kernel gets the same tensors and arguments, so
     the update, the state and state_dict are torch's bit for bit (tests/train/test_train_units.py). Anything
     else takes torch's step: a closure, a GradScaler's scale (it sets grad_scale and found_inf), DTensors
     (FSDP2), a parameter without a gradient or a state yet, tensors of several devices or dtypes, a tensor lr,
@@ -41,21 +41,22 @@ class AdamW(torch.optim.AdamW):
 
     _SETTINGS = {"fused": True, "amsgrad": False, "maximize": False, "capturable": False, "differentiable": False,
                  "decoupled_weight_decay": True}
-    _lists: list | None = None
+    _held: list | None = None  # per group (its parameters, their state dicts), while they are the state's
 
     def step(self, closure=None):
         scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
-        lists = None if closure is not None or scaled else self._kernel_lists()
-        if lists is None:
+        held = None if closure is not None or scaled else self._kernel_groups()
+        if held is None:
             return self._torch_step(closure)
         with torch.no_grad():
-            for group, (params, _, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
+            for group, (params, states) in zip(self.param_groups, held):
                 beta1, beta2 = group["betas"]
+                steps = [s["step"] for s in states]
                 torch._foreach_add_(steps, 1)
-                torch._fused_adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
-                                    amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                                    grad_scale=None, found_inf=None)
+                torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                                    [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
+                                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                                    maximize=False, grad_scale=None, found_inf=None)
         return None
 
     def _torch_step(self, closure):
@@ -64,36 +65,33 @@ class AdamW(torch.optim.AdamW):
         step = torch.optim.AdamW.step
         return (step.__wrapped__ if getattr(step, "hooked", False) else step)(self, closure)
 
-    def _kernel_lists(self) -> list[tuple] | None:
-        """Per group (parameters, their states, exp_avgs, exp_avg_sqs, steps) for the kernel, or None when this
-        step is torch's. Made again unless every list still holds what the state holds now."""
-        if not (self._lists is not None and self._current(self._lists)):
-            self._lists = self._make_lists()
-        if self._lists is None or not self._ready(self._lists):
+    def _kernel_groups(self) -> list[tuple] | None:
+        """Per group (its parameters, their state dicts) for the kernel, or None when this step is torch's.
+        Looked up again unless each group still has its options and the state still holds those dicts (a
+        load_state_dict replaces them); the moments are read from the dicts at every step."""
+        if not (self._held is not None and self._still_held(self._held)):
+            self._held = self._hold()
+        if self._held is None or not self._ready(self._held):
             return None
-        return self._lists
+        return self._held
 
-    def _current(self, lists: list[tuple]) -> bool:
-        if len(lists) != len(self.param_groups):
-            return False
-        for group, (params, states, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists):
-            if (any(group.get(k, v) != v for k, v in self._SETTINGS.items())
-                    or not all(map(operator.is_, map(self.state.get, params), states))):
-                return False
-            for key, held in (("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs), ("step", steps)):
-                if not all(map(operator.is_, map(operator.itemgetter(key), states), held)):
-                    return False
-        return True
+    def _kernel_options(self, group: dict) -> bool:
+        return all(group.get(name, value) == value for name, value in self._SETTINGS.items())
 
-    def _ready(self, lists: list[tuple]) -> bool:
+    def _still_held(self, held: list[tuple]) -> bool:
+        return len(held) == len(self.param_groups) and all(
+            self._kernel_options(group) and all(map(operator.is_, map(self.state.get, params), states))
+            for group, (params, states) in zip(self.param_groups, held))
+
+    def _ready(self, held: list[tuple]) -> bool:
         """Whether this step's gradients and learning rates are the kernel's to take."""
         return all(not isinstance(group["lr"], torch.Tensor) and all(p.grad is not None for p in params)
-                   for group, (params, *_) in zip(self.param_groups, lists))
+                   for group, (params, _) in zip(self.param_groups, held))
 
-    def _make_lists(self) -> list[tuple] | None:
-        lists, kinds = [], set()
+    def _hold(self) -> list[tuple] | None:
+        held, kinds = [], set()
         for group in self.param_groups:
-            if any(group.get(name, value) != value for name, value in self._SETTINGS.items()):
+            if not self._kernel_options(group):
                 return None
             params = group["params"]
             states = [self.state.get(p) for p in params]
@@ -102,9 +100,8 @@ class AdamW(torch.optim.AdamW):
                        for p, state in zip(params, states)):
                 return None
             kinds |= {(p.device, p.dtype) for p in params}
-            lists.append((params, states, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                          [s["step"] for s in states]))
-        return lists if len(kinds) == 1 else None
+            held.append((params, states))
+        return held if len(kinds) == 1 else None
 
 
 def adamw(named: Iterable[tuple[str, nn.Parameter]], optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
